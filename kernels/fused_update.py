@@ -1,0 +1,197 @@
+"""The fused per-step update of SPEC §5 as one Triton kernel, and its plain-torch twin.
+
+One pass over the flat buffers does, per element: mask the gradient with the hard mask, add the
+RSST penalty λ·w for pending elements (λ computed in-kernel from the step), weight decay, the SGD
+momentum step (first step, Nesterov), the weight update, the re-mask of weight and momentum, and
+the zeroing of the gradient for the next backward.
+
+Per-step scalars come in a small float32 device tensor (``hyper``, slots in `HYPER_SLOTS`), never
+as Python floats, so one compiled kernel serves every step and the launch can be captured in a
+CUDA graph. Only the schedule and the two boolean switches are compile-time constants.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+try:  # triton ships for Linux only; the torch twin covers everything else.
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - exercised on platforms without triton
+    triton = None
+    tl = None
+
+#: Bytes the kernel moves per element: reads w, g, momentum (3 × 4) and the uint8 code (1);
+#: writes w, momentum and the zeroed g (3 × 4).
+BYTES_PER_ELEMENT = 25
+
+#: Slots of the float32 ``hyper`` tensor the kernel reads its per-step scalars from.
+HYPER_SLOTS = ("lr", "momentum", "weight_decay", "lam_max", "exponents", "t", "T", "first_step")
+
+ALIVE_BIT = 1
+PENDING_BIT = 2
+
+
+def triton_available(device: torch.device | str) -> bool:
+    """True when the Triton kernel can run on tensors of ``device`` (CUDA, or the interpreter)."""
+    if triton is None:
+        return False
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return True
+    return torch.device(device).type == "cuda"
+
+
+if triton is not None:
+
+    @triton.jit
+    def _fused_update_kernel(
+        w_ptr,
+        g_ptr,
+        buf_ptr,
+        code_ptr,
+        hyper_ptr,
+        n,
+        SCHEDULE: tl.constexpr,
+        NESTEROV: tl.constexpr,
+        BLOCK_LOSS_GRAD: tl.constexpr,
+        BLOCK: tl.constexpr,
+    ):
+        pid = tl.program_id(0)
+        offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        in_range = offs < n
+
+        lr = tl.load(hyper_ptr + 0)
+        mu = tl.load(hyper_ptr + 1)
+        wd = tl.load(hyper_ptr + 2)
+        lam_max = tl.load(hyper_ptr + 3)
+        p = tl.load(hyper_ptr + 4)
+        t = tl.load(hyper_ptr + 5)
+        T = tl.load(hyper_ptr + 6)
+        first = tl.load(hyper_ptr + 7)
+
+        # λ(u), u = (t + 1) / T: mirrors rsst.schedules.lam (SPEC §4).
+        u = tl.minimum((t + 1.0) / tl.maximum(T, 1.0), 1.0)
+        if SCHEDULE == 0:
+            shape = u
+        elif SCHEDULE == 1:
+            shape = u * u
+        elif SCHEDULE == 2:
+            shape = u * u * u
+        elif SCHEDULE == 3:
+            shape = (tl.exp(u) - 1.0) / 1.718281828459045
+        else:
+            shape = (tl.exp(tl.exp(p * tl.log(u))) - 1.0) / 1.718281828459045
+        lam = lam_max * shape
+
+        w = tl.load(w_ptr + offs, mask=in_range, other=0.0)
+        g = tl.load(g_ptr + offs, mask=in_range, other=0.0)
+        buf = tl.load(buf_ptr + offs, mask=in_range, other=0.0)
+        code = tl.load(code_ptr + offs, mask=in_range, other=0)
+        alive = (code & 1) != 0
+        pending = (code & 2) != 0
+
+        g = tl.where(alive, g, 0.0)
+        if BLOCK_LOSS_GRAD:
+            g = tl.where(pending, lam * w, g)
+        else:
+            g = tl.where(pending, g + lam * w, g)
+        d = g + wd * w
+        buf = tl.where(first != 0.0, d, mu * buf + d)
+        if NESTEROV:
+            step = d + mu * buf
+        else:
+            step = buf
+        w = tl.where(alive, w - lr * step, 0.0)
+        buf = tl.where(alive, buf, 0.0)
+
+        tl.store(w_ptr + offs, w, mask=in_range)
+        tl.store(buf_ptr + offs, buf, mask=in_range)
+        tl.store(g_ptr + offs, tl.zeros_like(g), mask=in_range)
+
+
+def fused_update(
+    w: torch.Tensor,
+    g: torch.Tensor,
+    buf: torch.Tensor,
+    code: torch.Tensor,
+    hyper: torch.Tensor,
+    *,
+    schedule: int,
+    nesterov: bool = False,
+    block_loss_grad: bool = False,
+    block: int = 4096,
+    num_warps: int = 8,
+) -> None:
+    """Launch the fused update over flat buffers, in place; ``g`` is left zeroed.
+
+    ``w``, ``g``, ``buf`` are contiguous 1-D float32, ``code`` 1-D uint8 of the same length
+    (bit 0 alive, bit 1 pending), ``hyper`` float32 with the slots of `HYPER_SLOTS` on the same
+    device. ``schedule`` is the integer code of `rsst.schedules.SCHEDULES`.
+    """
+    if triton is None:
+        raise RuntimeError("triton is not installed: use the 'torch' backend")
+    n = w.numel()
+    if not (g.numel() == buf.numel() == code.numel() == n):
+        raise ValueError("w, g, buf and code must have the same number of elements")
+    if w.dtype != torch.float32 or g.dtype != torch.float32 or buf.dtype != torch.float32:
+        raise TypeError("w, g and buf must be float32")
+    if code.dtype != torch.uint8 or hyper.dtype != torch.float32:
+        raise TypeError("code must be uint8 and hyper float32")
+    if not (w.is_contiguous() and g.is_contiguous() and buf.is_contiguous()):
+        raise ValueError("w, g and buf must be contiguous")
+    if n == 0:
+        return
+    grid = (triton.cdiv(n, block),)
+    _fused_update_kernel[grid](
+        w,
+        g,
+        buf,
+        code,
+        hyper,
+        n,
+        SCHEDULE=schedule,
+        NESTEROV=nesterov,
+        BLOCK_LOSS_GRAD=block_loss_grad,
+        BLOCK=block,
+        num_warps=num_warps,
+    )
+
+
+def fused_update_reference(
+    w: torch.Tensor,
+    g: torch.Tensor,
+    buf: torch.Tensor,
+    code: torch.Tensor,
+    *,
+    lr: float,
+    lam: float,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    nesterov: bool = False,
+    block_loss_grad: bool = False,
+    first_step: bool = False,
+) -> None:
+    """The same math as `fused_update` in a handful of vectorized torch ops (the kernel's twin).
+
+    Works on any device and any dtype the caller chooses (float64 for references); λ comes in as
+    a number because torch ops need no in-kernel schedule. ``g`` is left zeroed.
+    """
+    alive = (code & ALIVE_BIT) != 0
+    pending = (code & PENDING_BIT) != 0
+    masked = torch.where(alive, g, 0.0)
+    penalty = w * lam
+    penalised = penalty if block_loss_grad else masked + penalty
+    d = torch.where(pending, penalised, masked)
+    if weight_decay != 0.0:
+        d = d.add(w, alpha=weight_decay)
+    if first_step:
+        buf.copy_(d)
+    else:
+        buf.mul_(momentum).add_(d)
+    step = d.add(buf, alpha=momentum) if nesterov else buf
+    w.add_(step, alpha=-lr)
+    w.masked_fill_(~alive, 0.0)
+    buf.masked_fill_(~alive, 0.0)
+    g.zero_()

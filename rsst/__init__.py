@@ -1,0 +1,38 @@
+"""rsst — structured lottery-ticket pruning (RSST, Refill, IMP and baselines) for image classifiers.
+
+The top-level folders ``kernels/`` and ``bench/`` install as ``rsst_kernels`` and ``rsst_bench``
+(see pyproject.toml). When rsst runs straight from a source checkout (``PYTHONPATH=.``) they are
+not installed, so they are aliased here from the checkout.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+__version__ = "0.1.0"
+
+
+def _alias_source_package(name: str, folder: str) -> None:
+    if name in sys.modules or importlib.util.find_spec(name) is not None:
+        return
+    root = Path(__file__).resolve().parent.parent / folder
+    init = root / "__init__.py"
+    if not init.is_file():
+        return
+    spec = importlib.util.spec_from_file_location(
+        name, init, submodule_search_locations=[str(root)]
+    )
+    if spec is None or spec.loader is None:
+        return
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+
+
+_alias_source_package("rsst_kernels", "kernels")
+_alias_source_package("rsst_bench", "bench")
+
+
+__all__ = ["__version__"]

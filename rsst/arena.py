@@ -1,0 +1,209 @@
+"""The flat parameter arena: every trainable parameter is a view into one contiguous buffer.
+
+One fp32 weight buffer, one grad buffer (its views are the parameters' ``.grad``), one momentum
+buffer and one uint8 code buffer (bit 0 alive in the hard mask H, bit 1 pending in P), all of the
+same length, so the per-step update is one pass over four flat tensors instead of a loop over
+layers. Offsets are aligned to `ALIGN` elements; padding elements are dead (code 0) and stay 0.
+
+Traps it guards: ``model.to(...)`` / channels_last after the arena is built silently replaces
+parameter storage, and ``zero_grad(set_to_none=True)`` drops the grad views. `Arena.verify`
+detects both with a clear error; the arena owns zeroing (`Arena.zero_grad`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from rsst_kernels import HYPER_SLOTS
+
+ALIGN = 16
+ALIVE = 1
+PENDING = 2
+
+
+class ArenaError(RuntimeError):
+    """A parameter or gradient no longer lives in the arena (a bug in the calling code)."""
+
+
+class UpdateBackend(Protocol):
+    """What `Arena.step` calls: one update of every element of the arena."""
+
+    name: str
+
+    def step(self, arena: Arena, lr: float, t: int) -> float: ...
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where one parameter lives in the flat buffers."""
+
+    name: str
+    offset: int
+    numel: int
+    shape: tuple[int, ...]
+
+    @property
+    def stop(self) -> int:
+        return self.offset + self.numel
+
+
+def _aligned(n: int, align: int) -> int:
+    return (n + align - 1) // align * align
+
+
+class Arena:
+    """Flat buffers over a model's trainable parameters, built once."""
+
+    def __init__(self, model: nn.Module, *, align: int = ALIGN) -> None:
+        named: list[tuple[str, nn.Parameter]] = []
+        seen: set[int] = set()
+        for name, p in model.named_parameters():
+            if p.requires_grad and id(p) not in seen:
+                seen.add(id(p))
+                named.append((name, p))
+        if not named:
+            raise ArenaError("the model has no trainable parameters")
+        device = named[0][1].device
+        for name, p in named:
+            if p.device != device:
+                raise ArenaError(f"parameter {name} is on {p.device}, others on {device}")
+            if p.dtype != torch.float32:
+                raise ArenaError(f"parameter {name} is {p.dtype}: the arena holds fp32 weights")
+
+        slots: list[Slot] = []
+        offset = 0
+        for name, p in named:
+            slots.append(Slot(name, offset, p.numel(), tuple(p.shape)))
+            offset = _aligned(offset + p.numel(), align)
+        self.numel = offset
+        self.device = device
+        self.slots: dict[str, Slot] = {s.name: s for s in slots}
+        self.weight = torch.zeros(offset, dtype=torch.float32, device=device)
+        self.grad = torch.zeros_like(self.weight)
+        self.momentum = torch.zeros_like(self.weight)
+        self.code = torch.zeros(offset, dtype=torch.uint8, device=device)
+        self.scalars = torch.zeros(len(HYPER_SLOTS), dtype=torch.float32, device=device)
+        self.params: list[nn.Parameter] = [p for _, p in named]
+        self.names: list[str] = [n for n, _ in named]
+        with torch.no_grad():
+            for slot, p in zip(slots, self.params, strict=True):
+                view = self.weight[slot.offset : slot.stop].view(slot.shape)
+                view.copy_(p)
+                p.data = view
+                p.grad = self.grad[slot.offset : slot.stop].view(slot.shape)
+                self.code[slot.offset : slot.stop] = ALIVE
+        self._pointers = [(p, p.data_ptr(), p.grad.data_ptr()) for p in self.params]
+        self.fresh_momentum = True
+        self.has_pending = False
+
+    # -- views ---------------------------------------------------------------------------
+    def view(self, name: str, buffer: str = "weight") -> torch.Tensor:
+        """The parameter-shaped view of ``buffer`` (weight, grad, momentum, code) for ``name``."""
+        slot = self.slots[name]
+        flat: torch.Tensor = getattr(self, buffer)
+        return flat[slot.offset : slot.stop].view(slot.shape)
+
+    def items(self) -> Iterator[tuple[Slot, nn.Parameter]]:
+        for name, p in zip(self.names, self.params, strict=True):
+            yield self.slots[name], p
+
+    def element_mask(self, names: list[str]) -> torch.Tensor:
+        """A flat bool mask selecting every element of the named parameters."""
+        mask = torch.zeros(self.numel, dtype=torch.bool, device=self.device)
+        for name in names:
+            slot = self.slots[name]
+            mask[slot.offset : slot.stop] = True
+        return mask
+
+    def padding_mask(self) -> torch.Tensor:
+        """A flat bool mask of the alignment padding (elements that belong to no parameter)."""
+        return ~self.element_mask(self.names)
+
+    # -- masks ---------------------------------------------------------------------------
+    @property
+    def hard_mask(self) -> torch.Tensor:
+        """Flat bool H (padding is dead)."""
+        return (self.code & ALIVE) != 0
+
+    @property
+    def pending(self) -> torch.Tensor:
+        """Flat bool P."""
+        return (self.code & PENDING) != 0
+
+    def set_masks(self, hard_mask: torch.Tensor, pending: torch.Tensor | None = None) -> None:
+        """Install H and P (P is restricted to H) and zero what H kills in weights and momentum.
+
+        Called at state boundaries, so the one host read (whether P is empty) is harmless.
+        """
+        hard = hard_mask.to(device=self.device, dtype=torch.bool) & ~self.padding_mask()
+        code = hard.to(torch.uint8) * ALIVE
+        if pending is not None:
+            pend = pending.to(device=self.device, dtype=torch.bool) & hard
+            code |= pend.to(torch.uint8) * PENDING
+            self.has_pending = bool(pend.any())
+        else:
+            self.has_pending = False
+        self.code.copy_(code)
+        self.apply_hard_mask()
+
+    def apply_hard_mask(self) -> None:
+        """Zero weights, grads and momentum of elements dead in H."""
+        dead = ~self.hard_mask
+        self.weight.masked_fill_(dead, 0.0)
+        self.grad.masked_fill_(dead, 0.0)
+        self.momentum.masked_fill_(dead, 0.0)
+
+    # -- training ------------------------------------------------------------------------
+    def reset_momentum(self) -> None:
+        """Fresh optimizer state: the next step takes ``buf ← d`` (torch SGD's first step)."""
+        self.momentum.zero_()
+        self.fresh_momentum = True
+
+    def zero_grad(self) -> None:
+        """Zero the flat grad buffer; never ``zero_grad(set_to_none=True)`` on an arena model."""
+        self.grad.zero_()
+
+    def write_scalars(self, values: list[float]) -> None:
+        """Copy per-step scalars into ``self.scalars`` without a host sync."""
+        host = torch.tensor(values, dtype=torch.float32, pin_memory=self.device.type == "cuda")
+        self.scalars.copy_(host, non_blocking=True)
+
+    def step(self, backend: UpdateBackend, lr: float, t: int) -> float:
+        """One update of every element with ``backend``; returns the λ it used."""
+        if self.fresh_momentum:
+            self.verify()
+        lam = backend.step(self, lr, t)
+        self.fresh_momentum = False
+        return lam
+
+    def verify(self) -> None:
+        """Raise `ArenaError` if a parameter or its gradient no longer lives in the arena."""
+        for (p, w_ptr, g_ptr), name in zip(self._pointers, self.names, strict=True):
+            if p.data_ptr() != w_ptr or not p.is_contiguous():
+                raise ArenaError(
+                    f"parameter {name} no longer lives in the arena: the model was moved or "
+                    "converted (.to(), .cuda(), channels_last) after the arena was built; "
+                    "move the model first, then build the arena"
+                )
+            if p.grad is None or p.grad.data_ptr() != g_ptr:
+                raise ArenaError(
+                    f"the gradient of {name} is not the arena's view: zero_grad(set_to_none=True) "
+                    "or an assignment to .grad dropped it; zero gradients with arena.zero_grad()"
+                )
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Masks and momentum, for checkpoints (weights travel in the model's state_dict)."""
+        return {"code": self.code.clone(), "momentum": self.momentum.clone()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for key in ("code", "momentum"):
+            if state[key].shape != getattr(self, key).shape:
+                raise ArenaError(f"arena {key} has the wrong length for this model")
+        self.code.copy_(state["code"])
+        self.momentum.copy_(state["momentum"])
+        self.has_pending = bool(((self.code & PENDING) != 0).any())

@@ -1,0 +1,65 @@
+"""What a researcher watches: rich progress, the per-state table, and JSONL metrics."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+
+def append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    """Append one JSON line and flush it to disk (a line is either whole or absent)."""
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically (temp file, then rename)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def training_progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.fields[label]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.3f}  acc {task.fields[acc]:.3f}  "
+                   "λ {task.fields[lam]:.3g}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else (
+        f"{100 * value:.2f}")
+
+
+def state_table(records: list[dict[str, Any]], kinds: list[str]) -> Table:
+    """One row per finished state: accuracies, sparsity, λ and time."""
+    table = Table(title="states")
+    for header in ["state", "val acc %", "test acc %", "after cut %", "remain %",
+                   *[f"{k} sparsity %" for k in kinds], "λ", "s"]:
+        table.add_column(header, justify="right")
+    for r in records:
+        # the network the state delivers: after the RSST cut when there was one
+        sparsity = r.get("structured_sparsity_after_cut", r.get("structured_sparsity", {}))
+        remain = r.get("remain_weight_after_cut", r.get("remain_weight"))
+        table.add_row(
+            str(r["state"]), _pct(r.get("val_acc")), _pct(r.get("test_acc")),
+            _pct(r.get("val_acc_after_cut")), _pct(remain),
+            *[_pct(sparsity.get(k)) for k in kinds],
+            f"{r.get('reg_lambda', 0.0):.3g}", f"{r.get('seconds', 0.0):.1f}",
+        )
+    return table

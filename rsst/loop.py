@@ -1,0 +1,378 @@
+"""The iterative pruning state machine of SPEC §2: states, rewinding, masks, checkpoints, resume.
+
+A run directory holds everything needed to understand and resume a run:
+``config.toml``, ``metrics.jsonl`` (one line per epoch and per state), ``state_XX/`` (the pruned
+network each state delivers, with its masks, and ``state.json``), ``summary.json`` and
+``checkpoint.safetensors`` (model, momentum, masks, rewind point and position; rewritten
+atomically after every epoch). ``rsst run --resume DIR`` continues from the last finished epoch
+and reaches the same result as an uninterrupted run: every source of randomness is a pure
+function of (seed, state, epoch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from rsst import __version__
+from rsst.arena import Arena
+from rsst.config import RunConfig, load_config, save_config
+from rsst.criteria import group_scores
+from rsst.data import Batches, load_dataset
+from rsst.engine import Engine, lr_schedule
+from rsst.errors import UserError
+from rsst.log import append_jsonl, state_table, training_progress, write_json
+from rsst.models import create_model
+from rsst.pruning import magnitude_prune, refill
+from rsst.structure import build_structure
+from rsst.update import UpdateConfig, make_backend, resolve_backend
+
+CHECKPOINT = "checkpoint.safetensors"
+
+
+def default_run_dir(config: RunConfig) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    arch = config.arch.replace(":", "-").replace("/", "-")
+    return Path("runs") / f"{config.method}-{arch}-{config.dataset}-{stamp}"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA device is visible; "
+                        "use --device cpu or auto")
+    return torch.device(name)
+
+
+def _save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """safetensors, written atomically; tensors are cloned so no two share storage."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({k: v.detach().to("cpu").clone().contiguous() for k, v in tensors.items()},
+              str(tmp), metadata=metadata)
+    tmp.replace(path)
+
+
+class PruningRun:
+    """One run of SPEC §2 in one run directory."""
+
+    def __init__(self, config: RunConfig, run_dir: Path, console: Console) -> None:
+        self.config = config
+        self.run_dir = run_dir
+        self.console = console
+        self.device = resolve_device(config.device)
+        self.backend_name = resolve_backend(config.backend, self.device)
+        torch.manual_seed(config.seed)
+
+        self.data = load_dataset(config.dataset, config.data_dir, val_split=config.val_split,
+                                 train_subset=config.train_subset, seed=config.seed,
+                                 cache_dir=config.cache_dir)
+        img_size = config.img_size or self.data.input_size[1]
+        if img_size != self.data.input_size[1]:
+            raise UserError(f"--img-size {img_size} does not match the dataset's "
+                            f"{self.data.input_size[1]}-pixel images; drop --img-size")
+        self.model = create_model(config.arch, num_classes=self.data.num_classes,
+                                  img_size=img_size, patch_size=config.patch_size,
+                                  mean=self.data.mean, std=self.data.std).to(self.device)
+        self.arena = Arena(self.model)
+        self.structure = build_structure(self.model, self.arena, config.structure)
+        if self.structure.note:
+            console.print(f"[yellow]note:[/] {self.structure.note}")
+        self.update_config = UpdateConfig(
+            momentum=config.momentum, weight_decay=config.weight_decay,
+            nesterov=config.nesterov, block_loss_grad=config.block_loss_grad,
+            schedule=config.schedule, lam_max=config.reg_granularity,
+            exponents=config.exponents,
+        )
+        self.backend = make_backend(self.backend_name, self.device, self.update_config)
+        self.engine = Engine(self.model, self.arena, self.backend, self.device, amp=config.amp,
+                             label_smoothing=config.label_smoothing, compile=config.compile)
+        self.train_batches = Batches(self.data.train, config.batch_size, shuffle=True,
+                                     augment=True, device=self.device, seed=config.seed)
+        self.calibration = Batches(self.data.train, config.batch_size, shuffle=True,
+                                   device=self.device, seed=config.seed + 1)
+        self.val_batches = (Batches(self.data.val, config.eval_batch_size, device=self.device)
+                            if len(self.data.val) else None)
+        self.test_batches = (Batches(self.data.test, config.eval_batch_size, device=self.device)
+                             if self.data.test is not None and len(self.data.test) else None)
+        self.rewind_point: dict[str, torch.Tensor] | None = None
+        self.records: list[dict[str, Any]] = []
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def _snapshot(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    def save_checkpoint(self, position: dict[str, Any]) -> None:
+        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        if self.rewind_point is not None:
+            tensors.update({f"rewind.{k}": v for k, v in self.rewind_point.items()})
+        tensors["arena.momentum"] = self.arena.momentum
+        tensors["arena.code"] = self.arena.code
+        meta = {"position": json.dumps(position), "records": json.dumps(self.records),
+                "rsst.version": __version__}
+        _save_tensors(self.run_dir / CHECKPOINT, tensors, meta)
+
+    def load_checkpoint(self) -> dict[str, Any]:
+        path = self.run_dir / CHECKPOINT
+        if not path.exists():
+            return {"state": 0, "epoch": 0}
+        fix = f"start over with `rsst run --config {self.run_dir / 'config.toml'} --overwrite`"
+        try:
+            tensors = load_file(str(path), device=str(self.device))
+            from safetensors import safe_open
+
+            with safe_open(str(path), "pt") as f:
+                meta = f.metadata() or {}
+            position = json.loads(meta["position"])
+            records = json.loads(meta["records"])
+            model_state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+            self.model.load_state_dict(model_state)
+            self.arena.load_state_dict({"momentum": tensors["arena.momentum"],
+                                        "code": tensors["arena.code"]})
+        except (SafetensorError, OSError, KeyError, ValueError, RuntimeError) as exc:
+            raise UserError(f"checkpoint {path} is corrupt or from another model "
+                            f"({type(exc).__name__}); {fix}") from None
+        rewind = {k[7:]: v for k, v in tensors.items() if k.startswith("rewind.")}
+        self.rewind_point = rewind or None
+        self.records = records
+        self.arena.fresh_momentum = bool(position.get("fresh_momentum", position["epoch"] == 0))
+        return position
+
+    # -- one state ---------------------------------------------------------------------------
+    def _evaluate(self) -> tuple[float | None, float | None, float | None]:
+        val_acc = val_loss = test_acc = None
+        if self.val_batches is not None:
+            val_acc, val_loss = self.engine.evaluate(self.val_batches)
+        if self.test_batches is not None:
+            test_acc, _ = self.engine.evaluate(self.test_batches)
+        return val_acc, val_loss, test_acc
+
+    def train_state(self, state: int, start_epoch: int, partial: dict[str, Any]) -> dict[str, Any]:
+        cfg = self.config
+        steps = len(self.train_batches)
+        ramp = steps * cfg.epochs if cfg.reg_ramp == "state" else steps
+        self.backend.config = dataclasses.replace(self.update_config, ramp_steps=ramp)
+        lr_at = lr_schedule(cfg.lr, cfg.lr_schedule, steps_per_epoch=steps, epochs=cfg.epochs,
+                            warmup_epochs=cfg.warmup_epochs, milestones=cfg.milestones,
+                            gamma=cfg.gamma)
+        pending = self.arena.has_pending
+        best = partial
+        with training_progress(self.console) as progress:
+            for epoch in range(start_epoch, cfg.epochs):
+                t0 = time.perf_counter()
+                task = progress.add_task("", total=steps, loss=0.0, acc=0.0, lam=0.0,
+                                         label=f"state {state} · epoch {epoch + 1}/{cfg.epochs}")
+
+                def on_progress(done: int, loss: float, acc: float, lam: float,
+                                task: int = task) -> None:
+                    progress.update(task, completed=done, loss=loss, acc=acc,
+                                    lam=lam if pending else 0.0)
+
+                base = epoch * steps
+                result = self.engine.train_epoch(
+                    self.train_batches.iter_epoch(state * cfg.epochs + epoch),
+                    lambda i, base=base: lr_at(base + i),
+                    (lambda i, base=base: base + i) if cfg.reg_ramp == "state" else (lambda i: i),
+                    on_progress,
+                )
+                progress.remove_task(task)
+                lam = result.lam if pending else 0.0
+                if not math.isfinite(result.loss):
+                    raise UserError(
+                        f"training diverged in state {state}, epoch {epoch + 1} (loss "
+                        f"{result.loss}) with λ = {lam:.4g}: lower --reg-granularity or --lr; "
+                        f"the finished states in {self.run_dir} are intact")
+                val_acc, val_loss, test_acc = self._evaluate()
+                seconds = time.perf_counter() - t0
+                record = {"kind": "epoch", "state": state, "epoch": epoch + 1,
+                          "train_loss": result.loss, "train_acc": result.acc, "val_acc": val_acc,
+                          "val_loss": val_loss, "test_acc": test_acc,
+                          "lr": lr_at(base + steps - 1), "reg_lambda": lam, "seconds": seconds}
+                improved = val_acc is not None and val_acc > best.get("best_val_acc", -1.0)
+                if improved or "best_val_acc" not in best:
+                    best = {**best, "best_val_acc": val_acc, "best_epoch": epoch + 1,
+                            "test_acc": test_acc}
+                best = {**best, "last": record,
+                        "seconds": best.get("seconds", 0.0) + seconds}
+                if state == 0 and cfg.rewind_epoch() == epoch + 1:
+                    self.rewind_point = self._snapshot()
+                self.save_checkpoint({"state": state, "epoch": epoch + 1, "partial": best,
+                                      "fresh_momentum": False})
+                append_jsonl(self.run_dir / "metrics.jsonl", record)
+        return best
+
+    def finish_state(self, state: int, best: dict[str, Any]) -> dict[str, Any]:
+        """State record, the RSST cut, the state's files, and the masks for the next state."""
+        cfg = self.config
+        t0 = time.perf_counter()
+        last = best["last"]
+        hard = self.arena.hard_mask
+        record: dict[str, Any] = {
+            "kind": "state", "state": state, "epoch": cfg.epochs,
+            "train_loss": last["train_loss"], "train_acc": last["train_acc"],
+            "val_acc": last["val_acc"], "best_val_acc": best.get("best_val_acc"),
+            "best_epoch": best.get("best_epoch"), "test_acc": best.get("test_acc"),
+            "last_test_acc": last["test_acc"],
+            "remain_weight": self.structure.remain_weight(hard),
+            "structured_sparsity": self.structure.sparsity(hard),
+            "reg_lambda": last["reg_lambda"], "backend": self.backend_name,
+            "device": str(self.device), "method": cfg.method,
+        }
+        if cfg.method == "rsst" and self.arena.has_pending:
+            pending = self.arena.pending
+            # how far λ faded the pending weights before they are cut
+            record["pending_weight_rms"] = float(
+                self.arena.weight[pending].pow(2).mean().sqrt())
+            self.arena.set_masks(hard & ~pending)
+            val_acc, _, test_acc = self._evaluate()
+            cut = self.arena.hard_mask
+            record.update({"val_acc_after_cut": val_acc, "test_acc_after_cut": test_acc,
+                           "remain_weight_after_cut": self.structure.remain_weight(cut),
+                           "structured_sparsity_after_cut": self.structure.sparsity(cut)})
+        self.save_state_files(state, record)
+        if state + 1 < cfg.states:
+            self.prune_for_next_state(state)
+        record["seconds"] = best.get("seconds", 0.0) + time.perf_counter() - t0
+        return record
+
+    def prune_for_next_state(self, state: int) -> None:
+        cfg = self.config
+        hard = self.arena.hard_mask
+        unstructured = magnitude_prune(self.arena.weight, hard, self.structure.prunable, cfg.rate)
+        if cfg.method == "imp" or not self.structure.units:
+            if cfg.method == "rsst":
+                self.arena.set_masks(hard, hard & ~unstructured)
+            else:
+                self.arena.set_masks(unstructured)
+            return
+        batches = []
+        for i, batch in enumerate(self.calibration.iter_epoch(state)):
+            if i >= cfg.criteria_batches:
+                break
+            batches.append(batch)
+        scores = group_scores(cfg.criteria, self.model, self.structure, self.arena,
+                              unstructured, batches)
+        structured = refill(self.structure, unstructured, hard, scores, cfg.fillback_rate)
+        if cfg.method == "refill":
+            self.arena.set_masks(structured)
+        else:  # rsst: the dropped elements fade during the next state
+            self.arena.set_masks(hard, hard & ~structured)
+
+    def save_state_files(self, state: int, record: dict[str, Any]) -> None:
+        folder = self.run_dir / f"state_{state:02d}"
+        folder.mkdir(exist_ok=True)
+        tensors = dict(self.model.state_dict())
+        for name in self.structure.prunable_names:
+            tensors[f"{name}.mask"] = self.arena.view(name, "code") & 1
+        meta = {
+            "rsst.format_version": "1", "rsst.arch": self.config.arch,
+            "rsst.num_classes": str(self.data.num_classes),
+            "rsst.input_size": json.dumps(list(self.data.input_size)),
+            "rsst.patch_size": json.dumps(self.config.patch_size),
+            "rsst.mean": json.dumps(list(self.data.mean)),
+            "rsst.std": json.dumps(list(self.data.std)),
+            "rsst.method": self.config.method, "rsst.state": str(state),
+            "rsst.sparsity": json.dumps({"remain_weight": self.structure.remain_weight(
+                self.arena.hard_mask), **self.structure.sparsity(self.arena.hard_mask)}),
+            "rsst.structure": json.dumps(self.structure.per_unit(self.arena.hard_mask)),
+            "rsst.config": json.dumps(self.config.to_dict()),
+        }
+        _save_tensors(folder / "weights.safetensors", tensors, meta)
+        write_json(folder / "state.json", record)
+
+    # -- the whole run -----------------------------------------------------------------------
+    def run(self, resume: bool) -> list[dict[str, Any]]:
+        cfg = self.config
+        position = self.load_checkpoint() if resume else {"state": 0, "epoch": 0}
+        if resume:
+            self._trim_metrics(position)
+        if not resume and cfg.rewind_epoch() == 0:
+            self.rewind_point = self._snapshot()
+        kinds = self.structure.kinds
+        for state in range(position["state"], cfg.states):
+            start_epoch = position["epoch"] if state == position["state"] else 0
+            partial = position.get("partial", {}) if start_epoch else {}
+            if start_epoch == 0:
+                if state > 0 and self.rewind_point is not None:
+                    self.model.load_state_dict(self.rewind_point)
+                    self.arena.apply_hard_mask()
+                self.arena.reset_momentum()
+            if start_epoch < cfg.epochs:
+                partial = self.train_state(state, start_epoch, partial)
+            record = self.finish_state(state, partial)
+            self.records.append(record)
+            append_jsonl(self.run_dir / "metrics.jsonl", record)
+            self.save_checkpoint({"state": state + 1, "epoch": 0, "fresh_momentum": True})
+            self.write_summary()
+            self.console.print(state_table(self.records, kinds))
+        return self.records
+
+    def _trim_metrics(self, position: dict[str, Any]) -> None:
+        """Drop metric lines written after the checkpoint (a run killed between the two)."""
+        path = self.run_dir / "metrics.jsonl"
+        if not path.exists():
+            return
+        keep = []
+        for line in path.read_text().splitlines():
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if r["kind"] == "state" and r["state"] < position["state"] or (
+                    r["kind"] == "epoch" and (r["state"], r["epoch"])
+                    <= (position["state"], position["epoch"])):
+                keep.append(line)
+        tmp = path.with_name(".metrics.jsonl.tmp")
+        tmp.write_text("".join(line + "\n" for line in keep))
+        tmp.replace(path)
+
+    def write_summary(self) -> None:
+        write_json(self.run_dir / "summary.json", {
+            "rsst_version": __version__, "run_dir": str(self.run_dir),
+            "method": self.config.method, "arch": self.config.arch,
+            "dataset": self.config.dataset, "backend": self.backend_name,
+            "device": str(self.device), "structure_kinds": self.structure.kinds,
+            "states": self.records,
+        })
+
+
+def run(config: RunConfig, *, out: Path | None = None, resume: Path | None = None,
+        overwrite: bool = False, console: Console | None = None) -> Path:
+    """Run (or resume) the pruning loop; returns the run directory."""
+    console = console or Console()
+    if resume is not None:
+        run_dir = Path(resume)
+        if not (run_dir / "config.toml").is_file():
+            raise UserError(f"{run_dir} is not an rsst run directory (no config.toml); pass the "
+                            "directory `rsst run` printed")
+        config = load_config(run_dir / "config.toml")
+    else:
+        run_dir = Path(out or config.out or default_run_dir(config))
+        if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
+            raise UserError(f"run directory {run_dir} already exists: pass --resume {run_dir}"
+                            " to continue it, --overwrite to replace it, or another --out")
+    pruning = PruningRun(config, run_dir, console)  # data and model errors surface before any write
+    if resume is None:
+        if run_dir.exists() and any(run_dir.iterdir()):
+            if not (run_dir / "config.toml").is_file():
+                raise UserError(f"--overwrite refuses to delete {run_dir}: it is not an rsst run "
+                                "directory (no config.toml); choose another --out")
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(dataclasses.replace(config, out=str(run_dir)), run_dir / "config.toml")
+    console.print(f"run directory: [bold]{run_dir}[/]  ({config.method} · {config.arch} · "
+                  f"{config.dataset} · backend {pruning.backend_name} on {pruning.device})")
+    pruning.run(resume=resume is not None)
+    console.print(f"done: {run_dir}")
+    return run_dir

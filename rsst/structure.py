@@ -1,0 +1,247 @@
+"""Structural groups (SPEC §1): which arena elements exist only to produce one output unit.
+
+A *unit* is a layer (or a pair of layers) whose outputs can be removed one by one: a conv's output
+channels (conv weight row, bias, and the γ/β of the BatchNorm that directly follows it), an
+attention block's heads (q, k, v rows of ``qkv`` with their biases, and ``proj`` columns), an MLP's
+neurons (``fc1`` row and bias, ``fc2`` column). Each unit is stored as flat index tensors into the
+arena, built once, so scoring and masking are scatter/gather ops, not loops over elements.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from rsst.arena import Arena
+from rsst.errors import UserError
+
+KINDS = ("channel", "head", "neuron")
+
+
+@dataclass
+class Unit:
+    """One layer's structural groups as flat arena indices."""
+
+    kind: str
+    name: str
+    num_groups: int
+    weight_index: torch.Tensor  # prunable weight elements of the unit
+    weight_group: torch.Tensor  # their group ids
+    member_index: torch.Tensor  # every element of the unit's groups (weights, biases, BN γ/β)
+    member_group: torch.Tensor
+    module: nn.Module  # conv (channel), proj (head) or fc2 (neuron): where the activation is read
+    head_dim: int = 0
+
+
+@dataclass
+class Structure:
+    """The prunable scope and the units of a model, for one arena."""
+
+    prunable: torch.Tensor  # flat bool: prunable weight elements
+    prunable_names: list[str]
+    units: list[Unit] = field(default_factory=list)
+    note: str = ""
+
+    @property
+    def kinds(self) -> list[str]:
+        return sorted({u.kind for u in self.units}, key=KINDS.index)
+
+    def group_alive(self, unit: Unit, mask: torch.Tensor) -> torch.Tensor:
+        """Bool [C]: a group is alive when any of its prunable weights is alive in ``mask``."""
+        alive = torch.zeros(unit.num_groups, dtype=torch.int32, device=mask.device)
+        alive.scatter_reduce_(0, unit.weight_group, mask[unit.weight_index].int(), "amax")
+        return alive.bool()
+
+    def sparsity(self, mask: torch.Tensor) -> dict[str, float]:
+        """Fraction of groups dead in ``mask`` per kind (channels, heads, neurons)."""
+        result: dict[str, float] = {}
+        for kind in self.kinds:
+            units = [u for u in self.units if u.kind == kind]
+            total = sum(u.num_groups for u in units)
+            dead = sum(int((~self.group_alive(u, mask)).sum()) for u in units)
+            result[kind] = dead / total if total else 0.0
+        return result
+
+    def per_unit(self, mask: torch.Tensor) -> dict[str, dict[str, int]]:
+        """Alive / total groups of each unit."""
+        return {
+            u.name: {"kind": u.kind, "alive": int(self.group_alive(u, mask).sum()),
+                     "total": u.num_groups}
+            for u in self.units
+        }
+
+    def remain_weight(self, mask: torch.Tensor) -> float:
+        """Fraction of prunable weights alive in ``mask``."""
+        return float((mask & self.prunable).sum()) / max(int(self.prunable.sum()), 1)
+
+
+# -- index helpers --------------------------------------------------------------------------------
+def _rows(arena: Arena, name: str, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat indices of whole rows (dim 0 slices) of parameter ``name``; group = position in rows."""
+    slot = arena.slots[name]
+    row_size = slot.numel // slot.shape[0]
+    within = torch.arange(row_size, device=arena.device)
+    index = slot.offset + rows[:, None] * row_size + within[None, :]
+    group = torch.arange(len(rows), device=arena.device)[:, None].expand_as(index)
+    return index.reshape(-1), group.reshape(-1)
+
+
+def _cols(arena: Arena, name: str, cols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat indices of whole columns (dim 1 slices) of a 2-D parameter ``name``."""
+    slot = arena.slots[name]
+    n_rows, n_cols = slot.shape[0], slot.numel // slot.shape[0]
+    r = torch.arange(n_rows, device=arena.device)
+    index = slot.offset + r[None, :] * n_cols + cols[:, None]
+    group = torch.arange(len(cols), device=arena.device)[:, None].expand_as(index)
+    return index.reshape(-1), group.reshape(-1)
+
+
+def _cat(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+# -- CNN: conv output channels ------------------------------------------------------------------
+def conv_bn_pairs(model: nn.Module) -> dict[str, str]:
+    """Conv module name → the BatchNorm2d that directly consumes its output.
+
+    Found with torch.fx where the model traces; otherwise by module order (a BN right after the
+    conv in ``named_modules`` with matching width), which holds for conventional CNN code.
+    """
+    modules = dict(model.named_modules())
+    try:
+        graph = torch.fx.symbolic_trace(model).graph
+        pairs: dict[str, str] = {}
+        for node in graph.nodes:
+            if node.op == "call_module" and isinstance(modules.get(node.target), nn.Conv2d):
+                users = list(node.users)
+                if (len(users) == 1 and users[0].op == "call_module"
+                        and isinstance(modules.get(users[0].target), nn.BatchNorm2d)):
+                    pairs[str(node.target)] = str(users[0].target)
+        return pairs
+    except Exception:  # noqa: BLE001 - any trace failure falls back to module order
+        pairs = {}
+        names = list(modules)
+        for i, name in enumerate(names[:-1]):
+            conv, nxt = modules[name], modules[names[i + 1]]
+            if (isinstance(conv, nn.Conv2d) and isinstance(nxt, nn.BatchNorm2d)
+                    and nxt.num_features == conv.out_channels):
+                pairs[name] = names[i + 1]
+        return pairs
+
+
+def _conv_units(model: nn.Module, arena: Arena, prunable_convs: list[str]) -> list[Unit]:
+    modules = dict(model.named_modules())
+    bns = conv_bn_pairs(model)
+    units = []
+    for name in prunable_convs:
+        conv = modules[name]
+        channels = torch.arange(conv.out_channels, device=arena.device)
+        weight = _rows(arena, f"{name}.weight", channels)
+        members = [weight]
+        if conv.bias is not None and f"{name}.bias" in arena.slots:
+            members.append(_rows(arena, f"{name}.bias", channels))
+        bn = bns.get(name)
+        if bn is not None:
+            for p in ("weight", "bias"):
+                if f"{bn}.{p}" in arena.slots:
+                    members.append(_rows(arena, f"{bn}.{p}", channels))
+        index, group = _cat(members)
+        units.append(Unit("channel", name, conv.out_channels, weight[0], weight[1], index, group,
+                          conv))
+    return units
+
+
+# -- ViT: heads and MLP neurons -----------------------------------------------------------------
+def _attention_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(n, m) for n, m in model.named_modules()
+            if isinstance(getattr(m, "qkv", None), nn.Linear)
+            and isinstance(getattr(m, "proj", None), nn.Linear) and hasattr(m, "num_heads")]
+
+
+def _mlp_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(n, m) for n, m in model.named_modules()
+            if isinstance(getattr(m, "fc1", None), nn.Linear)
+            and isinstance(getattr(m, "fc2", None), nn.Linear)]
+
+
+def _head_unit(name: str, attn: nn.Module, arena: Arena) -> Unit:
+    heads = int(attn.num_heads)
+    embed = attn.qkv.out_features // 3
+    d = embed // heads
+    dev = arena.device
+    # rows of q, k and v sections for each head: section*E + h*d + i
+    rows = (torch.arange(3, device=dev)[None, :, None] * embed
+            + torch.arange(heads, device=dev)[:, None, None] * d
+            + torch.arange(d, device=dev)[None, None, :])  # [H, 3, d]
+    rows_flat = rows.reshape(-1)
+    head_of_row = torch.arange(heads, device=dev).repeat_interleave(3 * d)
+    qkv_i, qkv_g = _rows(arena, f"{name}.qkv.weight", rows_flat)
+    qkv_g = head_of_row[qkv_g]
+    cols = torch.arange(heads * d, device=dev)
+    proj_i, proj_g = _cols(arena, f"{name}.proj.weight", cols)
+    proj_g = torch.div(proj_g, d, rounding_mode="floor")
+    weight_index, weight_group = torch.cat([qkv_i, proj_i]), torch.cat([qkv_g, proj_g])
+    members = [(weight_index, weight_group)]
+    if attn.qkv.bias is not None and f"{name}.qkv.bias" in arena.slots:
+        bi, bg = _rows(arena, f"{name}.qkv.bias", rows_flat)
+        members.append((bi, head_of_row[bg]))
+    index, group = _cat(members)
+    return Unit("head", name, heads, weight_index, weight_group, index, group, attn.proj,
+                head_dim=d)
+
+
+def _neuron_unit(name: str, mlp: nn.Module, arena: Arena) -> Unit:
+    hidden = mlp.fc1.out_features
+    neurons = torch.arange(hidden, device=arena.device)
+    fc1 = _rows(arena, f"{name}.fc1.weight", neurons)
+    fc2 = _cols(arena, f"{name}.fc2.weight", neurons)
+    weight_index, weight_group = _cat([fc1, fc2])
+    members = [(weight_index, weight_group)]
+    if mlp.fc1.bias is not None and f"{name}.fc1.bias" in arena.slots:
+        members.append(_rows(arena, f"{name}.fc1.bias", neurons))
+    index, group = _cat(members)
+    return Unit("neuron", name, hidden, weight_index, weight_group, index, group, mlp.fc2)
+
+
+def is_transformer(model: nn.Module) -> bool:
+    return bool(_attention_blocks(model))
+
+
+def default_structure(model: nn.Module) -> str:
+    return "head+neuron" if is_transformer(model) else "channel"
+
+
+def build_structure(model: nn.Module, arena: Arena, structure: str = "auto") -> Structure:
+    """Scope (SPEC §1) and units for ``structure`` (channel, head, neuron, head+neuron, none)."""
+    if structure == "auto":
+        structure = default_structure(model)
+    kinds = set() if structure == "none" else set(structure.split("+"))
+    transformer = is_transformer(model)
+    if transformer:
+        attn = _attention_blocks(model)
+        mlps = _mlp_blocks(model)
+        names = [f"{n}.{p}.weight" for n, _ in attn for p in ("qkv", "proj")]
+        names += [f"{n}.{p}.weight" for n, _ in mlps for p in ("fc1", "fc2")]
+        if kinds & {"channel"}:
+            raise UserError("--structure channel is for CNNs; this model is a transformer: use "
+                            "head, neuron, head+neuron or none")
+        units = [_head_unit(n, m, arena) for n, m in attn] if "head" in kinds else []
+        units += [_neuron_unit(n, m, arena) for n, m in mlps] if "neuron" in kinds else []
+    else:
+        if kinds & {"head", "neuron"}:
+            raise UserError(f"--structure {structure} needs a transformer; this model is a CNN: "
+                            "use channel or none")
+        convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+        convs = [n for n in convs[1:] if f"{n}.weight" in arena.slots]  # the stem stays dense
+        names = [f"{n}.weight" for n in convs]
+        units = _conv_units(model, arena, convs) if "channel" in kinds else []
+    names = [n for n in names if n in arena.slots]
+    note = ""
+    if not names:
+        raise UserError("rsst found no prunable layers in this model (no conv beyond the stem, "
+                        "no qkv/proj/fc1/fc2); pick a supported --arch")
+    if kinds and not units:
+        note = "no structural groups found: pruning is unstructured"
+    return Structure(arena.element_mask(names), names, units, note)

@@ -1,0 +1,316 @@
+"""The per-step update of SPEC §5 behind three interchangeable backends.
+
+- ``triton``: the fused kernel (`rsst_kernels.fused_update`), one pass over the flat buffers;
+- ``torch``: the same math as a handful of vectorized torch ops over the flat buffers;
+- ``eager``: the straightforward per-parameter loop with ``torch.optim.SGD`` (the oracle).
+
+All three agree to float32 rounding and all leave the gradient zeroed for the next backward.
+The functional `step` drives any backend on plain tensors; `make_backend` gives the object whose
+``step(arena, lr, t)`` ends every training step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from rsst.arena import ALIVE, PENDING, Arena
+from rsst.errors import UserError
+from rsst.schedules import lam_at, schedule_code
+from rsst_kernels import fused_update, fused_update_reference, triton_available
+
+BACKENDS: tuple[str, ...] = ("triton", "torch", "eager")
+
+
+@dataclass(frozen=True)
+class UpdateConfig:
+    """Hyper-parameters of the update that stay fixed over a ramp window."""
+
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    nesterov: bool = False
+    block_loss_grad: bool = False
+    schedule: str = "exp_custom_exponents"
+    ramp_steps: int = 1
+    lam_max: float = 1.0
+    exponents: float = 4.0
+
+    def lam(self, t: int) -> float:
+        return lam_at(self.schedule, t, self.ramp_steps, self.lam_max, self.exponents)
+
+    def scalars(self, lr: float, t: int, first_step: bool) -> list[float]:
+        """Values for the kernel's ``hyper`` tensor, in the order of ``HYPER_SLOTS``."""
+        return [
+            lr,
+            self.momentum,
+            self.weight_decay,
+            self.lam_max,
+            self.exponents,
+            float(t),
+            float(self.ramp_steps),
+            1.0 if first_step else 0.0,
+        ]
+
+
+def resolve_backend(name: str, device: torch.device | str) -> str:
+    """``auto`` → ``triton`` on CUDA (when Triton is there), else ``torch``; validates names."""
+    if name == "auto":
+        return "triton" if torch.device(device).type == "cuda" and triton_available(device) else (
+            "torch"
+        )
+    if name not in BACKENDS:
+        raise UserError(f"unknown backend {name!r}: choose auto, {', '.join(BACKENDS)} (--backend)")
+    if name == "triton" and not triton_available(device):
+        raise UserError(
+            f"the triton backend needs a CUDA device (this run is on {device}); "
+            "use --backend torch or auto"
+        )
+    return name
+
+
+# -- the eager oracle ---------------------------------------------------------------------------
+def _eager_update(
+    params: Sequence[torch.nn.Parameter],
+    buffers: Sequence[torch.Tensor],
+    codes: Sequence[torch.Tensor],
+    optimizer: torch.optim.SGD,
+    *,
+    lr: float,
+    lam: float,
+    block_loss_grad: bool,
+    first_step: bool,
+) -> None:
+    """Mask and penalise each gradient, ``optimizer.step()``, re-mask, zero the gradients.
+
+    ``buffers`` are the momentum buffers the optimizer must use (seeded into its state, zeroed on
+    the first step so that SGD's ``buf·μ + d`` equals its first-step ``buf ← d``).
+    """
+    alive_masks = []
+    for p, buf, code in zip(params, buffers, codes, strict=True):
+        alive = (code & ALIVE) != 0
+        pending = (code & PENDING) != 0
+        grad = p.grad
+        grad.masked_fill_(~alive, 0.0)
+        penalty = p.detach() * lam
+        grad.copy_(torch.where(pending, penalty if block_loss_grad else grad + penalty, grad))
+        if first_step:
+            buf.zero_()
+        optimizer.state[p]["momentum_buffer"] = buf
+        alive_masks.append(alive)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.step()
+    with torch.no_grad():
+        for p, buf, alive in zip(params, buffers, alive_masks, strict=True):
+            p.masked_fill_(~alive, 0.0)
+            buf.masked_fill_(~alive, 0.0)
+            p.grad.zero_()
+
+
+def _sgd(params: list[torch.nn.Parameter], config: UpdateConfig) -> torch.optim.SGD:
+    return torch.optim.SGD(
+        params,
+        lr=0.0,
+        momentum=config.momentum,
+        dampening=0.0,
+        nesterov=config.nesterov,
+        weight_decay=config.weight_decay,
+    )
+
+
+# -- the functional contract --------------------------------------------------------------------
+def step(
+    backend: str,
+    w: torch.Tensor,
+    g: torch.Tensor,
+    buf: torch.Tensor,
+    code: torch.Tensor,
+    *,
+    lr: float,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    nesterov: bool = False,
+    block_loss_grad: bool = False,
+    first_step: bool = False,
+    schedule: str = "exp_custom_exponents",
+    t: int = 0,
+    T: int = 1,
+    lam_max: float = 1.0,
+    exponents: float = 4.0,
+) -> float:
+    """One update of SPEC §5 on flat tensors, in place; returns the λ used.
+
+    ``w``, ``g``, ``buf``: 1-D float32 of one length; ``code``: 1-D uint8 (bit 0 alive, bit 1
+    pending). ``w`` and ``buf`` are updated, ``g`` is left zeroed for the next backward.
+    """
+    config = UpdateConfig(
+        momentum=momentum,
+        weight_decay=weight_decay,
+        nesterov=nesterov,
+        block_loss_grad=block_loss_grad,
+        schedule=schedule,
+        ramp_steps=T,
+        lam_max=lam_max,
+        exponents=exponents,
+    )
+    lam = config.lam(t)
+    if backend == "triton":
+        if not triton_available(w.device):
+            raise UserError("the triton backend needs a CUDA device or TRITON_INTERPRET=1")
+        scalars = torch.tensor(config.scalars(lr, t, first_step), dtype=torch.float32)
+        fused_update(
+            w,
+            g,
+            buf,
+            code,
+            scalars.to(w.device),
+            schedule=schedule_code(schedule),
+            nesterov=nesterov,
+            block_loss_grad=block_loss_grad,
+        )
+    elif backend == "torch":
+        schedule_code(schedule)
+        fused_update_reference(
+            w,
+            g,
+            buf,
+            code,
+            lr=lr,
+            lam=lam,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            nesterov=nesterov,
+            block_loss_grad=block_loss_grad,
+            first_step=first_step,
+        )
+    elif backend == "eager":
+        param = torch.nn.Parameter(w)
+        param.grad = g
+        _eager_update(
+            [param],
+            [buf],
+            [code],
+            _sgd([param], config),
+            lr=lr,
+            lam=lam,
+            block_loss_grad=block_loss_grad,
+            first_step=first_step,
+        )
+    else:
+        raise UserError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    return lam
+
+
+# -- arena-level backends -----------------------------------------------------------------------
+class TritonBackend:
+    """The fused kernel over the whole arena: one launch per step, scalars in a device tensor."""
+
+    name = "triton"
+
+    def __init__(self, config: UpdateConfig) -> None:
+        self.config = config
+
+    def step(self, arena: Arena, lr: float, t: int) -> float:
+        config = self.config
+        arena.write_scalars(config.scalars(lr, t, arena.fresh_momentum))
+        fused_update(
+            arena.weight,
+            arena.grad,
+            arena.momentum,
+            arena.code,
+            arena.scalars,
+            schedule=schedule_code(config.schedule),
+            nesterov=config.nesterov,
+            block_loss_grad=config.block_loss_grad,
+        )
+        return config.lam(t)
+
+
+class TorchBackend:
+    """The kernel's torch twin over the whole arena: a few vectorized ops, no per-layer loop."""
+
+    name = "torch"
+
+    def __init__(self, config: UpdateConfig) -> None:
+        self.config = config
+
+    def step(self, arena: Arena, lr: float, t: int) -> float:
+        config = self.config
+        lam = config.lam(t)
+        fused_update_reference(
+            arena.weight,
+            arena.grad,
+            arena.momentum,
+            arena.code,
+            lr=lr,
+            lam=lam,
+            momentum=config.momentum,
+            weight_decay=config.weight_decay,
+            nesterov=config.nesterov,
+            block_loss_grad=config.block_loss_grad,
+            first_step=arena.fresh_momentum,
+        )
+        return lam
+
+
+class EagerBackend:
+    """Per-parameter loop with ``torch.optim.SGD``: the oracle and the bench baseline."""
+
+    name = "eager"
+
+    def __init__(self, config: UpdateConfig) -> None:
+        self._config = config
+        self._arena: Arena | None = None
+        self._optimizer: torch.optim.SGD | None = None
+
+    @property
+    def config(self) -> UpdateConfig:
+        return self._config
+
+    @config.setter
+    def config(self, config: UpdateConfig) -> None:
+        self._config = config
+        self._optimizer = None
+
+    def step(self, arena: Arena, lr: float, t: int) -> float:
+        if self._optimizer is None or self._arena is not arena:
+            self._arena = arena
+            self._optimizer = _sgd(list(arena.params), self._config)
+            self._buffers = [arena.view(n, "momentum") for n in arena.names]
+            self._codes = [arena.view(n, "code") for n in arena.names]
+        lam = self._config.lam(t)
+        _eager_update(
+            arena.params,
+            self._buffers,
+            self._codes,
+            self._optimizer,
+            lr=lr,
+            lam=lam,
+            block_loss_grad=self._config.block_loss_grad,
+            first_step=arena.fresh_momentum,
+        )
+        return lam
+
+
+_BACKEND_CLASSES = {"triton": TritonBackend, "torch": TorchBackend, "eager": EagerBackend}
+
+
+def make_backend(
+    name: str, device: torch.device | str, config: UpdateConfig | None = None
+) -> TritonBackend | TorchBackend | EagerBackend:
+    """The arena-level backend ``name`` (``auto`` resolved for ``device``)."""
+    return _BACKEND_CLASSES[resolve_backend(name, device)](config or UpdateConfig())
+
+
+__all__ = [
+    "BACKENDS",
+    "EagerBackend",
+    "TorchBackend",
+    "TritonBackend",
+    "UpdateConfig",
+    "make_backend",
+    "resolve_backend",
+    "step",
+]

@@ -1,0 +1,186 @@
+"""Every backend of `rsst.update.step` against an independent float64 reference of SPEC §5."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from rsst.schedules import SCHEDULES
+from rsst.update import BACKENDS, step
+from rsst_kernels import fused_update
+from rsst_kernels.fused_update import triton_available
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+E1 = math.e - 1.0
+
+
+def reference_lam(schedule: str, t: int, T: int, lam_max: float, p: float) -> float:
+    u = min((t + 1) / T, 1.0)
+    shape = {
+        "x": u,
+        "x^2": u * u,
+        "x^3": u**3,
+        "exp": (math.exp(u) - 1) / E1,
+        "exp_custom_exponents": (math.exp(u**p) - 1) / E1,
+    }[schedule]
+    return lam_max * shape
+
+
+def reference_step(w, g, buf, code, *, lr, momentum, wd, nesterov, block, first, lam):
+    """SPEC §5 line by line in float64."""
+    w, g, buf = w.double().clone(), g.double().clone(), buf.double().clone()
+    alive = (code & 1).bool()
+    pending = (code & 2).bool()
+    g = torch.where(alive, g, torch.zeros_like(g))
+    if block:
+        g = torch.where(pending, lam * w, g)
+    else:
+        g = torch.where(pending, g + lam * w, g)
+    d = g + wd * w
+    buf = d.clone() if first else momentum * buf + d
+    update = d + momentum * buf if nesterov else buf
+    w = torch.where(alive, w - lr * update, torch.zeros_like(w))
+    buf = torch.where(alive, buf, torch.zeros_like(buf))
+    return w, buf
+
+
+def make_inputs(n: int, codes: str, seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, generator=gen)
+    g = torch.randn(n, generator=gen)
+    buf = torch.randn(n, generator=gen)
+    if codes == "mixed":
+        code = torch.randint(0, 4, (n,), generator=gen, dtype=torch.uint8)
+    else:
+        value = {"all_alive": 1, "all_pruned": 0, "no_pending": 1, "all_pending": 3}[codes]
+        code = torch.full((n,), value, dtype=torch.uint8)
+        if codes == "no_pending":
+            code[torch.rand(n, generator=gen) < 0.3] = 0
+    # dead elements hold zero weight and momentum, as the invariant says
+    dead = (code & 1) == 0
+    w[dead] = 0.0
+    buf[dead] = 0.0
+    return w, g, buf, code
+
+
+def available(backend: str) -> bool:
+    return backend != "triton" or triton_available("cpu")
+
+
+def check(backend, n, codes, schedule, nesterov, wd, block, first, t=3, T=10, seed=0):
+    if not available(backend):
+        pytest.skip("triton not installed")
+    w, g, buf, code = make_inputs(n, codes, seed)
+    hp = dict(lr=0.05, momentum=0.9, wd=wd, nesterov=nesterov, block=block, first=first)
+    lam_max, p = 0.8, 3.0
+    lam = reference_lam(schedule, t, T, lam_max, p)
+    w_ref, buf_ref = reference_step(w, g, buf, code, lam=lam, **hp)
+    used = step(
+        backend,
+        w,
+        g,
+        buf,
+        code,
+        lr=0.05,
+        momentum=0.9,
+        weight_decay=wd,
+        nesterov=nesterov,
+        block_loss_grad=block,
+        first_step=first,
+        schedule=schedule,
+        t=t,
+        T=T,
+        lam_max=lam_max,
+        exponents=p,
+    )
+    assert used == pytest.approx(lam, rel=1e-12)
+    torch.testing.assert_close(w.double(), w_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(buf.double(), buf_ref, rtol=1e-5, atol=1e-6)
+    assert torch.count_nonzero(g) == 0, "the gradient is left zeroed"
+    dead = (code & 1) == 0
+    assert torch.all(w[dead] == 0) and torch.all(buf[dead] == 0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("schedule", SCHEDULES)
+@pytest.mark.parametrize(
+    "nesterov,wd,block,first",
+    list(itertools.product([False, True], [0.0, 5e-4], [False, True], [False, True])),
+)
+def test_matches_reference_mixed_codes(backend, schedule, nesterov, wd, block, first):
+    # 4096 + 1000: not a multiple of the kernel's block
+    check(backend, 5096, "mixed", schedule, nesterov, wd, block, first)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("codes", ["all_alive", "all_pruned", "no_pending", "all_pending"])
+@pytest.mark.parametrize("block", [False, True])
+@pytest.mark.parametrize("n", [1, 17, 4097])
+def test_matches_reference_special_codes(backend, codes, block, n):
+    check(backend, n, codes, "exp_custom_exponents", True, 1e-4, block, False, t=9, T=10)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_buffers(backend):
+    if not available(backend):
+        pytest.skip("triton not installed")
+    e = torch.empty(0)
+    step(backend, e, e.clone(), e.clone(), torch.empty(0, dtype=torch.uint8), lr=0.1)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_pruned_stay_zero_over_many_steps(backend):
+    if not available(backend):
+        pytest.skip("triton not installed")
+    w, _, buf, code = make_inputs(3000, "mixed", 1)
+    gen = torch.Generator().manual_seed(2)
+    for t in range(25):
+        g = torch.randn(3000, generator=gen) * 10
+        step(backend, w, g, buf, code, lr=0.1, weight_decay=1e-3, nesterov=True,
+             first_step=t == 0, schedule="x", t=t, T=25, lam_max=5.0)
+        dead = (code & 1) == 0
+        assert torch.all(w[dead] == 0) and torch.all(buf[dead] == 0)
+
+
+def test_backends_agree_over_a_trajectory():
+    runs = {}
+    for backend in [b for b in BACKENDS if available(b)]:
+        w, _, buf, code = make_inputs(2000, "mixed", 3)
+        gen = torch.Generator().manual_seed(4)
+        for t in range(10):
+            g = torch.randn(2000, generator=gen)
+            step(backend, w, g, buf, code, lr=0.1, weight_decay=1e-4, first_step=t == 0,
+                 t=t, T=10)
+        runs[backend] = (w, buf)
+    base_w, base_buf = runs["eager"]
+    for backend, (w, buf) in runs.items():
+        torch.testing.assert_close(w, base_w, rtol=1e-5, atol=1e-6, msg=backend)
+        torch.testing.assert_close(buf, base_buf, rtol=1e-5, atol=1e-6, msg=backend)
+
+
+@pytest.mark.skipif(not triton_available("cpu"), reason="triton not installed")
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_kernel_lambda_matches_python(schedule):
+    """Isolate the in-kernel λ: all pending, task gradient blocked, lr 1, no momentum history.
+
+    Then w ← w − λ·w, so λ = 1 − w_new / w.
+    """
+    from rsst.schedules import lam_at, schedule_code
+
+    T, lam_max, p = 37, 0.75, 2.5
+    for t in (0, 5, 36):
+        w = torch.ones(64)
+        g = torch.randn(64)
+        buf = torch.zeros(64)
+        code = torch.full((64,), 3, dtype=torch.uint8)
+        hyper = torch.tensor([1.0, 0.0, 0.0, lam_max, p, float(t), float(T), 1.0])
+        fused_update(w, g, buf, code, hyper, schedule=schedule_code(schedule),
+                     block_loss_grad=True, block=64)
+        kernel_lam = 1.0 - w
+        torch.testing.assert_close(
+            kernel_lam, torch.full_like(w, lam_at(schedule, t, T, lam_max, p)), rtol=2e-6, atol=1e-7
+        )
