@@ -4,8 +4,9 @@ Datasets (`load_dataset`):
 - ``synthetic`` (default): a seeded, learnable CIFAR-shaped task generated in memory, so
   ``rsst run`` works anywhere. Ten classes, each a smooth random prototype image; every sample
   is its class prototype shifted (up to 8 px), blended with a random other prototype, laid
-  over a smooth random background, rescaled in brightness/contrast and noised. The task is fixed (it does not depend on ``seed``), like a real dataset;
-  ``seed`` only picks the validation split and the train subset.
+  over a smooth random background, rescaled in brightness/contrast and noised. The task is
+  fixed (it does not depend on ``seed``), like a real dataset; ``seed`` only picks the
+  validation split and the train subset.
 - ``cifar10`` / ``cifar100``: the official python-pickle layout (``data_batch_1..5``,
   ``test_batch``, ``batches.meta`` / ``train``, ``test``, ``meta``), also inside the
   ``cifar-10-batches-py`` / ``cifar-100-python`` subfolder, or class folders (below).
@@ -428,7 +429,7 @@ def _load_folders(
         layouts = f"{pickle_hint} or class folders" if pickle_hint else "class folders"
         raise UserError(
             f"data dir {root} has no train/ folder: expected {layouts} train/<class>/*.png|jpg; "
-            "pass --data-dir pointing at it"
+            f"pass --data-dir pointing at it{_layout_hint(key, root)}"
         )
     train_split = _class_split(train_dir)
     if train_split is None:
@@ -489,6 +490,20 @@ def _load_folders(
     train = part("train")
     assert train is not None
     return train, part("val"), part("test"), classes
+
+
+def _layout_hint(key: str, root: Path) -> str:
+    """A pointer for the two common near-misses: CIFAR pickles under the wrong --dataset, and
+    --data-dir pointing at train/ itself."""
+    for name, marker, sub in (
+        ("cifar10", "data_batch_1", "cifar-10-batches-py"),
+        ("cifar100", "meta", "cifar-100-python"),
+    ):
+        if name != key and ((root / marker).is_file() or (root / sub).is_dir()):
+            return f" (it looks like {name} python pickles: pass --dataset {name})"
+    if _class_split(root) is not None:
+        return f" (it holds class folders itself: pass its parent {root.parent} instead)"
+    return ""
 
 
 def _signature(root: Path, files: Sequence[str]) -> str:
@@ -698,18 +713,35 @@ class Batches:
             yield x.float().div_(255.0), self.labels[idx]
 
     def _augment(self, idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """Random crop (offsets 0..2*pad in the padded image) + flip, one advanced-index gather."""
-        n, h, w, p, dev = idx.shape[0], self.height, self.width, self.pad, self.device
-        oy = torch.randint(0, 2 * p + 1, (n, 1), generator=gen, device=dev)
-        ox = torch.randint(0, 2 * p + 1, (n, 1), generator=gen, device=dev)
-        flip = torch.rand(n, 1, generator=gen, device=dev) < 0.5
-        ar_w = torch.arange(w, device=dev)
-        rows = oy + torch.arange(h, device=dev)  # [n, h]
-        cols = ox + torch.where(flip, w - 1 - ar_w, ar_w)  # [n, w]: flip reverses the columns
-        chans = torch.arange(3, device=dev).view(1, 3, 1, 1)
-        return self.images[
-            idx.view(n, 1, 1, 1), chans, rows.view(n, 1, h, 1), cols.view(n, 1, 1, w)
-        ]
+        """Draw a crop offset (0..2*pad in the padded image) and a coin flip per sample."""
+        n, p, dev = idx.shape[0], self.pad, self.device
+        oy = torch.randint(0, 2 * p + 1, (n,), generator=gen, device=dev)
+        ox = torch.randint(0, 2 * p + 1, (n,), generator=gen, device=dev)
+        flip = torch.rand(n, generator=gen, device=dev) < 0.5
+        return crop_flip(self.images, idx, oy, ox, flip, self.height, self.width)
+
+
+def crop_flip(
+    padded: torch.Tensor,
+    idx: torch.Tensor,
+    oy: torch.Tensor,
+    ox: torch.Tensor,
+    flip: torch.Tensor,
+    height: int,
+    width: int,
+) -> torch.Tensor:
+    """``padded[idx[i], :, oy[i]:oy[i]+height, ox[i]:ox[i]+width]``, mirrored where ``flip[i]``.
+
+    One advanced-index gather for the whole batch: the flip only reverses the column index.
+    """
+    n, dev = idx.shape[0], padded.device
+    ar_w = torch.arange(width, device=dev)
+    rows = oy.view(n, 1) + torch.arange(height, device=dev)  # [n, h]
+    cols = ox.view(n, 1) + torch.where(flip.view(n, 1), width - 1 - ar_w, ar_w)  # [n, w]
+    chans = torch.arange(padded.shape[1], device=dev).view(1, -1, 1, 1)
+    return padded[
+        idx.view(n, 1, 1, 1), chans, rows.view(n, 1, height, 1), cols.view(n, 1, 1, width)
+    ]
 
 
 def iterate_batches(
@@ -737,6 +769,7 @@ __all__ = [
     "ImageSet",
     "cache_path",
     "channel_stats",
+    "crop_flip",
     "decode_images",
     "default_cache_dir",
     "iterate_batches",

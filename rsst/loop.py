@@ -199,17 +199,20 @@ class PruningRun:
                           "train_loss": result.loss, "train_acc": result.acc, "val_acc": val_acc,
                           "val_loss": val_loss, "test_acc": test_acc,
                           "lr": lr_at(base + steps - 1), "reg_lambda": lam, "seconds": seconds}
-                improved = val_acc is not None and val_acc > best.get("best_val_acc", -1.0)
-                if improved or "best_val_acc" not in best:
+                # with no val split the last epoch stands in for the best one
+                if (val_acc is None or "best_val_acc" not in best
+                        or val_acc > best["best_val_acc"]):
                     best = {**best, "best_val_acc": val_acc, "best_epoch": epoch + 1,
                             "test_acc": test_acc}
                 best = {**best, "last": record,
                         "seconds": best.get("seconds", 0.0) + seconds}
                 if state == 0 and cfg.rewind_epoch() == epoch + 1:
                     self.rewind_point = self._snapshot()
+                # the line first: a kill between the two leaves a line that resume trims,
+                # never a checkpointed epoch without its line
+                append_jsonl(self.run_dir / "metrics.jsonl", record)
                 self.save_checkpoint({"state": state, "epoch": epoch + 1, "partial": best,
                                       "fresh_momentum": False})
-                append_jsonl(self.run_dir / "metrics.jsonl", record)
         return best
 
     def finish_state(self, state: int, best: dict[str, Any]) -> dict[str, Any]:

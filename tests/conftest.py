@@ -13,4 +13,5 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# one thread: small ops on a shared 2-core machine are far slower with a second spinning thread
+torch.set_num_threads(1)

@@ -20,6 +20,16 @@ from rsst.models import (
 )
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Batch-2 forwards gain nothing from 2 threads, and OpenMP spin-waits make a busy 2-core
+    box up to 20x slower with them; restore the setting for the other test files."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
