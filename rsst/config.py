@@ -111,6 +111,20 @@ PRESETS: dict[str, dict[str, Any]] = {
         batch_size=128, lr=0.1, momentum=0.9, weight_decay=1e-4, lr_schedule="multistep",
         milestones=[80, 120], gamma=0.1, warmup_epochs=0.0, rewind="epoch:8",
     ),
+    # from-scratch CIFAR ViTs: SGD (the optimizer the fused update implements) with Nesterov,
+    # warm-up + cosine and label smoothing; heads and MLP neurons are the groups
+    "cifar10-vit_tiny": dict(
+        dataset="cifar10", arch="vit_tiny", patch_size=4, structure="head+neuron", states=10,
+        rate=0.2, criteria="l1", epochs=100, batch_size=128, lr=0.05, momentum=0.9,
+        nesterov=True, weight_decay=1e-4, lr_schedule="cosine", warmup_epochs=5.0,
+        label_smoothing=0.1, rewind="init",
+    ),
+    "cifar10-vit_small": dict(
+        dataset="cifar10", arch="vit_small", patch_size=4, structure="head+neuron", states=10,
+        rate=0.2, criteria="l1", epochs=100, batch_size=128, lr=0.05, momentum=0.9,
+        nesterov=True, weight_decay=1e-4, lr_schedule="cosine", warmup_epochs=5.0,
+        label_smoothing=0.1, rewind="init",
+    ),
     # the research code's own recipe (main_imp_fillback.py defaults)
     "cifar10-resnet20-research": dict(
         dataset="cifar10", arch="resnet20", states=20, rate=0.2, criteria="l1", epochs=182,
@@ -149,6 +163,10 @@ def validate(config: RunConfig) -> RunConfig:
     for name, value in positive.items():
         if value < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1 (got {value})")
+    if not 0.0 <= config.label_smoothing < 1.0:
+        raise UserError(f"--label-smoothing must be in [0, 1) (got {config.label_smoothing})")
+    if config.momentum < 0 or config.weight_decay < 0:
+        raise UserError("--momentum and --weight-decay must be ≥ 0")
     if config.lr <= 0:
         raise UserError(f"--lr must be positive (got {config.lr})")
     if config.reg_granularity < 0:

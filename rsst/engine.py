@@ -49,6 +49,7 @@ class Engine:
     ) -> EpochResult:
         """Train one epoch; ``lr_at(i)`` and ``ramp_step(i)`` map the epoch's step i to lr and t."""
         self.model.train()
+        self.arena.verify()  # once per epoch: catches .to() / set_to_none before they cost a state
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
         correct = torch.zeros((), device=self.device, dtype=torch.int64)
         seen = 0

@@ -63,3 +63,18 @@ def state_table(records: list[dict[str, Any]], kinds: list[str]) -> Table:
             f"{r.get('reg_lambda', 0.0):.3g}", f"{r.get('seconds', 0.0):.1f}",
         )
     return table
+
+
+def block_table(record: dict[str, Any]) -> Table:
+    """Heads and MLP neurons kept per transformer block in one state's network."""
+    blocks: dict[str, dict[str, str]] = {}
+    for unit, info in record.get("groups", {}).items():
+        if info["kind"] in ("head", "neuron"):
+            block = unit.rsplit(".", 1)[0]
+            blocks.setdefault(block, {})[info["kind"]] = f"{info['alive']}/{info['total']}"
+    table = Table(title=f"state {record['state']}: kept per block")
+    for header in ("block", "heads", "neurons"):
+        table.add_column(header, justify="right")
+    for block, kept in blocks.items():
+        table.add_row(block, kept.get("head", "–"), kept.get("neuron", "–"))
+    return table

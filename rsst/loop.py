@@ -32,7 +32,7 @@ from rsst.criteria import group_scores
 from rsst.data import Batches, load_dataset
 from rsst.engine import Engine, lr_schedule
 from rsst.errors import UserError
-from rsst.log import append_jsonl, state_table, training_progress, write_json
+from rsst.log import append_jsonl, block_table, state_table, training_progress, write_json
 from rsst.models import create_model
 from rsst.pruning import magnitude_prune, refill
 from rsst.structure import build_structure
@@ -243,6 +243,8 @@ class PruningRun:
             record.update({"val_acc_after_cut": val_acc, "test_acc_after_cut": test_acc,
                            "remain_weight_after_cut": self.structure.remain_weight(cut),
                            "structured_sparsity_after_cut": self.structure.sparsity(cut)})
+        # alive / total groups of every unit in the network this state delivers
+        record["groups"] = self.structure.per_unit(self.arena.hard_mask)
         self.save_state_files(state, record)
         if state + 1 < cfg.states:
             self.prune_for_next_state(state)
@@ -319,6 +321,8 @@ class PruningRun:
             self.save_checkpoint({"state": state + 1, "epoch": 0, "fresh_momentum": True})
             self.write_summary()
             self.console.print(state_table(self.records, kinds))
+            if {"head", "neuron"} & set(kinds):
+                self.console.print(block_table(record))
         return self.records
 
     def _trim_metrics(self, position: dict[str, Any]) -> None:

@@ -240,8 +240,18 @@ def build_structure(model: nn.Module, arena: Arena, structure: str = "auto") -> 
     names = [n for n in names if n in arena.slots]
     note = ""
     if not names:
-        raise UserError("rsst found no prunable layers in this model (no conv beyond the stem, "
-                        "no qkv/proj/fc1/fc2); pick a supported --arch")
-    if kinds and not units:
+        # no group definition for this model (e.g. an MLP-only timm model): prune the weights of
+        # every conv / linear layer but the first and the last, unstructured
+        layers = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+        names = [f"{n}.weight" for n in layers[1:-1] if f"{n}.weight" in arena.slots]
+        units = []
+        if not names:
+            raise UserError("rsst found no prunable layers in this model (it needs convs or "
+                            "linear layers between the first and the classifier); pick another "
+                            "--arch")
+        if kinds:
+            note = ("rsst has no structural group definition for this model: pruning its "
+                    "conv/linear weights unstructured (IMP-style)")
+    elif kinds and not units:
         note = "no structural groups found: pruning is unstructured"
     return Structure(arena.element_mask(names), names, units, note)
