@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 from rich.console import Console
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from rsst import __version__
@@ -130,8 +130,6 @@ class PruningRun:
         fix = f"start over with `rsst run --config {self.run_dir / 'config.toml'} --overwrite`"
         try:
             tensors = load_file(str(path), device=str(self.device))
-            from safetensors import safe_open
-
             with safe_open(str(path), "pt") as f:
                 meta = f.metadata() or {}
             position = json.loads(meta["position"])
