@@ -17,7 +17,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-SUITES: tuple[str, ...] = ("update",)
+SUITES: tuple[str, ...] = ("update", "step", "train", "inference")
 
 
 def git_commit() -> str:
@@ -124,19 +124,33 @@ def run_suites(
     json_path: Path | None = None,
     console: Console | None = None,
     quick: bool = False,
+    plot_path: Path | None = None,
 ) -> dict[str, Any]:
-    """Run the named suites on ``device``, print their tables, optionally write JSON."""
+    """Run the named suites on ``device``, print their tables, optionally write JSON / a plot."""
+    from rsst_bench import inference as inference_suite
+    from rsst_bench import step as step_suite
+    from rsst_bench import train as train_suite
     from rsst_bench import update as update_suite
 
+    if plot_path is not None:  # fail before a long run, not after it
+        from rsst_bench.plot import require_matplotlib
+
+        require_matplotlib()
     console = console or Console()
     env = environment(device)
     console.print(f"[bold]rsst bench[/] on {env['device']} · torch {env['torch']} · "
                   f"triton {env['triton']} · commit {env['commit']}")
     records: list[dict[str, Any]] = []
-    runners = {"update": update_suite.run}
+    runners = {"update": update_suite.run, "step": step_suite.run, "train": train_suite.run,
+               "inference": inference_suite.run}
     for suite in suites:
         records += runners[suite](device, models=models, console=console, quick=quick)
     if json_path is not None:
         write_json(json_path, env, records)
         console.print(f"results written to {json_path}")
+    if plot_path is not None:
+        from rsst_bench.plot import plot_results
+
+        plot_results(records, env, plot_path)
+        console.print(f"plot written to {plot_path}")
     return {"env": env, "results": records}

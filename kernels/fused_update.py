@@ -173,25 +173,84 @@ def fused_update_reference(
     block_loss_grad: bool = False,
     first_step: bool = False,
 ) -> None:
-    """The same math as `fused_update` in a handful of vectorized torch ops (the kernel's twin).
+    """The same math as `fused_update` in a handful of in-place torch ops (the kernel's twin).
 
     Works on any device and any dtype the caller chooses (float64 for references); λ comes in as
-    a number because torch ops need no in-kernel schedule. ``g`` is left zeroed.
+    a number because torch ops need no in-kernel schedule. ``g`` serves as the scratch buffer for
+    d and the step (so the ops make no full-size float temporaries) and is left zeroed. With
+    ``lam == 0`` and no ``block_loss_grad`` the pending bit changes nothing and is not read.
     """
-    alive = (code & ALIVE_BIT) != 0
-    pending = (code & PENDING_BIT) != 0
-    masked = torch.where(alive, g, 0.0)
-    penalty = w * lam
-    penalised = penalty if block_loss_grad else masked + penalty
-    d = torch.where(pending, penalised, masked)
+    dead = (code & ALIVE_BIT) == 0
+    g.masked_fill_(dead, 0.0)
+    if lam != 0.0 or block_loss_grad:
+        pending = (code & PENDING_BIT) != 0
+        if block_loss_grad:
+            g.masked_fill_(pending, 0.0)
+        g.addcmul_(w, pending.to(w.dtype), value=lam)
     if weight_decay != 0.0:
-        d = d.add(w, alpha=weight_decay)
+        g.add_(w, alpha=weight_decay)  # g now holds d
     if first_step:
-        buf.copy_(d)
+        buf.copy_(g)
     else:
-        buf.mul_(momentum).add_(d)
-    step = d.add(buf, alpha=momentum) if nesterov else buf
+        buf.mul_(momentum).add_(g)
+    if nesterov:
+        step = g.add_(buf, alpha=momentum)
+    else:
+        step = buf
     w.add_(step, alpha=-lr)
-    w.masked_fill_(~alive, 0.0)
-    buf.masked_fill_(~alive, 0.0)
+    w.masked_fill_(dead, 0.0)
+    buf.masked_fill_(dead, 0.0)
     g.zero_()
+
+
+# -- torch.compile compatibility ----------------------------------------------------------------
+# The launcher above is plain Python around a Triton launch, which Dynamo cannot trace: a compiled
+# training step that calls it would graph-break there. Registered as a custom op with a fake
+# implementation, the update is one opaque node in the compiled graph (mutating w, g and buf in
+# place, as the functionalization pass needs to know), so `torch.compile(fullgraph=True)` works.
+@torch.library.custom_op("rsst::fused_update", mutates_args=("w", "g", "buf"))
+def fused_update_op(
+    w: torch.Tensor,
+    g: torch.Tensor,
+    buf: torch.Tensor,
+    code: torch.Tensor,
+    hyper: torch.Tensor,
+    schedule: int,
+    nesterov: bool,
+    block_loss_grad: bool,
+) -> None:
+    """`fused_update` as the custom op ``torch.ops.rsst.fused_update`` (same arguments).
+
+    On CUDA it always launches the Triton kernel (λ stays in-kernel: no host sync, graph
+    capturable). Elsewhere it runs the torch twin, with λ computed on the host from ``hyper``,
+    which lives on the CPU there, so reading it costs no device sync.
+    """
+    if w.device.type == "cuda":
+        fused_update(w, g, buf, code, hyper, schedule=schedule, nesterov=nesterov,
+                     block_loss_grad=block_loss_grad)
+        return
+    from rsst.schedules import SCHEDULES, lam, ramp_position  # the Python formulas (one place)
+
+    values = dict(zip(HYPER_SLOTS, hyper.detach().to("cpu", torch.float64).tolist(), strict=True))
+    lam_value = lam(SCHEDULES[schedule], ramp_position(int(values["t"]), int(values["T"])),
+                    values["lam_max"], values["exponents"])
+    fused_update_reference(
+        w, g, buf, code, lr=values["lr"], lam=lam_value, momentum=values["momentum"],
+        weight_decay=values["weight_decay"], nesterov=nesterov, block_loss_grad=block_loss_grad,
+        first_step=values["first_step"] != 0.0,
+    )
+
+
+@fused_update_op.register_fake
+def _fused_update_fake(
+    w: torch.Tensor,
+    g: torch.Tensor,
+    buf: torch.Tensor,
+    code: torch.Tensor,
+    hyper: torch.Tensor,
+    schedule: int,
+    nesterov: bool,
+    block_loss_grad: bool,
+) -> None:
+    """Shapes only: the op returns nothing and mutates its inputs in place."""
+    return None

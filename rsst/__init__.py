@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 from pathlib import Path
+from typing import Any
 
 __version__ = "0.1.0"
 
@@ -35,4 +36,13 @@ _alias_source_package("rsst_kernels", "kernels")
 _alias_source_package("rsst_bench", "bench")
 
 
-__all__ = ["__version__"]
+def load(path: str | Path, device: str = "cpu") -> Any:
+    """Rebuild the ``nn.Module`` stored in an ``rsst export`` file (masked or compact), in eval
+    mode, from the file alone. Lazy, so ``import rsst`` stays light; see `rsst.export.load_model`.
+    """
+    from rsst.export import load_model
+
+    return load_model(path, device)
+
+
+__all__ = ["__version__", "load"]

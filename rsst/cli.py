@@ -72,20 +72,28 @@ def _device(name: str):  # noqa: ANN202 - torch.device, imported lazily to keep 
     epilog="Examples:\n\n"
     "  rsst bench --suite update                       # per-step update, every backend\n\n"
     "  rsst bench --suite update --device cuda --json update.json\n\n"
-    "  rsst bench --suite update --models resnet20,vit_small --quick",
+    "  rsst bench --suite update --models resnet20,vit_small --quick\n\n"
+    "  rsst bench --suite step --device cuda --plot step.png   # RSST overhead over dense\n\n"
+    "  rsst bench --suite all --device cpu --json bench_cpu.json",
 )
 def bench(
     suite: Suite = typer.Option(Suite.update, help="Which suite to run."),
     device: BenchDevice = typer.Option(BenchDevice.auto, help="Device to time on."),
     models: str = typer.Option(
-        "", help="Comma-separated models (default: resnet20,resnet18,vit_tiny,vit_small,vit_base)."
+        "", help="Comma-separated models (default: resnet20,resnet18,vit_tiny,vit_small; the "
+        "update suite adds vit_base on CUDA)."
     ),
+    model: Path | None = typer.Option(None, "--model", help="inference suite: an export "
+                                      "(.safetensors) or a run directory to time dense vs "
+                                      "compact."),
     json_path: Path | None = typer.Option(None, "--json", help="Write results as JSON here."),
     plot: Path | None = typer.Option(None, help="Write a bar chart (PNG; needs matplotlib)."),
     quick: bool = typer.Option(False, help="Fewer repeats, for a smoke test."),
 ) -> None:
     """Time the pruning work side by side: fused Triton kernel vs torch vs eager vs the
-    research code's per-layer loop ("seed"). Reports ms per step, achieved GB/s and ratios."""
+    research code's per-layer loop ("seed"). Reports ms per step, achieved GB/s and ratios;
+    `step` times whole training steps against dense training, `train` the real engine's
+    epoch throughput with and without torch.compile."""
     from rsst_bench import SUITES, run_suites
 
     chosen = list(SUITES) if suite is Suite.all else [suite.value]
@@ -93,11 +101,17 @@ def bench(
     if missing:
         _fail(f"bench suite {missing[0]!r} is not available in rsst {__version__} yet; "
               f"available: {', '.join(SUITES)}")
-    if plot is not None:
-        _fail("--plot is not available in this version yet; use --json and plot the records")
+    if plot is not None and "step" not in chosen:
+        _fail("--plot draws the step suite: add --suite step or --suite all")
     model_list = [m.strip() for m in models.split(",") if m.strip()] or None
+    if model is not None:
+        if chosen != ["inference"]:
+            _fail("--model is for --suite inference; add --suite inference")
+        if not model.exists():
+            _fail(f"--model {model} does not exist: pass an export file or a run directory")
+        model_list = [str(model), *(model_list or [])]
     run_suites(chosen, _device(device.value), models=model_list, json_path=json_path,
-               console=console, quick=quick)
+               console=console, quick=quick, plot_path=plot)
 
 
 RUN_EPILOG = """Examples:
@@ -119,7 +133,8 @@ def run(
     config: Path | None = typer.Option(None, "--config", help="A config.toml (from a run dir)."),
     preset: str | None = typer.Option(None, help="A research recipe: cifar10-resnet20, "
                                       "cifar100-resnet20, cifar10-resnet18, "
-                                      "cifar10-resnet20-research."),
+                                      "cifar10-resnet20-research, cifar10-vit_tiny, "
+                                      "cifar10-vit_small."),
     method: str | None = typer.Option(None, help="rsst | refill | imp."),
     arch: str | None = typer.Option(None, help="resnet20/32/56/110, resnet18/50, vgg16_bn, "
                                     "mobilenet, vit_tiny/small/base, timm:<name>."),
@@ -201,20 +216,65 @@ def run(
 
 @app.command(
     epilog="Examples:\n\n"
-    "  rsst export runs/my-run --state last --compact -o model.safetensors",
+    "  rsst export runs/my-run --state last --compact -o model.safetensors\n\n"
+    "  rsst export runs/my-run --state best --masked -o masked.safetensors",
 )
-def export() -> None:
-    """Export a pruned state as safetensors (masked or physically compacted)."""
-    _fail("rsst export is not built yet in this version (issue 5)")
+def export(
+    run_dir: Path = typer.Argument(..., help="A run directory written by `rsst run`."),
+    out: Path = typer.Option(..., "-o", "--out", help="The .safetensors file to write."),
+    state: str = typer.Option("last", help="Which state: a number, last, or best (highest val "
+                              "accuracy)."),
+    compact: bool = typer.Option(True, "--compact/--masked", help="Physically remove pruned "
+                                 "channels/heads/neurons, or keep dense shapes plus masks."),
+) -> None:
+    """Export a pruned state as safetensors (masked or physically compacted).
+
+    Prints kept/total units, params and MACs per layer; load with rsst.load(FILE).
+    """
+    from rsst.export import export_model, export_table
+
+    result = export_model(run_dir, out, state=state, form="compact" if compact else "masked")
+    console.print(export_table(result))
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
+    if result.params["compact"] == result.params["dense"]:
+        console.print("[yellow]note:[/] nothing was removable: compaction needs whole channels/"
+                      "heads/neurons pruned with their BatchNorm γ/β or biases zeroed (refill/"
+                      "rsst); imp prunes single weights, so its export stays dense")
+    console.print(f"wrote {result.path} ({result.file_bytes / 1e6:.2f} MB, {result.form}, state "
+                  f"{result.state}; compact vs masked max |Δlogit| {result.max_abs_diff:.2g})")
 
 
 @app.command(
     name="eval",
     epilog="Examples:\n\n  rsst eval model.safetensors --dataset cifar10 --data-dir ~/data/cifar10",
 )
-def evaluate() -> None:
+def evaluate(
+    file: Path = typer.Argument(..., help="A .safetensors file from `rsst export` (or a run's "
+                                "state_XX/weights.safetensors)."),
+    dataset: str | None = typer.Option(None, help="Dataset (default: the run's, from the "
+                                       "file's metadata)."),
+    data_dir: str | None = typer.Option(None, help="Dataset folder (default: the run's)."),
+    split: str = typer.Option("val", help="val (the run's own val split) | test."),
+    batch_size: int = typer.Option(256, help="Evaluation batch size."),
+    device: BenchDevice = typer.Option(BenchDevice.auto, help="Device to evaluate on."),
+    cache_dir: str | None = typer.Option(None, help="Where decoded images are cached."),
+    json_out: bool = typer.Option(False, "--json", help='Print {"accuracy", "loss", "n"} as '
+                                  "JSON only."),
+) -> None:
     """Accuracy and loss of an exported model on a dataset."""
-    _fail("rsst eval is not built yet in this version (issue 5)")
+    import json
+
+    from rsst.export import evaluate_file
+
+    result = evaluate_file(file, dataset=dataset, data_dir=data_dir, split=split,
+                           batch_size=batch_size, device=device.value, cache_dir=cache_dir)
+    if json_out:
+        print(json.dumps({k: result[k] for k in ("accuracy", "loss", "n")}))
+        return
+    console.print(f"{file} ({result['form']}) on {result['dataset']} {result['split']}: "
+                  f"accuracy {100 * result['accuracy']:.2f} %, loss {result['loss']:.4f}, "
+                  f"n = {result['n']}", highlight=False)
 
 
 def main() -> None:

@@ -239,17 +239,18 @@ class TorchBackend:
     def step(self, arena: Arena, lr: float, t: int) -> float:
         config = self.config
         lam = config.lam(t)
+        # with nothing pending the penalty terms are no-ops: skip reading the pending bits
         fused_update_reference(
             arena.weight,
             arena.grad,
             arena.momentum,
             arena.code,
             lr=lr,
-            lam=lam,
+            lam=lam if arena.has_pending else 0.0,
             momentum=config.momentum,
             weight_decay=config.weight_decay,
             nesterov=config.nesterov,
-            block_loss_grad=config.block_loss_grad,
+            block_loss_grad=config.block_loss_grad and arena.has_pending,
             first_step=arena.fresh_momentum,
         )
         return lam

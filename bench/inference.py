@@ -1,0 +1,121 @@
+"""``rsst bench --suite inference``: dense (masked) vs physically compacted model, side by side.
+
+Each model entry is an export (``.safetensors``), a run directory (its last state), or a
+registry name (random 50 % structured pruning of a fresh model, the Refill mask layout, so the
+suite runs anywhere). Both networks are timed at a few batch sizes on the chosen device, and the
+measured speedup is printed beside the MAC (FLOPs) and parameter ratios: the gap between the
+two is what the hardware makes of the smaller shapes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from torch import nn
+
+from rsst.compact import (
+    apply_plan,
+    compact_state_dict,
+    count_macs,
+    count_params,
+    plan_compaction,
+    random_prune,
+)
+from rsst.errors import UserError
+from rsst_bench.common import render_table, time_ms
+
+DEFAULT_MODELS = ("resnet20", "vgg16_bn", "mobilenet", "vit_tiny")
+RANDOM_FRACTION = 0.5
+
+
+def _compact_of(dense: nn.Module) -> nn.Module:
+    """The compacted twin of a masked model (built here, no file round trip)."""
+    from rsst.export import ModelSpec
+
+    plan = plan_compaction(dense)
+    state = compact_state_dict(dense, plan)
+    spec = ModelSpec(dense.rsst_arch, dense.rsst_num_classes, tuple(dense.rsst_input_size),
+                     dense.rsst_patch_size, (), ())
+    model = apply_plan(spec.create("cpu"), plan.modules)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def load_pair(entry: str) -> tuple[str, nn.Module, nn.Module]:
+    """(label, dense, compact) for a file, a run directory or a registry model name."""
+    from rsst.export import load_model, model_spec, read_file, resolve_state
+    from rsst.models import create_model, list_models
+
+    path = Path(entry)
+    if path.is_dir():
+        _, path = resolve_state(path, "last")
+    if path.is_file():
+        _, meta = read_file(path)
+        if meta.get("rsst.form") == "compact":
+            compact = load_model(path)
+            dense = model_spec(meta, path).create("cpu").eval()  # same shapes; values irrelevant
+        else:
+            dense = load_model(path)
+            compact = _compact_of(dense)
+        label = f"{meta['rsst.arch']} ({path.name})"
+        return label, dense, compact
+    if entry in list_models() or entry.startswith("timm:"):
+        dense = create_model(entry, num_classes=10)
+        random_prune(dense, RANDOM_FRACTION, seed=0)
+        dense = dense.eval()
+        return f"{entry} (random {RANDOM_FRACTION:.0%})", dense, _compact_of(dense)
+    raise UserError(f"--model {entry!r} is neither an export file, a run directory nor a model "
+                    "name: pass a .safetensors file from `rsst export` or a run directory")
+
+
+def run(device: torch.device, *, models: list[str] | None = None, console: Console,
+        quick: bool = False) -> list[dict[str, Any]]:
+    cuda = device.type == "cuda"
+    batches = (1, 32, 128, 512) if cuda else ((1, 32) if quick else (1, 32, 128))
+    records: list[dict[str, Any]] = []
+    for entry in list(models or DEFAULT_MODELS):
+        label, dense, compact = load_pair(entry)
+        size = tuple(dense.rsst_input_size)
+        info = {}
+        for path, model in (("dense", dense), ("compact", compact)):
+            info[path] = {"params": count_params(model),
+                          "flops": sum(count_macs(model, size).values())}
+        dense, compact = dense.to(device), compact.to(device)
+        for batch in batches:
+            x = torch.rand(batch, *size, device=device)
+            timings = {}
+            for path, model in (("dense", dense), ("compact", compact)):
+                if cuda:
+                    warmup, repeats = 10, 50
+                else:
+                    warmup, repeats = 1, (3 if quick or batch >= 64 else 7)
+
+                def forward(model: nn.Module = model, x: torch.Tensor = x) -> None:
+                    with torch.inference_mode():
+                        model(x)
+
+                timings[path] = time_ms(forward, device, warmup=warmup, repeats=repeats)
+            for path, ms in timings.items():
+                records.append({
+                    "suite": "inference", "model": label, "path": path,
+                    "device": device.type, "batch": batch, "median_ms": ms,
+                    "images_per_s": batch / (ms * 1e-3),
+                    "params": info[path]["params"], "flops": info[path]["flops"],
+                    "flops_ratio": info["dense"]["flops"] / info[path]["flops"],
+                    "params_ratio": info["dense"]["params"] / info[path]["params"],
+                    "speedup": timings["dense"] / ms,
+                })
+        del dense, compact
+    render_table(
+        console,
+        f"inference suite · {device.type} · dense (masked) vs compact; flops = MACs per image",
+        records,
+        [("model", "model"), ("path", "path"), ("batch", "batch"), ("median_ms", "ms"),
+         ("images_per_s", "img/s"), ("params", "params"), ("flops", "MACs"),
+         ("flops_ratio", "× fewer MACs"), ("speedup", "× speedup")],
+    )
+    return records
+

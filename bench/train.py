@@ -1,0 +1,156 @@
+"""``rsst bench --suite train``: epoch throughput of the real training engine.
+
+Unlike the step suite, which times a hand-written step on one fixed batch, this suite runs what
+``rsst run`` runs: `rsst.engine.Engine.train_epoch` on a model whose parameters live in an
+`Arena` (realistic code buffer: 60 % alive, 10 % pending), the backend from
+``make_backend("auto")`` (Triton on CUDA, torch elsewhere), device-resident `rsst.data.Batches`
+over the synthetic dataset with the GPU-side crop/flip augmentation, bf16 autocast on CUDA —
+with and without ``torch.compile``. Images/s are measured over a number of steps and
+extrapolated to one 45,000-image CIFAR training epoch (50k minus the 5k validation split).
+
+Compilation happens on the first steps; they are timed apart (``compile_s``) and excluded from
+the throughput. If ``torch.compile`` fails here (no C compiler, an unsupported op), the record
+carries the error and the suite goes on.
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import os
+import statistics
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from rich.console import Console
+
+from rsst.arena import Arena
+from rsst.data import Batches, ImageSet, load_dataset
+from rsst.engine import Engine
+from rsst.update import UpdateConfig, make_backend
+from rsst_bench.common import render_table
+from rsst_bench.step import DEFAULT_MODELS, _install_codes, _make_model
+
+EPOCH_IMAGES = 45_000
+LR = 0.01
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Batch size and how many steps are timed (CPU defaults keep ``--suite all`` < 10 min)."""
+
+    batch: int
+    warmup: int  # steps after the first (compiling) one, before timing
+    chunks: int  # timed chunks; the figure is the median chunk
+    steps: int  # steps per chunk
+    compile_models: tuple[str, ...] | None = None  # None: compile every model (default)
+
+    @staticmethod
+    def for_device(device: torch.device, quick: bool) -> TrainSettings:
+        if device.type == "cuda":
+            return TrainSettings(batch=128, warmup=5 if quick else 20, chunks=3,
+                                 steps=10 if quick else 50)
+        # A 2-core CPU: batch 32 and a few steps per chunk keep `--suite all` under ten minutes
+        # even with a cold inductor cache (a cold compile is 30-60 s per model there).
+        return TrainSettings(batch=8 if quick else 32, warmup=1, chunks=2 if quick else 3,
+                             steps=2 if quick else 3)
+
+
+def _forever(batches: Batches) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches across epoch boundaries (the synthetic train split is smaller than a benchmark)."""
+    while True:
+        yield from batches
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(name: str, device: torch.device, data: ImageSet, settings: TrainSettings,
+            compile: bool, config: UpdateConfig) -> dict[str, Any]:
+    """Throughput of ``Engine.train_epoch`` for model ``name``; compile time kept apart."""
+    model = _make_model(name, device)
+    arena = Arena(model)
+    _install_codes(arena)
+    backend = make_backend("auto", device, config)
+    engine = Engine(model, arena, backend, device, amp=True, compile=compile)
+    batches = Batches(data, settings.batch, shuffle=True, augment=True, device=device,
+                      drop_last=True)
+    stream = _forever(batches)
+    record: dict[str, Any] = {"path": backend.name, "compile": compile}
+
+    def chunk(steps: int) -> float:
+        _sync(device)
+        t0 = time.perf_counter()
+        engine.train_epoch(itertools.islice(stream, steps), lambda i: LR, lambda i: i)
+        _sync(device)  # train_epoch ends with a host read of the loss; this makes it explicit
+        return time.perf_counter() - t0
+
+    first_s = chunk(1)  # compiles forward and backward when compile=True
+    if settings.warmup:
+        chunk(settings.warmup)
+    chunk_s = [chunk(settings.steps) for _ in range(settings.chunks)]
+    step_s = statistics.median(chunk_s) / settings.steps
+    images_per_s = settings.batch / step_s
+    record.update({
+        "median_ms": step_s * 1e3,
+        "images_per_s": images_per_s,
+        "epoch_s": EPOCH_IMAGES / images_per_s,
+        "first_step_s": first_s,
+        "compile_s": max(first_s - step_s, 0.0) if compile else None,
+        "params": sum(p.numel() for p in model.parameters()),
+        "steps_measured": settings.chunks * settings.steps,
+    })
+    return record
+
+
+def run(device: torch.device, *, models: list[str] | None = None, console: Console,
+        quick: bool = False, settings: TrainSettings | None = None,
+        data: ImageSet | None = None) -> list[dict[str, Any]]:
+    settings = settings or TrainSettings.for_device(device, quick)
+    models = list(models or DEFAULT_MODELS)
+    if data is None:
+        data = load_dataset("synthetic").train
+    config = UpdateConfig(momentum=0.9, weight_decay=5e-4, schedule="exp_custom_exponents",
+                          ramp_steps=1000)
+    records: list[dict[str, Any]] = []
+    notes: list[str] = []
+    for name in models:
+        for compile in (False, True):
+            base = {"suite": "train", "model": name, "device": device.type,
+                    "batch": settings.batch, "epoch_images": EPOCH_IMAGES, "compile": compile,
+                    "amp": "bf16" if device.type == "cuda" else None, "dataset": "synthetic"}
+            if compile and settings.compile_models is not None and (
+                    name not in settings.compile_models):
+                notes.append(f"{name} compiled: skipped (not in compile_models)")
+                continue
+            base["load_avg"] = os.getloadavg()[0]
+            try:
+                record = measure(name, device, data, settings, compile, config)
+            except Exception as exc:  # a failing compiler must not end the bench
+                if not compile:
+                    raise
+                message = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}"
+                notes.append(f"{name} compiled: torch.compile failed here ({message})")
+                record = {"path": "auto", "median_ms": None, "images_per_s": None,
+                          "epoch_s": None, "error": message}
+            finally:
+                gc.collect()
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+            records.append({**base, **record})
+    render_table(
+        console,
+        f"train suite · {device.type} · Engine.train_epoch, batch {settings.batch}, "
+        f"epoch = {EPOCH_IMAGES:,} images (extrapolated)",
+        records,
+        [("model", "model"), ("path", "path"), ("compile", "compile"), ("median_ms", "ms/step"),
+         ("images_per_s", "img/s"), ("epoch_s", "s/epoch"), ("compile_s", "compile s")],
+    )
+    for note in notes:
+        console.print(f"[dim]{note}[/]")
+    return records

@@ -1,0 +1,485 @@
+"""``rsst export`` / ``rsst eval`` / ``rsst.load``: a run's result as a real model file.
+
+An export is one safetensors file (no pickle anywhere) whose tensors are a state_dict and whose
+metadata says how to rebuild the module around it:
+
+- ``--masked``: the dense state_dict with pruned elements zero, plus ``<param>.mask`` (uint8);
+- ``--compact``: the state_dict of the physically smaller network (see `rsst.compact`), whose
+  shapes are rebuilt from ``rsst.compact`` (kept indices per module).
+
+Metadata keys: ``rsst.format_version``, ``rsst.form`` (masked | compact), ``rsst.arch``,
+``rsst.num_classes``, ``rsst.input_size``, ``rsst.patch_size``, ``rsst.mean``, ``rsst.std``,
+``rsst.method``, ``rsst.state``, ``rsst.sparsity``, ``rsst.structure`` (kept channel / head /
+neuron indices per layer, what stayed and why), ``rsst.params`` and ``rsst.flops`` (dense and
+compact totals; flops are multiply-accumulates for one input), ``rsst.compact`` (the plan),
+``rsst.config`` (the run's full config), ``rsst.check`` (max |Δlogit| compact vs masked, measured
+at export). A run's own ``state_XX/weights.safetensors`` has the same layout minus ``rsst.form``
+and loads as a masked export.
+
+Files are written to a temporary name in the destination folder and renamed, so a failed export
+leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from rsst.errors import UserError
+
+FORMAT_VERSION = 1
+FORMS = ("masked", "compact")
+_REEXPORT = "re-export it with `rsst export RUN_DIR -o FILE.safetensors`"
+
+
+# ---------------------------------------------------------------------------------------------
+# reading files
+# ---------------------------------------------------------------------------------------------
+
+
+def read_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of an rsst safetensors file; every problem is a `UserError`."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path} does not exist: pass the .safetensors file `rsst export` wrote")
+    if not path.is_file():
+        raise UserError(f"{path} is not a file: pass the .safetensors file `rsst export` wrote")
+    try:
+        with safe_open(str(path), "pt", device="cpu") as f:
+            meta = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open API
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"{path} is not a readable safetensors file (truncated or corrupt: "
+                        f"{detail}); {_REEXPORT}") from None
+    if "rsst.format_version" not in meta or "rsst.arch" not in meta:
+        raise UserError(f"{path} is a safetensors file but not an rsst export (no rsst.* "
+                        f"metadata); {_REEXPORT}")
+    try:
+        version = int(meta["rsst.format_version"])
+    except ValueError:
+        version = -1
+    if version < 1 or version > FORMAT_VERSION:
+        raise UserError(f"{path} has rsst format version {meta['rsst.format_version']!r}; this "
+                        f"rsst reads versions 1..{FORMAT_VERSION}: upgrade rsst or {_REEXPORT}")
+    return tensors, meta
+
+
+@dataclass
+class ModelSpec:
+    """What `create_model` needs, from metadata."""
+
+    arch: str
+    num_classes: int
+    input_size: tuple[int, int, int]
+    patch_size: int | None
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def create(self, device: str | torch.device = "cpu") -> nn.Module:
+        from rsst.models import CIFAR10_MEAN, CIFAR10_STD, create_model
+
+        with torch.device(device):
+            return create_model(self.arch, num_classes=self.num_classes,
+                                img_size=self.input_size[1], patch_size=self.patch_size,
+                                mean=self.mean or CIFAR10_MEAN, std=self.std or CIFAR10_STD)
+
+
+def model_spec(meta: dict[str, str], path: Path | str) -> ModelSpec:
+    def bad(key: str) -> UserError:
+        return UserError(f"{path}: metadata {key}={meta.get(key)!r} is not valid; {_REEXPORT}")
+
+    try:
+        num_classes = int(meta["rsst.num_classes"])
+    except (KeyError, ValueError):
+        raise bad("rsst.num_classes") from None
+    try:
+        size = json.loads(meta["rsst.input_size"])
+        input_size = (int(size[0]), int(size[1]), int(size[2]))
+    except (KeyError, ValueError, TypeError, IndexError, json.JSONDecodeError):
+        raise bad("rsst.input_size") from None
+    try:
+        patch = json.loads(meta.get("rsst.patch_size", "null"))
+        patch_size = None if patch is None else int(patch)
+        mean = tuple(float(v) for v in json.loads(meta.get("rsst.mean", "[]")))
+        std = tuple(float(v) for v in json.loads(meta.get("rsst.std", "[]")))
+    except (ValueError, TypeError, json.JSONDecodeError):
+        raise bad("rsst.patch_size / rsst.mean / rsst.std") from None
+    return ModelSpec(meta["rsst.arch"], num_classes, input_size, patch_size, mean, std)
+
+
+def _split_masks(tensors: dict[str, torch.Tensor]
+                 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    state = {k: v for k, v in tensors.items() if not k.endswith(".mask")}
+    masks = {k[: -len(".mask")]: v for k, v in tensors.items() if k.endswith(".mask")}
+    return state, masks
+
+
+def _load_into(model: nn.Module, state: dict[str, torch.Tensor], path: Path | str,
+               arch: str, assign: bool) -> None:
+    """load_state_dict with the mismatch turned into one actionable line."""
+    try:
+        model.load_state_dict(state, strict=True, assign=assign)
+    except RuntimeError as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        detail = lines[1] if len(lines) > 1 else (lines[0] if lines else "shape mismatch")
+        raise UserError(f"{path}: its tensors do not match the architecture in its metadata "
+                        f"(rsst.arch={arch}): {detail[:200]}; {_REEXPORT}") from None
+
+
+def _build(spec: ModelSpec, state: dict[str, torch.Tensor], plan_modules: dict[str, Any] | None,
+           path: Path | str) -> nn.Module:
+    """The module for ``state``: built on the meta device (no init cost) and filled by assign;
+    models with buffers outside the state_dict are built for real instead."""
+    from rsst.compact import apply_plan
+
+    def shaped(device: str) -> nn.Module:
+        model = spec.create(device)
+        if plan_modules:
+            try:
+                apply_plan(model, plan_modules)
+            except (KeyError, ValueError, TypeError) as exc:
+                raise UserError(f"{path}: its rsst.compact plan and tensors do not match the "
+                                f"architecture in its metadata (rsst.arch={spec.arch}): {exc}; "
+                                f"{_REEXPORT}") from None
+        return model
+
+    model = shaped("meta")
+    _load_into(model, state, path, spec.arch, assign=True)
+    if any(t.is_meta for t in list(model.parameters()) + list(model.buffers())):
+        model = shaped("cpu")
+        _load_into(model, state, path, spec.arch, assign=False)
+    for attr, value in (("rsst_arch", spec.arch), ("rsst_num_classes", spec.num_classes),
+                        ("rsst_input_size", spec.input_size),
+                        ("rsst_patch_size", spec.patch_size)):
+        setattr(model, attr, value)
+    return model.eval()
+
+
+def masked_state(tensors: dict[str, torch.Tensor], path: Path | str
+                 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(state_dict with every mask applied, masks); checks each mask fits its tensor."""
+    state, masks = _split_masks(tensors)
+    for name, mask in masks.items():
+        w = state.get(name)
+        if w is None or w.shape != mask.shape:
+            raise UserError(f"{path}: mask {name}.mask has no tensor of its shape; {_REEXPORT}")
+        state[name] = w * (mask != 0).to(w.dtype)
+    return state, masks
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild the runnable model stored in an rsst export (or a run's state file), in eval mode.
+
+    Architecture from the metadata (registry or ``timm:`` name), compacted shapes from the
+    ``rsst.compact`` plan, weights from the tensors. The model carries ``rsst_arch``,
+    ``rsst_num_classes``, ``rsst_input_size``, ``rsst_patch_size`` and ``rsst_metadata``.
+    """
+    path = Path(path)
+    tensors, meta = read_file(path)
+    spec = model_spec(meta, path)
+    form = meta.get("rsst.form", "masked")
+    if form not in FORMS:
+        raise UserError(f"{path}: rsst.form={form!r} is neither masked nor compact; {_REEXPORT}")
+    plan_modules = None
+    if form == "compact":
+        try:
+            plan = json.loads(meta["rsst.compact"])
+            plan_modules = dict(plan["modules"])
+        except (KeyError, ValueError, TypeError, json.JSONDecodeError):
+            raise UserError(f"{path}: a compact export without a valid rsst.compact plan; "
+                            f"{_REEXPORT}") from None
+        state = tensors
+        if any(k.endswith(".mask") for k in state):
+            state, _ = _split_masks(state)
+    else:
+        state, _ = masked_state(tensors, path)
+    model = _build(spec, state, plan_modules, path)
+    try:
+        model = model.to(device)
+    except (RuntimeError, AssertionError) as exc:
+        raise UserError(f"cannot move the model to {device} ({exc}); pass device='cpu'") from None
+    model.rsst_metadata = meta
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# export
+# ---------------------------------------------------------------------------------------------
+
+
+def _state_metric(record: dict[str, Any]) -> float | None:
+    """Accuracy of the weights a state saved: after the RSST cut when there was one."""
+    for key in ("val_acc_after_cut", "val_acc", "test_acc_after_cut", "last_test_acc",
+                "test_acc"):
+        value = record.get(key)
+        if isinstance(value, int | float) and math.isfinite(value):
+            return float(value)
+    return None
+
+
+def resolve_state(run_dir: str | Path, state: str | int = "last") -> tuple[int, Path]:
+    """(state index, its weights file) for ``state`` = N, ``last`` or ``best`` (highest val
+    accuracy of the saved weights; ties go to the later, sparser state)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"run directory {run_dir} does not exist: pass the directory `rsst run` "
+                        "printed")
+    states = sorted(int(p.parent.name[6:]) for p in run_dir.glob("state_*/weights.safetensors")
+                    if p.parent.name[6:].isdigit())
+    if not states:
+        raise UserError(f"{run_dir} has no finished state (no state_XX/weights.safetensors): "
+                        "pass an rsst run directory, or let the run finish a state first")
+    choice = str(state).strip().lower()
+    if choice == "last":
+        index = states[-1]
+    elif choice == "best":
+        scored = []
+        for s in states:
+            try:
+                record = json.loads((run_dir / f"state_{s:02d}" / "state.json").read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            metric = _state_metric(record)
+            if metric is not None:
+                scored.append((metric, s))
+        if not scored:
+            raise UserError(f"{run_dir}: no state recorded a validation or test accuracy, so "
+                            "there is no best one; pass --state N or --state last")
+        index = max(scored)[1]
+    else:
+        try:
+            index = int(choice)
+        except ValueError:
+            raise UserError(f"--state {state!r}: pass a state number, last or best") from None
+        if index not in states:
+            have = ", ".join(str(s) for s in states)
+            raise UserError(f"state {index} is not in {run_dir} (finished states: {have}); pass "
+                            "--state with one of them, last or best")
+    return index, run_dir / f"state_{index:02d}" / "weights.safetensors"
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    form: str
+    state: int
+    rows: list[dict[str, Any]]
+    notes: list[str]
+    params: dict[str, int]
+    flops: dict[str, int]
+    max_abs_diff: float
+    file_bytes: int
+
+
+def check_output_path(out: str | Path) -> Path:
+    out = Path(out)
+    if out.is_dir():
+        raise UserError(f"-o {out} is a folder: pass a file name such as "
+                        f"{out / 'model.safetensors'}")
+    if not out.parent.is_dir():
+        raise UserError(f"the folder of -o {out} does not exist: create {out.parent} first or "
+                        "write somewhere else")
+    return out
+
+
+def _safe_write(out: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> int:
+    """Write to a temp file beside ``out`` and rename it over; remove the temp file on failure."""
+    from safetensors.torch import save_file
+
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(tmp),
+                  metadata=meta)
+        os.replace(tmp, out)
+    except OSError as exc:
+        raise UserError(f"cannot write {out} ({exc.strerror or exc}); pick a writable -o "
+                        "path") from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return out.stat().st_size
+
+
+def export_model(run_dir: str | Path, out: str | Path, *, state: str | int = "last",
+                 form: str = "compact") -> ExportResult:
+    """Export one state of a run as a masked or compact safetensors file (see module doc)."""
+    from rsst.compact import (
+        compact_state_dict,
+        count_macs,
+        count_params,
+        layer_rows,
+        plan_compaction,
+    )
+
+    if form not in FORMS:
+        raise UserError(f"form {form!r}: pass --masked or --compact")
+    out = check_output_path(out)
+    index, source = resolve_state(run_dir, state)
+    tensors, meta = read_file(source)
+    spec = model_spec(meta, source)
+    state_dict, masks = masked_state(tensors, source)
+    dense = _build(spec, state_dict, None, source)
+
+    plan = plan_compaction(dense, masks)
+    compact_sd = compact_state_dict(dense, plan)
+    compact = _build(spec, compact_sd, plan.modules, source)
+    with torch.no_grad():
+        x = torch.rand(4, *spec.input_size, generator=torch.Generator().manual_seed(0))
+        ref, got = dense(x), compact(x)
+    diff = float((ref - got).abs().max())
+    scale = float(ref.abs().max()) + 1e-6
+    if not diff <= 1e-4 * max(scale, 1.0):
+        raise RuntimeError(f"compaction changed the logits by {diff:.3g} (logit scale "
+                           f"{scale:.3g}): this is a bug in rsst.compact, please report it")
+    rows = layer_rows(dense, compact, plan, spec.input_size)
+    params = {"dense": count_params(dense), "compact": count_params(compact)}
+    flops = {"dense": sum(count_macs(dense, spec.input_size).values()),
+             "compact": sum(count_macs(compact, spec.input_size).values()), "unit": "MAC"}
+
+    structure = {
+        "kept": {u["layer"]: {"kind": u["kind"], "total": u["total"], "kept": u["kept"]}
+                 for u in plan.units},
+        "pruned": {u["layer"]: u["pruned"] for u in plan.units},
+        "stayed": {u["layer"]: u["stayed"] for u in plan.units if u["stayed"]},
+        "notes": plan.notes,
+    }
+    out_meta = {k: v for k, v in meta.items() if k.startswith("rsst.")}
+    out_meta.update({
+        "rsst.format_version": str(FORMAT_VERSION),
+        "rsst.form": form,
+        "rsst.state": str(index),
+        "rsst.structure": json.dumps(structure),
+        "rsst.params": json.dumps(params),
+        "rsst.flops": json.dumps(flops),
+        "rsst.compact": json.dumps(plan.to_json()),
+        "rsst.check": json.dumps({"max_abs_logit_diff": diff, "logit_scale": scale}),
+        "rsst.source": str(source),
+    })
+    for key, default in (("rsst.method", "unknown"), ("rsst.sparsity", "{}"),
+                         ("rsst.config", "{}")):
+        out_meta.setdefault(key, default)
+    if form == "compact":
+        body = compact_sd
+    else:
+        body = dict(state_dict)
+        body.update({f"{k}.mask": (v != 0).to(torch.uint8) for k, v in masks.items()})
+    size = _safe_write(out, body, out_meta)
+    return ExportResult(out, form, index, rows, plan.notes, params, flops, diff, size)
+
+
+# ---------------------------------------------------------------------------------------------
+# eval
+# ---------------------------------------------------------------------------------------------
+
+
+def evaluate_file(path: str | Path, *, dataset: str | None = None, data_dir: str | None = None,
+                  split: str = "val", batch_size: int = 256, device: str = "auto",
+                  cache_dir: str | None = None) -> dict[str, Any]:
+    """Accuracy and mean cross-entropy of an export on a dataset split.
+
+    Without ``dataset`` / ``data_dir`` the run's own (from ``rsst.config``) are used; when the
+    dataset is the run's, so are its ``val_split`` and ``seed``, so ``split="val"`` is exactly the
+    images the run validated on.
+    """
+    from rsst.data import Batches, load_dataset
+
+    if split not in ("val", "test"):
+        raise UserError(f"--split {split!r}: pass val or test")
+    if batch_size < 1:
+        raise UserError(f"--batch-size {batch_size}: pass a positive batch size")
+    if device == "auto":
+        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    elif device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA device is visible; use "
+                        "--device cpu or auto")
+    else:
+        dev = torch.device(device)
+    model = load_model(path, dev)
+    meta: dict[str, str] = model.rsst_metadata
+    try:
+        config = json.loads(meta.get("rsst.config", "{}")) or {}
+    except json.JSONDecodeError:
+        config = {}
+    run_dataset = config.get("dataset")
+    name = dataset or run_dataset or "synthetic"
+    same = run_dataset is not None and _norm(name) == _norm(run_dataset)
+    folder = data_dir if data_dir is not None else (config.get("data_dir") if same else None)
+    data = load_dataset(
+        name, folder, seed=int(config.get("seed", 0)) if same else 0,
+        val_split=config.get("val_split") if same else None,
+        cache_dir=cache_dir if cache_dir is not None else (config.get("cache_dir") if same
+                                                           else None),
+    )
+    if data.num_classes != model.rsst_num_classes:
+        raise UserError(f"dataset {name} has {data.num_classes} classes but the model predicts "
+                        f"{model.rsst_num_classes}: pass the --dataset / --data-dir it was "
+                        "trained on")
+    if tuple(data.input_size) != tuple(model.rsst_input_size):
+        raise UserError(f"dataset {name} has {data.input_size[1]}x{data.input_size[2]} images but "
+                        f"the model takes {model.rsst_input_size[1]}x{model.rsst_input_size[2]}: "
+                        "pass the dataset it was trained on")
+    images = data.val if split == "val" else data.test
+    if images is None or len(images) == 0:
+        other = "test" if split == "val" else "val"
+        raise UserError(f"dataset {name} has no {split} split here: pass --split {other}"
+                        + (" or a --val-split when running" if split == "val" else ""))
+    loss_sum, correct, seen = 0.0, 0, 0
+    with torch.no_grad():
+        for x, y in Batches(images, batch_size, device=dev):
+            logits = model(x).float()
+            loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
+            correct += int((logits.argmax(1) == y).sum())
+            seen += int(y.shape[0])
+    return {"accuracy": correct / seen, "loss": loss_sum / seen, "n": seen, "split": split,
+            "dataset": data.name, "form": meta.get("rsst.form", "masked")}
+
+
+def _norm(name: str) -> str:
+    return name.strip().lower().replace("_", "-").replace("cifar-", "cifar")
+
+
+# ---------------------------------------------------------------------------------------------
+# the table `rsst export` prints
+# ---------------------------------------------------------------------------------------------
+
+
+def _human(n: float) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.3g}{unit}"
+    return f"{n:.0f}"
+
+
+def export_table(result: ExportResult) -> Any:
+    """A rich table: per layer kept/total units, params and MACs before → after, and a total."""
+    from rich.table import Table
+
+    table = Table(title=f"rsst export · state {result.state} · {result.form}")
+    table.add_column("layer", overflow="fold")
+    for header in ("kept", "pruned", "params", "MACs"):
+        table.add_column(header, justify="right", no_wrap=True)
+    short = {"channel": "ch", "head": "heads", "neuron": "neur"}
+    for row in result.rows:
+        kept = ("" if row["total"] is None
+                else f"{row['kept']}/{row['total']} {short.get(row['kind'], row['kind'])}")
+        pruned = "" if row["pruned"] is None else str(row["pruned"])
+        table.add_row(row["layer"], kept, pruned,
+                      f"{_human(row['params_dense'])} → {_human(row['params_compact'])}",
+                      f"{_human(row['macs_dense'])} → {_human(row['macs_compact'])}")
+    p, f = result.params, result.flops
+    table.add_row("[bold]total[/]", "", "", f"{_human(p['dense'])} → {_human(p['compact'])}",
+                  f"{_human(f['dense'])} → {_human(f['compact'])}")
+    table.caption = (f"params ×{p['dense'] / max(p['compact'], 1):.2f} smaller, MACs "
+                     f"×{f['dense'] / max(f['compact'], 1):.2f} fewer (one input); "
+                     "'pruned' = groups dead in the run's masks")
+    return table

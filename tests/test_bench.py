@@ -1,0 +1,210 @@
+"""The bench suites (step, train, plot, CLI wiring) and the fused update's custom op, on CPU.
+
+Tiny settings throughout: these tests check that every suite runs and emits well-formed records
+of the Bench output contract; performance is never asserted.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import sys
+
+import pytest
+import torch
+from rich.console import Console
+from typer.testing import CliRunner
+
+from rsst.cli import app
+from rsst.data import ImageSet
+from rsst.errors import UserError
+from rsst.update import step
+from rsst_bench import step as step_suite
+from rsst_bench import train as train_suite
+from rsst_bench.plot import plot_results, require_matplotlib
+from rsst_kernels.fused_update import HYPER_SLOTS, fused_update_op
+
+CPU = torch.device("cpu")
+CONTRACT = ("suite", "model", "path", "device", "median_ms")
+
+
+def quiet() -> Console:
+    return Console(file=io.StringIO(), width=160)
+
+
+def tiny_images(n: int = 16) -> ImageSet:
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 3, 32, 32), generator=gen, dtype=torch.uint8)
+    return ImageSet(images, torch.arange(n) % 10)
+
+
+# -- step suite ---------------------------------------------------------------------------------
+def test_step_suite_records() -> None:
+    settings = step_suite.StepSettings(batch=2, warmup=1, rounds=1, block=1)
+    records = step_suite.run(CPU, models=["resnet20"], console=quiet(), settings=settings)
+    assert [r["path"] for r in records] == ["dense", "seed", "eager", "torch"]  # no triton on CPU
+    for r in records:
+        assert all(r[k] is not None for k in CONTRACT)
+        assert (r["suite"], r["model"], r["device"], r["batch"]) == ("step", "resnet20", "cpu", 2)
+        assert r["median_ms"] > 0 and r["images_per_s"] > 0
+        assert r["overhead_pct"] == pytest.approx(100 * (r["vs_dense"] - 1))
+    dense = records[0]
+    assert dense["overhead_pct"] == 0.0 and dense["alive"] == 1.0
+    arena_paths = [r for r in records if r["path"] in ("eager", "torch")]
+    assert all(0.5 < r["alive"] < 0.7 and 0.05 < r["pending"] < 0.15 for r in arena_paths)
+
+
+def test_step_paths_keep_pruned_weights_zero() -> None:
+    """Each RSST path trains for real: pruned weights stay exactly zero after several steps."""
+    config = step_suite.UpdateConfig(weight_decay=5e-4, ramp_steps=10)
+    for path in ("eager", "torch"):
+        runner = step_suite.StepRunner(path, "resnet20", CPU, 2, config)
+        for _ in range(3):
+            runner()
+        arena = runner.arena
+        assert arena is not None
+        assert torch.count_nonzero(arena.weight[~arena.hard_mask]) == 0
+        assert torch.count_nonzero(arena.grad) == 0  # backends leave the grad zeroed
+    seed = step_suite.StepRunner("seed", "resnet20", CPU, 2, config)
+    seed()
+    pruned = [m for m in seed.model.modules() if hasattr(m, "weight_mask")]
+    assert pruned, "the seed path must carry torch.nn.utils.prune masks"
+    for module in pruned:  # the research forward: weight = weight_orig * mask
+        assert torch.count_nonzero(module.weight[module.weight_mask == 0]) == 0
+
+
+# -- train suite --------------------------------------------------------------------------------
+TINY_TRAIN = train_suite.TrainSettings(batch=4, warmup=0, chunks=1, steps=2, compile_models=())
+
+
+def test_train_suite_records() -> None:
+    records = train_suite.run(CPU, models=["resnet20", "vit_tiny"], console=quiet(),
+                              settings=TINY_TRAIN, data=tiny_images())
+    assert [r["model"] for r in records] == ["resnet20", "vit_tiny"]  # compile_models=(): none
+    for r in records:
+        assert all(r[k] is not None for k in CONTRACT)
+        assert r["suite"] == "train" and r["path"] == "torch" and r["compile"] is False
+        assert r["epoch_s"] == pytest.approx(train_suite.EPOCH_IMAGES / r["images_per_s"])
+        assert r["steps_measured"] == 2 and r["batch"] == 4
+
+
+def test_train_suite_records_compile_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A torch.compile that fails (no compiler, unsupported op) is recorded, not fatal."""
+
+    def broken_compile(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("no C compiler here\nsecond line")
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    settings = train_suite.TrainSettings(batch=4, warmup=0, chunks=1, steps=1)
+    console = quiet()
+    records = train_suite.run(CPU, models=["resnet20"], console=console, settings=settings,
+                              data=tiny_images())
+    plain, compiled = records
+    assert plain["compile"] is False and plain["median_ms"] > 0
+    assert compiled["compile"] is True and compiled["median_ms"] is None
+    assert compiled["error"] == "RuntimeError: no C compiler here"
+    assert "torch.compile failed" in console.file.getvalue()
+
+
+# -- JSON, plot and the CLI ---------------------------------------------------------------------
+def test_cli_step_json_and_plot(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("matplotlib")
+    tiny = step_suite.StepSettings(batch=2, warmup=0, rounds=1, block=1)
+    monkeypatch.setattr(step_suite.StepSettings, "for_device", staticmethod(lambda d, q: tiny))
+    out, png = tmp_path / "bench.json", tmp_path / "step.png"
+    result = CliRunner().invoke(app, ["bench", "--suite", "step", "--device", "cpu", "--models",
+                                      "resnet20", "--quick", "--json", str(out), "--plot",
+                                      str(png)])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(out.read_text())
+    assert set(doc) == {"env", "results"}
+    for key in ("device", "torch", "triton", "commit", "date"):
+        assert key in doc["env"]
+    assert {r["path"] for r in doc["results"]} == {"dense", "seed", "eager", "torch"}
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_needs_the_step_suite(tmp_path) -> None:
+    result = CliRunner().invoke(app, ["bench", "--suite", "update", "--device", "cpu", "--plot",
+                                      str(tmp_path / "x.png")])
+    assert result.exit_code == 2
+    assert not (tmp_path / "x.png").exists()
+    with pytest.raises(UserError, match="step suite"):
+        plot_results([{"suite": "update", "median_ms": 1.0}], {}, tmp_path / "y.png")
+
+
+def test_plot_without_matplotlib_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    with pytest.raises(UserError, match=r"pip install 'rsst\[plot\]'"):
+        require_matplotlib()
+
+
+def test_all_suite_lists_step_and_train() -> None:
+    from rsst_bench import SUITES
+
+    assert {"update", "step", "train"} <= set(SUITES)
+
+
+# -- the fused update as a torch custom op ------------------------------------------------------
+def op_inputs(n: int = 1000, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    gen = torch.Generator().manual_seed(seed)
+    w, g, buf = (torch.randn(n, generator=gen) for _ in range(3))
+    code = torch.randint(0, 4, (n,), generator=gen, dtype=torch.uint8)
+    return w, g, buf, code
+
+
+def hyper(lr: float, t: int, T: int, *, first: bool = False) -> torch.Tensor:
+    values = {"lr": lr, "momentum": 0.9, "weight_decay": 1e-4, "lam_max": 0.5, "exponents": 4.0,
+              "t": float(t), "T": float(T), "first_step": 1.0 if first else 0.0}
+    return torch.tensor([values[k] for k in HYPER_SLOTS], dtype=torch.float32)
+
+
+@pytest.mark.parametrize("schedule", [0, 4])
+@pytest.mark.parametrize("nesterov,block,first", [(False, False, False), (True, True, True)])
+def test_custom_op_matches_functional_step(schedule: int, nesterov: bool, block: bool,
+                                           first: bool) -> None:
+    from rsst.schedules import SCHEDULES
+
+    w, g, buf, code = op_inputs(1037)
+    mine = [w.clone(), g.clone(), buf.clone()]
+    torch.ops.rsst.fused_update(*mine, code, hyper(0.1, 3, 10, first=first), schedule, nesterov,
+                                block)
+    ref = [w.clone(), g.clone(), buf.clone()]
+    step("torch", *ref, code, lr=0.1, momentum=0.9, weight_decay=1e-4, nesterov=nesterov,
+         block_loss_grad=block, first_step=first, schedule=SCHEDULES[schedule], t=3, T=10,
+         lam_max=0.5, exponents=4.0)
+    for a, b in zip(mine, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_custom_op_opcheck() -> None:
+    w, g, buf, code = op_inputs(257)
+    result = torch.library.opcheck(fused_update_op, (w, g, buf, code, hyper(0.1, 2, 8), 4, True,
+                                                     False))
+    assert all(v == "SUCCESS" for v in result.values()), result
+
+
+def test_custom_op_compiles_without_graph_breaks() -> None:
+    if not any(shutil.which(cc) for cc in ("g++", "c++", "clang++")):
+        pytest.skip("no C++ compiler on this machine: torch.compile's CPU backend needs one")
+    import torch._dynamo
+
+    def train_update(w: torch.Tensor, g: torch.Tensor, buf: torch.Tensor, code: torch.Tensor,
+                     h: torch.Tensor) -> torch.Tensor:
+        g.mul_(2.0)  # stand-in for work before the update, so the op sits inside a real graph
+        torch.ops.rsst.fused_update(w, g, buf, code, h, 4, True, False)
+        return w.abs().sum()
+
+    torch._dynamo.reset()
+    compiled = torch.compile(train_update, fullgraph=True)  # raises on any graph break
+    w, g, buf, code = op_inputs(513)
+    eager = [w.clone(), g.clone(), buf.clone()]
+    comp = [w.clone(), g.clone(), buf.clone()]
+    for t in range(3):
+        h = hyper(0.05, t, 5, first=t == 0)
+        expected = train_update(*eager, code, h)
+        got = compiled(*comp, code, h)
+        torch.testing.assert_close(got, expected)
+    for a, b in zip(comp, eager, strict=True):
+        torch.testing.assert_close(a, b)
