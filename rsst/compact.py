@@ -37,6 +37,7 @@ constant anyway), so every layer keeps a valid shape.
 
 from __future__ import annotations
 
+import copy
 import math
 import operator
 from dataclasses import dataclass, field
@@ -826,3 +827,21 @@ def random_prune(model: nn.Module, fraction: float, *, seed: int = 0,
         mask[unit.member_index[kill[unit.member_group]]] = False
     arena.set_masks(mask)  # padding is dropped by set_masks
     return {name: (arena.view(name, "code") & 1).clone() for name in struct.prunable_names}
+
+
+def compact_cost(model: nn.Module, input_size: tuple[int, ...]) -> dict[str, float]:
+    """Parameters and MACs of ``model``'s compacted form relative to dense (SPEC §6).
+
+    Works on a CPU copy (the shapes are all that matter), so the live model — whose parameters
+    may be arena views — is not touched.
+    """
+    dense = copy.deepcopy(model).cpu().eval()
+    plan = plan_compaction(dense)
+    compact = apply_plan(copy.deepcopy(dense), plan.modules)
+    params = (count_params(dense), count_params(compact))
+    macs = (sum(count_macs(dense, input_size).values()),
+            sum(count_macs(compact, input_size).values()))
+    return {"params_dense": params[0], "params_compact": params[1],
+            "params_ratio": params[1] / max(params[0], 1),
+            "macs_dense": macs[0], "macs_compact": macs[1],
+            "macs_ratio": macs[1] / max(macs[0], 1)}

@@ -41,6 +41,9 @@ def training_progress(console: Console) -> Progress:
     )
 
 
+SHORT = {"channel": "ch.", "head": "heads", "neuron": "neur."}
+
+
 def _pct(value: float | None) -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else (
         f"{100 * value:.2f}")
@@ -48,9 +51,11 @@ def _pct(value: float | None) -> str:
 
 def state_table(records: list[dict[str, Any]], kinds: list[str]) -> Table:
     """One row per finished state: accuracies, sparsity, λ and time."""
-    table = Table(title="states")
-    for header in ["state", "val acc %", "test acc %", "after cut %", "remain %",
-                   *[f"{k} sparsity %" for k in kinds], "λ", "s"]:
+    table = Table(title="states · accuracy, remaining weights, pruned groups, compacted "
+                  "params and MACs in %")
+    headers = ["state", "val", "test", "after cut", "remain",
+               *[f"{SHORT[k]} cut" for k in kinds], "params", "MACs", "λ", "s"]
+    for header in headers:
         table.add_column(header, justify="right")
     for r in records:
         # the network the state delivers: after the RSST cut when there was one
@@ -60,6 +65,7 @@ def state_table(records: list[dict[str, Any]], kinds: list[str]) -> Table:
             str(r["state"]), _pct(r.get("val_acc")), _pct(r.get("test_acc")),
             _pct(r.get("val_acc_after_cut")), _pct(remain),
             *[_pct(sparsity.get(k)) for k in kinds],
+            _pct(r.get("params_ratio")), _pct(r.get("macs_ratio")),
             f"{r.get('reg_lambda', 0.0):.3g}", f"{r.get('seconds', 0.0):.1f}",
         )
     return table

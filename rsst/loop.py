@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from rsst import __version__
 from rsst.arena import Arena
+from rsst.compact import compact_cost
 from rsst.config import RunConfig, load_config, save_config
 from rsst.criteria import group_scores
 from rsst.data import Batches, load_dataset
@@ -241,8 +242,10 @@ class PruningRun:
             record.update({"val_acc_after_cut": val_acc, "test_acc_after_cut": test_acc,
                            "remain_weight_after_cut": self.structure.remain_weight(cut),
                            "structured_sparsity_after_cut": self.structure.sparsity(cut)})
-        # alive / total groups of every unit in the network this state delivers
+        # alive / total groups of every unit in the network this state delivers, and what
+        # physically removing the dead ones would leave (SPEC §6)
         record["groups"] = self.structure.per_unit(self.arena.hard_mask)
+        record.update(compact_cost(self.model, tuple(self.data.input_size)))
         self.save_state_files(state, record)
         if state + 1 < cfg.states:
             self.prune_for_next_state(state)
