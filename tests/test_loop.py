@@ -6,7 +6,6 @@ state takes a few CPU seconds; the loop's logic does not depend on the image siz
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -20,31 +19,7 @@ import rsst.loop as loop
 from rsst.config import RunConfig, validate
 from rsst.loop import PruningRun
 
-_original_load = loop.load_dataset
-_cache: dict[tuple, object] = {}
-
-
-def small_dataset(name, data_dir=None, **kw):
-    """The real dataset, downsampled to 8x8 and with a 64-image test split (cached)."""
-    key = (name, str(data_dir), tuple(sorted(kw.items())))
-    if key not in _cache:
-        data = _original_load(name, data_dir, **kw)
-
-        def shrink(s):
-            return type(s)(s.images[:, :, ::4, ::4].contiguous(), s.labels)
-
-        test = data.test.subset(torch.arange(64)) if data.test is not None else None
-        _cache[key] = dataclasses.replace(
-            data, train=shrink(data.train), val=shrink(data.val),
-            test=shrink(test) if test is not None else None, input_size=(3, 8, 8))
-    return _cache[key]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def tiny_data():
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(loop, "load_dataset", small_dataset)
-        yield
+pytestmark = pytest.mark.usefixtures("tiny_data")
 
 
 QUIET = Console(quiet=True)

@@ -7,7 +7,6 @@ takes a few CPU seconds; the pruning logic does not depend on the token count.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -22,29 +21,8 @@ from rsst.config import RunConfig, validate
 from rsst.models import create_model
 from rsst.structure import build_structure
 
-_original_load = loop.load_dataset
-_cache: dict[tuple, object] = {}
+pytestmark = pytest.mark.usefixtures("tiny_data")
 QUIET = Console(quiet=True)
-
-
-def small_dataset(name, data_dir=None, **kw):
-    key = (name, str(data_dir), tuple(sorted(kw.items())))
-    if key not in _cache:
-        data = _original_load(name, data_dir, **kw)
-
-        def shrink(s):
-            return type(s)(s.images[:, :, ::4, ::4].contiguous(), s.labels)
-
-        test = data.test.subset(torch.arange(64)) if data.test is not None else None
-        _cache[key] = dataclasses.replace(
-            data, train=shrink(data.train), val=shrink(data.val),
-            test=shrink(test) if test is not None else None, input_size=(3, 8, 8))
-    return _cache[key]
-
-
-@pytest.fixture(autouse=True)
-def tiny_data(monkeypatch):
-    monkeypatch.setattr(loop, "load_dataset", small_dataset)
 
 
 def config(**kw) -> RunConfig:
