@@ -58,16 +58,6 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
-def _device(name: str):  # noqa: ANN202 - torch.device, imported lazily to keep --help fast
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        _fail("--device cuda was asked for but no CUDA device is visible; use --device cpu")
-    return torch.device(name)
-
-
 @app.command(
     epilog="Examples:\n\n"
     "  rsst bench --suite update                       # per-step update, every backend\n\n"
@@ -94,6 +84,7 @@ def bench(
     research code's per-layer loop ("seed"). Reports ms per step, achieved GB/s and ratios;
     `step` times whole training steps against dense training, `train` the real engine's
     epoch throughput with and without torch.compile."""
+    from rsst.loop import resolve_device
     from rsst_bench import SUITES, run_suites
 
     chosen = list(SUITES) if suite is Suite.all else [suite.value]
@@ -110,7 +101,7 @@ def bench(
         if not model.exists():
             _fail(f"--model {model} does not exist: pass an export file or a run directory")
         model_list = [str(model), *(model_list or [])]
-    run_suites(chosen, _device(device.value), models=model_list, json_path=json_path,
+    run_suites(chosen, resolve_device(device.value), models=model_list, json_path=json_path,
                console=console, quick=quick, plot_path=plot)
 
 
