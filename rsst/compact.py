@@ -47,6 +47,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rsst.structure import attention_blocks, mlp_blocks
+
 PLAN_VERSION = 1
 
 _PASS_MODULES = (nn.ReLU, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.AvgPool2d, nn.Dropout,
@@ -89,7 +91,7 @@ def plan_compaction(model: nn.Module, masks: dict[str, torch.Tensor] | None = No
     plan = Plan()
     model = model.eval()
     with torch.no_grad():
-        if _attention_modules(model) or _mlp_modules(model):
+        if attention_blocks(model) or mlp_blocks(model):
             _plan_transformer(model, plan, masks)
         else:
             _plan_cnn(model, plan, masks)
@@ -445,18 +447,6 @@ def _summarize_stayed(plan: Plan) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _attention_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    return [(n, m) for n, m in model.named_modules()
-            if isinstance(getattr(m, "qkv", None), nn.Linear)
-            and isinstance(getattr(m, "proj", None), nn.Linear) and hasattr(m, "num_heads")]
-
-
-def _mlp_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    return [(n, m) for n, m in model.named_modules()
-            if isinstance(getattr(m, "fc1", None), nn.Linear)
-            and isinstance(getattr(m, "fc2", None), nn.Linear)]
-
-
 def _timm_attention_ok(m: nn.Module) -> str | None:
     """None when ``m`` computes what `CompactAttention` computes, else the reason it does not."""
     if isinstance(m, CompactAttention):
@@ -490,7 +480,7 @@ def _mlp_ok(m: nn.Module) -> str | None:
 
 
 def _plan_transformer(model: nn.Module, plan: Plan, masks: dict[str, torch.Tensor]) -> None:
-    for name, attn in _attention_modules(model):
+    for name, attn in attention_blocks(model):
         heads, d = int(attn.num_heads), int(attn.head_dim)
         why = _timm_attention_ok(attn)
         w = attn.qkv.weight.detach().reshape(3, heads, d, -1)
@@ -515,7 +505,7 @@ def _plan_transformer(model: nn.Module, plan: Plan, masks: dict[str, torch.Tenso
                                   "head_dim": d, "in": None, "out": None}
         plan.units.append({"layer": name, "kind": "head", "total": heads,
                            "pruned": int(pruned.sum()), "kept": kept, "stayed": stayed})
-    for name, mlp in _mlp_modules(model):
+    for name, mlp in mlp_blocks(model):
         hidden = mlp.fc1.out_features
         why = _mlp_ok(mlp)
         zero = mlp.fc1.weight.detach().abs().sum(1) == 0

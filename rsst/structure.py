@@ -154,13 +154,13 @@ def _conv_units(model: nn.Module, arena: Arena, prunable_convs: list[str]) -> li
 
 
 # -- ViT: heads and MLP neurons -----------------------------------------------------------------
-def _attention_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+def attention_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules()
             if isinstance(getattr(m, "qkv", None), nn.Linear)
             and isinstance(getattr(m, "proj", None), nn.Linear) and hasattr(m, "num_heads")]
 
 
-def _mlp_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+def mlp_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules()
             if isinstance(getattr(m, "fc1", None), nn.Linear)
             and isinstance(getattr(m, "fc2", None), nn.Linear)]
@@ -206,7 +206,7 @@ def _neuron_unit(name: str, mlp: nn.Module, arena: Arena) -> Unit:
 
 
 def is_transformer(model: nn.Module) -> bool:
-    return bool(_attention_blocks(model))
+    return bool(attention_blocks(model))
 
 
 def default_structure(model: nn.Module) -> str:
@@ -220,8 +220,8 @@ def build_structure(model: nn.Module, arena: Arena, structure: str = "auto") -> 
     kinds = set() if structure == "none" else set(structure.split("+"))
     transformer = is_transformer(model)
     if transformer:
-        attn = _attention_blocks(model)
-        mlps = _mlp_blocks(model)
+        attn = attention_blocks(model)
+        mlps = mlp_blocks(model)
         names = [f"{n}.{p}.weight" for n, _ in attn for p in ("qkv", "proj")]
         names += [f"{n}.{p}.weight" for n, _ in mlps for p in ("fc1", "fc2")]
         if kinds & {"channel"}:
