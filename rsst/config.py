@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import os
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
-
-import tomli_w
 
 from rsst.errors import UserError
 from rsst.schedules import SCHEDULES
@@ -234,11 +234,30 @@ def load_config(path: Path) -> RunConfig:
         raise UserError(f"config file {path}: {exc}") from None
 
 
+def _toml_value(value: Any) -> str:
+    """A TOML literal for the value types a `RunConfig` holds (JSON strings are TOML strings)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, int | float | str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"no TOML form for {type(value).__name__}")
+
+
 def save_config(config: RunConfig, path: Path) -> None:
-    """Write config.toml atomically (None values are left out: TOML has no null)."""
-    data = {k: v for k, v in config.to_dict().items() if v is not None}
-    atomic_write_text(Path(path), "# rsst run config: rerun with `rsst run --config FILE`\n"
-                      + tomli_w.dumps({"run": data}))
+    """Write config.toml atomically (None values are left out: TOML has no null).
+
+    The config is one flat table of scalars and lists, so it is written directly rather than
+    through a TOML writer package (one dependency fewer on machines that have only torch's
+    stack); tests read it back with ``tomllib``.
+    """
+    lines = ["# rsst run config: rerun with `rsst run --config FILE`", "[run]"]
+    lines += [f"{key} = {_toml_value(value)}" for key, value in config.to_dict().items()
+              if value is not None]
+    atomic_write_text(Path(path), "\n".join(lines) + "\n")
 
 
 def atomic_write_text(path: Path, text: str) -> None:
