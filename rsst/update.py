@@ -57,9 +57,8 @@ class UpdateConfig:
 def resolve_backend(name: str, device: torch.device | str) -> str:
     """``auto`` → ``triton`` on CUDA (when Triton is there), else ``torch``; validates names."""
     if name == "auto":
-        return "triton" if torch.device(device).type == "cuda" and triton_available(device) else (
-            "torch"
-        )
+        on_gpu = torch.device(device).type == "cuda" and triton_available(device)
+        return "triton" if on_gpu else "torch"
     if name not in BACKENDS:
         raise UserError(f"unknown backend {name!r}: choose auto, {', '.join(BACKENDS)} (--backend)")
     if name == "triton" and not triton_available(device):
