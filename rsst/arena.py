@@ -97,6 +97,7 @@ class Arena:
                 p.data = view
                 p.grad = self.grad[slot.offset : slot.stop].view(slot.shape)
                 self.code[slot.offset : slot.stop] = ALIVE
+        self._padding = self.code == 0  # fixed by the layout: every parameter starts alive
         self._pointers = [(p, p.data_ptr(), p.grad.data_ptr()) for p in self.params]
         self.fresh_momentum = True
         self.has_pending = False
@@ -122,7 +123,7 @@ class Arena:
 
     def padding_mask(self) -> torch.Tensor:
         """A flat bool mask of the alignment padding (elements that belong to no parameter)."""
-        return ~self.element_mask(self.names)
+        return self._padding
 
     # -- masks ---------------------------------------------------------------------------
     @property

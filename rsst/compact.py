@@ -479,6 +479,28 @@ def _mlp_ok(m: nn.Module) -> str | None:
     return None
 
 
+def _kept_units(plan: Plan, name: str, kind: str, zero: torch.Tensor, pruned: torch.Tensor,
+                why: str | None) -> list[int]:
+    """Indices of the heads / neurons that stay, and the unit's report row.
+
+    ``zero``: units that emit exactly 0 (removable); ``pruned``: units the masks pruned;
+    ``why``: a reason the module cannot be compacted at all. One unit always stays.
+    """
+    stayed: dict[str, int] = {}
+    if why is not None:
+        zero = torch.zeros_like(zero)
+        if int(pruned.sum()):
+            stayed[why] = int(pruned.sum())
+    if bool(zero.all()):
+        zero = zero.clone()
+        zero[0] = False
+        stayed[f"the last {kind} of the layer stays"] = 1
+    kept = torch.nonzero(~zero).flatten().tolist()
+    plan.units.append({"layer": name, "kind": kind, "total": int(zero.numel()),
+                       "pruned": int(pruned.sum()), "kept": kept, "stayed": stayed})
+    return kept
+
+
 def _plan_transformer(model: nn.Module, plan: Plan, masks: dict[str, torch.Tensor]) -> None:
     for name, attn in attention_blocks(model):
         heads, d = int(attn.num_heads), int(attn.head_dim)
@@ -491,20 +513,10 @@ def _plan_transformer(model: nn.Module, plan: Plan, masks: dict[str, torch.Tenso
         mask = masks.get(f"{name}.qkv.weight")
         pruned = (zero.clone() if mask is None
                   else mask.reshape(3, heads, d, -1).sum(dim=(0, 2, 3)).cpu() == 0)
-        stayed: dict[str, int] = {}
-        if why is not None:
-            zero[:] = False
-            if int(pruned.sum()):
-                stayed[why] = int(pruned.sum())
-        if bool(zero.all()):
-            zero[0] = False
-            stayed["the last head of a block stays"] = 1
-        kept = torch.nonzero(~zero).flatten().tolist()
+        kept = _kept_units(plan, name, "head", zero, pruned, why)
         if len(kept) < heads:
             plan.modules[name] = {"type": "attention", "heads": kept, "num_heads": heads,
                                   "head_dim": d, "in": None, "out": None}
-        plan.units.append({"layer": name, "kind": "head", "total": heads,
-                           "pruned": int(pruned.sum()), "kept": kept, "stayed": stayed})
     for name, mlp in mlp_blocks(model):
         hidden = mlp.fc1.out_features
         why = _mlp_ok(mlp)
@@ -514,20 +526,10 @@ def _plan_transformer(model: nn.Module, plan: Plan, masks: dict[str, torch.Tenso
         zero = zero.cpu()
         mask = masks.get(f"{name}.fc1.weight")
         pruned = zero.clone() if mask is None else mask.reshape(hidden, -1).sum(1).cpu() == 0
-        stayed = {}
-        if why is not None:
-            zero[:] = False
-            if int(pruned.sum()):
-                stayed[why] = int(pruned.sum())
-        if bool(zero.all()):
-            zero[0] = False
-            stayed["the last neuron of an MLP stays"] = 1
-        kept = torch.nonzero(~zero).flatten().tolist()
+        kept = _kept_units(plan, name, "neuron", zero, pruned, why)
         if len(kept) < hidden:
             plan.modules[f"{name}.fc1"] = {"type": "linear", "in": None, "out": kept}
             plan.modules[f"{name}.fc2"] = {"type": "linear", "in": kept, "out": None}
-        plan.units.append({"layer": name, "kind": "neuron", "total": hidden,
-                           "pruned": int(pruned.sum()), "kept": kept, "stayed": stayed})
     _summarize_stayed(plan)
 
 
