@@ -12,6 +12,10 @@ of the registry at CIFAR shapes with random (synthetic) batches:
   realistic code buffer (60 % alive, 10 % pending, as in the update suite); ``triton`` only on
   CUDA.
 
+Every path of a model runs in the same memory format — channels_last for the CNNs, as ``rsst run``
+picks by default (`rsst.models.use_channels_last`) — so the overhead figures measure the pruning
+work alone, not a layout difference.
+
 Paths are timed in interleaved rounds (every path once per round) so that drift of a shared
 machine hits all of them alike; a sample is a block of steps (several on CUDA, where one step is
 too short to time alone without exposing launch latency), the figure the median per step.
@@ -69,6 +73,12 @@ def _make_model(name: str, device: torch.device) -> nn.Module:
     return create_model(name, num_classes=10).to(device)
 
 
+def _channels_last(model: nn.Module) -> bool:
+    from rsst.models import use_channels_last
+
+    return use_channels_last("auto", model)
+
+
 def _install_codes(arena: Arena, seed: int = 0) -> None:
     """The update suite's realistic code buffer: 60 % alive, 10 % pending (P within H)."""
     gen = torch.Generator(device=arena.device).manual_seed(seed)
@@ -85,8 +95,11 @@ class StepRunner:
         self.device = device
         self.model = _make_model(model_name, device)
         self.model.train()
+        self.channels_last = _channels_last(self.model)
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         gen = torch.Generator(device=device).manual_seed(1)
-        self.x = torch.rand(batch, 3, 32, 32, generator=gen, device=device)
+        self.x = torch.rand(batch, 3, 32, 32, generator=gen, device=device).contiguous(
+            memory_format=fmt)
         self.y = torch.randint(0, 10, (batch,), generator=gen, device=device)
         self.autocast = device.type == "cuda"  # bf16 autocast on CUDA, as the engine does
         self.loss_fn = nn.CrossEntropyLoss()
@@ -94,6 +107,7 @@ class StepRunner:
         self.arena: Arena | None = None
         self.update: Callable[[], None]
         if path == "dense":
+            self.model.to(memory_format=fmt)
             cuda = device.type == "cuda"
             optimizer = torch.optim.SGD(self.model.parameters(), lr=LR, momentum=config.momentum,
                                         weight_decay=config.weight_decay,
@@ -106,7 +120,8 @@ class StepRunner:
 
             self.update = dense_update
         elif path == "seed":
-            arena = Arena(self.model)  # only to draw the same masks as the other paths
+            # an arena only to draw the masks the way the other paths do
+            arena = Arena(self.model, channels_last=self.channels_last)
             _install_codes(arena)
             self.alive = float(arena.hard_mask.float().mean())
             self.pending = float(arena.pending.float().mean())
@@ -120,7 +135,7 @@ class StepRunner:
 
             self.update = seed_update
         else:
-            arena = Arena(self.model)
+            arena = Arena(self.model, channels_last=self.channels_last)
             _install_codes(arena)
             self.arena = arena
             self.alive = float(arena.hard_mask.float().mean())
@@ -185,6 +200,7 @@ def measure_model(name: str, device: torch.device, settings: StepSettings,
             "median_ms": statistics.median(samples[path]),
             "min_ms": min(samples[path]),
             "params": sum(p.numel() for p in runner.model.parameters()),
+            "memory_format": "channels_last" if runner.channels_last else "contiguous",
             "alive": getattr(runner, "alive", 1.0),
             "pending": getattr(runner, "pending", 0.0),
         }
@@ -224,6 +240,7 @@ def run(device: torch.device, *, models: list[str] | None = None, console: Conso
                 "vs_eager": timings["eager"]["median_ms"] / ms,
                 "vs_seed": timings["seed"]["median_ms"] / ms,
                 "params": timings[path]["params"],
+                "memory_format": timings[path]["memory_format"],
                 "alive": timings[path]["alive"],
                 "pending": timings[path]["pending"],
                 "amp": "bf16" if device.type == "cuda" else None,

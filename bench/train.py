@@ -4,13 +4,17 @@ Unlike the step suite, which times a hand-written step on one fixed batch, this 
 ``rsst run`` runs: `rsst.engine.Engine.train_epoch` on a model whose parameters live in an
 `Arena` (realistic code buffer: 60 % alive, 10 % pending), the backend from
 ``make_backend("auto")`` (Triton on CUDA, torch elsewhere), device-resident `rsst.data.Batches`
-over the synthetic dataset with the GPU-side crop/flip augmentation, bf16 autocast on CUDA —
-with and without ``torch.compile``. Images/s are measured over a number of steps and
-extrapolated to one 45,000-image CIFAR training epoch (50k minus the 5k validation split).
+over the synthetic dataset with the GPU-side crop/flip augmentation, bf16 autocast on CUDA.
+Each model runs in several *variants*, so every speed-up of the engine is measured side by side:
+``eager`` (the default ``rsst run``: channels_last for CNNs), ``nchw`` (CNNs in the row-major
+layout, the layout change alone), ``compile`` (``torch.compile``) and, on CUDA, ``graph`` (the
+whole step captured as one CUDA graph, ``--cuda-graph``). Images/s are measured over a number of
+steps and extrapolated to one 45,000-image CIFAR training epoch (50k minus the 5k validation
+split).
 
 Compilation happens on the first steps; they are timed apart (``compile_s``) and excluded from
-the throughput. If ``torch.compile`` fails here (no C compiler, an unsupported op), the record
-carries the error and the suite goes on.
+the throughput (graph capture happens in the warm-up). If ``torch.compile`` or the capture fails
+here (no C compiler, an unsupported op), the record carries the error and the suite goes on.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from rsst.data import Batches, ImageSet, load_dataset
 from rsst.engine import Engine
 from rsst.update import UpdateConfig, make_backend
 from rsst_bench.common import render_table
-from rsst_bench.step import DEFAULT_MODELS, _install_codes, _make_model
+from rsst_bench.step import DEFAULT_MODELS, _channels_last, _install_codes, _make_model
 
 EPOCH_IMAGES = 45_000
 LR = 0.01
@@ -70,18 +74,53 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+@dataclass(frozen=True)
+class Variant:
+    """One way of running the engine: the flags of ``rsst run`` it stands for."""
+
+    name: str
+    compile: bool = False
+    cuda_graph: bool = False
+    memory_format: str = "auto"
+
+
+VARIANTS: dict[str, Variant] = {
+    "eager": Variant("eager"),
+    "nchw": Variant("nchw", memory_format="contiguous"),
+    "compile": Variant("compile", compile=True),
+    "graph": Variant("graph", cuda_graph=True),
+}
+
+
+def variants_for(model_name: str, device: torch.device) -> list[Variant]:
+    """``nchw`` only where the default layout differs (CNNs), ``graph`` only on CUDA."""
+    names = ["eager"]
+    if _channels_last(_make_model(model_name, torch.device("meta"))):
+        names.append("nchw")
+    names.append("compile")
+    if device.type == "cuda":
+        names.append("graph")
+    return [VARIANTS[n] for n in names]
+
+
 def measure(name: str, device: torch.device, data: ImageSet, settings: TrainSettings,
-            compile: bool, config: UpdateConfig) -> dict[str, Any]:
+            variant: Variant, config: UpdateConfig) -> dict[str, Any]:
     """Throughput of ``Engine.train_epoch`` for model ``name``; compile time kept apart."""
+    from rsst.models import use_channels_last
+
     model = _make_model(name, device)
-    arena = Arena(model)
+    channels_last = use_channels_last(variant.memory_format, model)
+    arena = Arena(model, channels_last=channels_last)
     _install_codes(arena)
     backend = make_backend("auto", device, config)
-    engine = Engine(model, arena, backend, device, amp=True, compile=compile)
+    engine = Engine(model, arena, backend, device, amp=True, compile=variant.compile,
+                    channels_last=channels_last, cuda_graph=variant.cuda_graph)
     batches = Batches(data, settings.batch, shuffle=True, augment=True, device=device,
                       drop_last=True)
     stream = _forever(batches)
-    record: dict[str, Any] = {"path": backend.name, "compile": compile}
+    record: dict[str, Any] = {
+        "path": backend.name, "memory_format": "channels_last" if channels_last else "contiguous",
+    }
 
     def chunk(steps: int) -> float:
         _sync(device)
@@ -92,8 +131,10 @@ def measure(name: str, device: torch.device, data: ImageSet, settings: TrainSett
 
     first_s = chunk(1)  # compiles forward and backward when compile=True
     if settings.warmup:
-        chunk(settings.warmup)
+        chunk(settings.warmup)  # a graph is captured here (after GRAPH_WARMUP eager steps)
     chunk_s = [chunk(settings.steps) for _ in range(settings.chunks)]
+    if variant.cuda_graph and engine.capture is None:
+        raise RuntimeError(engine.graph_note or "the engine trained without a graph")
     step_s = statistics.median(chunk_s) / settings.steps
     images_per_s = settings.batch / step_s
     record.update({
@@ -101,7 +142,7 @@ def measure(name: str, device: torch.device, data: ImageSet, settings: TrainSett
         "images_per_s": images_per_s,
         "epoch_s": EPOCH_IMAGES / images_per_s,
         "first_step_s": first_s,
-        "compile_s": max(first_s - step_s, 0.0) if compile else None,
+        "compile_s": max(first_s - step_s, 0.0) if variant.compile else None,
         "params": sum(p.numel() for p in model.parameters()),
         "steps_measured": settings.chunks * settings.steps,
     })
@@ -120,22 +161,24 @@ def run(device: torch.device, *, models: list[str] | None = None, console: Conso
     records: list[dict[str, Any]] = []
     notes: list[str] = []
     for name in models:
-        for compile in (False, True):
+        for variant in variants_for(name, device):
             base = {"suite": "train", "model": name, "device": device.type,
-                    "batch": settings.batch, "epoch_images": EPOCH_IMAGES, "compile": compile,
+                    "variant": variant.name, "batch": settings.batch,
+                    "epoch_images": EPOCH_IMAGES, "compile": variant.compile,
+                    "cuda_graph": variant.cuda_graph,
                     "amp": "bf16" if device.type == "cuda" else None, "dataset": "synthetic"}
-            if compile and settings.compile_models is not None and (
+            if variant.compile and settings.compile_models is not None and (
                     name not in settings.compile_models):
                 notes.append(f"{name} compiled: skipped (not in compile_models)")
                 continue
             base["load_avg"] = os.getloadavg()[0]
             try:
-                record = measure(name, device, data, settings, compile, config)
-            except Exception as exc:  # a failing compiler must not end the bench
-                if not compile:
+                record = measure(name, device, data, settings, variant, config)
+            except Exception as exc:  # a failing compiler or capture must not end the bench
+                if variant.name in ("eager", "nchw"):
                     raise
                 message = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}"
-                notes.append(f"{name} compiled: torch.compile failed here ({message})")
+                notes.append(f"{name} {variant.name}: failed here ({message})")
                 record = {"path": "auto", "median_ms": None, "images_per_s": None,
                           "epoch_s": None, "error": message}
             finally:
@@ -148,7 +191,8 @@ def run(device: torch.device, *, models: list[str] | None = None, console: Conso
         f"train suite · {device.type} · Engine.train_epoch, batch {settings.batch}, "
         f"epoch = {EPOCH_IMAGES:,} images (extrapolated)",
         records,
-        [("model", "model"), ("path", "path"), ("compile", "compile"), ("median_ms", "ms/step"),
+        [("model", "model"), ("path", "path"), ("variant", "variant"),
+         ("memory_format", "layout"), ("median_ms", "ms/step"),
          ("images_per_s", "img/s"), ("epoch_s", "s/epoch"), ("compile_s", "compile s")],
     )
     for note in notes:

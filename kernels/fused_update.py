@@ -221,11 +221,11 @@ def fused_update_op(
 ) -> None:
     """`fused_update` as the custom op ``torch.ops.rsst.fused_update`` (same arguments).
 
-    On CUDA it always launches the Triton kernel (λ stays in-kernel: no host sync, graph
-    capturable). Elsewhere it runs the torch twin, with λ computed on the host from ``hyper``,
-    which lives on the CPU there, so reading it costs no device sync.
+    Where Triton runs (CUDA, or the interpreter) it launches the kernel (λ stays in-kernel: no
+    host sync, graph capturable). Elsewhere it runs the torch twin, with λ computed on the host
+    from ``hyper``, which lives on the CPU there, so reading it costs no device sync.
     """
-    if w.device.type == "cuda":
+    if triton_available(w.device):
         fused_update(w, g, buf, code, hyper, schedule=schedule, nesterov=nesterov,
                      block_loss_grad=block_loss_grad)
         return

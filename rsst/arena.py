@@ -5,14 +5,21 @@ buffer and one uint8 code buffer (bit 0 alive in the hard mask H, bit 1 pending 
 same length, so the per-step update is one pass over four flat tensors instead of a loop over
 layers. Offsets are aligned to `ALIGN` elements; padding elements are dead (code 0) and stay 0.
 
-Traps it guards: ``model.to(...)`` / channels_last after the arena is built silently replaces
-parameter storage, and ``zero_grad(set_to_none=True)`` drops the grad views. `Arena.verify`
-detects both with a clear error; the arena owns zeroing (`Arena.zero_grad`).
+With ``channels_last=True`` every 4-D (conv) weight is laid out NHWC inside its slot — the flat
+slice holds the ``[O, kh, kw, I]`` order and the parameter is a channels_last-strided view of it —
+so cuDNN's NHWC kernels run on the arena's own memory without a per-step layout conversion. The
+element-wise update does not care about order; an output channel is still one contiguous range.
+Checkpoints (`state_dict`) store every buffer in the canonical row-major order of each parameter,
+so a run saved with one layout resumes with the other.
+
+Traps it guards: ``model.to(...)`` / a memory-format change after the arena is built silently
+replaces parameter storage, and ``zero_grad(set_to_none=True)`` drops the grad views.
+`Arena.verify` detects both with a clear error; the arena owns zeroing (`Arena.zero_grad`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -38,6 +45,14 @@ class UpdateBackend(Protocol):
     def step(self, arena: Arena, lr: float, t: int) -> float: ...
 
 
+class CapturableBackend(UpdateBackend, Protocol):
+    """A backend whose launch reads its scalars from ``arena.scalars`` (graph-capturable)."""
+
+    def prepare(self, arena: Arena, lr: float, t: int) -> float: ...
+
+    def launch(self, arena: Arena) -> None: ...
+
+
 @dataclass(frozen=True)
 class Slot:
     """Where one parameter lives in the flat buffers."""
@@ -46,10 +61,23 @@ class Slot:
     offset: int
     numel: int
     shape: tuple[int, ...]
+    channels_last: bool = False
 
     @property
     def stop(self) -> int:
         return self.offset + self.numel
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+    def shaped(self, flat: torch.Tensor) -> torch.Tensor:
+        """This slot of ``flat`` as a parameter-shaped view (NHWC when so laid out)."""
+        part = flat[self.offset : self.stop]
+        if self.channels_last:
+            o, i, h, w = self.shape
+            return part.view(o, h, w, i).permute(0, 3, 1, 2)
+        return part.view(self.shape)
 
 
 def _aligned(n: int, align: int) -> int:
@@ -59,7 +87,8 @@ def _aligned(n: int, align: int) -> int:
 class Arena:
     """Flat buffers over a model's trainable parameters, built once."""
 
-    def __init__(self, model: nn.Module, *, align: int = ALIGN) -> None:
+    def __init__(self, model: nn.Module, *, align: int = ALIGN,
+                 channels_last: bool = False) -> None:
         named: list[tuple[str, nn.Parameter]] = []
         seen: set[int] = set()
         for name, p in model.named_parameters():
@@ -78,8 +107,10 @@ class Arena:
         slots: list[Slot] = []
         offset = 0
         for name, p in named:
-            slots.append(Slot(name, offset, p.numel(), tuple(p.shape)))
+            nhwc = channels_last and p.dim() == 4
+            slots.append(Slot(name, offset, p.numel(), tuple(p.shape), nhwc))
             offset = _aligned(offset + p.numel(), align)
+        self.channels_last = channels_last
         self.numel = offset
         self.device = device
         self.slots: dict[str, Slot] = {s.name: s for s in slots}
@@ -92,10 +123,10 @@ class Arena:
         self.names: list[str] = [n for n, _ in named]
         with torch.no_grad():
             for slot, p in zip(slots, self.params, strict=True):
-                view = self.weight[slot.offset : slot.stop].view(slot.shape)
+                view = slot.shaped(self.weight)
                 view.copy_(p)
                 p.data = view
-                p.grad = self.grad[slot.offset : slot.stop].view(slot.shape)
+                p.grad = slot.shaped(self.grad)
                 self.code[slot.offset : slot.stop] = ALIVE
         self._padding = self.code == 0  # fixed by the layout: every parameter starts alive
         self._pointers = [(p, p.data_ptr(), p.grad.data_ptr()) for p in self.params]
@@ -105,9 +136,7 @@ class Arena:
     # -- views ---------------------------------------------------------------------------
     def view(self, name: str, buffer: str = "weight") -> torch.Tensor:
         """The parameter-shaped view of ``buffer`` (weight, grad, momentum, code) for ``name``."""
-        slot = self.slots[name]
-        flat: torch.Tensor = getattr(self, buffer)
-        return flat[slot.offset : slot.stop].view(slot.shape)
+        return self.slots[name].shaped(getattr(self, buffer))
 
     def items(self) -> Iterator[tuple[Slot, nn.Parameter]]:
         for name, p in zip(self.names, self.params, strict=True):
@@ -182,14 +211,26 @@ class Arena:
         self.fresh_momentum = False
         return lam
 
+    def replay_step(self, backend: CapturableBackend, lr: float, t: int,
+                    replay: Callable[[], None]) -> float:
+        """`step` whose kernel launch was captured in a graph: write the scalars, replay."""
+        if self.fresh_momentum:
+            self.verify()
+        lam = backend.prepare(self, lr, t)
+        replay()
+        self.fresh_momentum = False
+        return lam
+
     def verify(self) -> None:
         """Raise `ArenaError` if a parameter or its gradient no longer lives in the arena."""
         for (p, w_ptr, g_ptr), name in zip(self._pointers, self.names, strict=True):
-            if p.data_ptr() != w_ptr or not p.is_contiguous():
+            if p.data_ptr() != w_ptr or not p.is_contiguous(
+                    memory_format=self.slots[name].memory_format):
                 raise ArenaError(
                     f"parameter {name} no longer lives in the arena: the model was moved or "
-                    "converted (.to(), .cuda(), channels_last) after the arena was built; "
-                    "move the model first, then build the arena"
+                    "converted (.to(), .cuda(), a memory format) after the arena was built; "
+                    "move the model first, then build the arena (Arena(channels_last=True) "
+                    "for NHWC)"
                 )
             if p.grad is None or p.grad.data_ptr() != g_ptr:
                 raise ArenaError(
@@ -197,14 +238,37 @@ class Arena:
                     "or an assignment to .grad dropped it; zero gradients with arena.zero_grad()"
                 )
 
+    def canonical_index(self) -> torch.Tensor | None:
+        """Flat positions in canonical order (each slot row-major), or None when they coincide.
+
+        ``flat[canonical_index()]`` is the buffer as a contiguous-layout arena would hold it.
+        """
+        if not any(s.channels_last for s in self.slots.values()):
+            return None
+        index = torch.arange(self.numel, device=self.device)
+        for slot in self.slots.values():
+            if slot.channels_last:
+                index[slot.offset : slot.stop] = slot.shaped(index).contiguous().view(-1)
+        return index
+
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """Masks and momentum, for checkpoints (weights travel in the model's state_dict)."""
-        return {"code": self.code.clone(), "momentum": self.momentum.clone()}
+        """Masks and momentum in canonical order, for checkpoints (weights travel in the model's
+        state_dict); independent of the layout, so either layout can load them."""
+        index = self.canonical_index()
+        if index is None:
+            return {"code": self.code.clone(), "momentum": self.momentum.clone()}
+        return {"code": self.code[index], "momentum": self.momentum[index]}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         for key in ("code", "momentum"):
             if state[key].shape != getattr(self, key).shape:
                 raise ArenaError(f"arena {key} has the wrong length for this model")
-        self.code.copy_(state["code"])
-        self.momentum.copy_(state["momentum"])
+        index = self.canonical_index()
+        for key in ("code", "momentum"):
+            target: torch.Tensor = getattr(self, key)
+            values = state[key].to(device=target.device, dtype=target.dtype)
+            if index is None:
+                target.copy_(values)
+            else:
+                target[index] = values
         self.has_pending = bool(((self.code & PENDING) != 0).any())

@@ -168,6 +168,11 @@ def run(
     device: str | None = typer.Option(None, help="auto | cpu | cuda."),
     compile: bool | None = typer.Option(None, "--compile/--no-compile",
                                         help="Wrap the model in torch.compile."),
+    memory_format: str | None = typer.Option(None, help="auto | channels_last | contiguous "
+                                             "(auto: channels_last for CNNs)."),
+    cuda_graph: bool | None = typer.Option(None, "--cuda-graph/--no-cuda-graph",
+                                           help="Capture each training step (forward, backward,"
+                                           " fused update) as one CUDA graph; triton backend."),
     img_size: int | None = typer.Option(None, help="Input size (ViTs)."),
     patch_size: int | None = typer.Option(None, help="ViT patch size (default 4)."),
     out: Path | None = typer.Option(None, help="Run directory (default runs/<method>-<arch>-"

@@ -25,6 +25,7 @@ STRUCTURES = ("auto", "channel", "head", "neuron", "head+neuron", "none")
 REG_RAMPS = ("state", "epoch")
 LR_SCHEDULES = ("multistep", "cosine", "constant")
 OPTIMIZERS = ("sgd",)
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 
 
 @dataclass
@@ -74,6 +75,8 @@ class RunConfig:
     device: str = "auto"
     compile: bool = False
     amp: bool = True
+    memory_format: str = "auto"  # auto: channels_last for CNNs
+    cuda_graph: bool = False  # capture each training step as a CUDA graph (triton backend)
     # model shape (ViTs; CNNs ignore patch_size)
     img_size: int | None = None
     patch_size: int | None = None
@@ -152,6 +155,7 @@ def validate(config: RunConfig) -> RunConfig:
     _choice("optimizer", config.optimizer, OPTIMIZERS)
     _choice("backend", config.backend, ("auto", "triton", "torch", "eager"))
     _choice("device", config.device, ("auto", "cpu", "cuda"))
+    _choice("memory_format", config.memory_format, MEMORY_FORMATS)
     if not 0.0 < config.rate < 1.0:
         raise UserError(f"--rate {config.rate} is outside (0, 1): it is the fraction of the "
                         "remaining weights pruned per state, e.g. 0.2")

@@ -34,7 +34,7 @@ from rsst.data import Batches, load_dataset
 from rsst.engine import Engine, lr_schedule
 from rsst.errors import UserError
 from rsst.log import append_jsonl, block_table, state_table, training_progress, write_json
-from rsst.models import create_model
+from rsst.models import create_model, use_channels_last
 from rsst.pruning import magnitude_prune, refill
 from rsst.structure import build_structure
 from rsst.update import UpdateConfig, make_backend, resolve_backend
@@ -86,7 +86,8 @@ class PruningRun:
         self.model = create_model(config.arch, num_classes=self.data.num_classes,
                                   img_size=img_size, patch_size=config.patch_size,
                                   mean=self.data.mean, std=self.data.std).to(self.device)
-        self.arena = Arena(self.model)
+        self.channels_last = use_channels_last(config.memory_format, self.model)
+        self.arena = Arena(self.model, channels_last=self.channels_last)
         self.structure = build_structure(self.model, self.arena, config.structure)
         if self.structure.note:
             console.print(f"[yellow]note:[/] {self.structure.note}")
@@ -98,7 +99,8 @@ class PruningRun:
         )
         self.backend = make_backend(self.backend_name, self.device, self.update_config)
         self.engine = Engine(self.model, self.arena, self.backend, self.device, amp=config.amp,
-                             label_smoothing=config.label_smoothing, compile=config.compile)
+                             label_smoothing=config.label_smoothing, compile=config.compile,
+                             channels_last=self.channels_last, cuda_graph=config.cuda_graph)
         self.train_batches = Batches(self.data.train, config.batch_size, shuffle=True,
                                      augment=True, device=self.device, seed=config.seed)
         self.calibration = Batches(self.data.train, config.batch_size, shuffle=True,
@@ -118,8 +120,9 @@ class PruningRun:
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         if self.rewind_point is not None:
             tensors.update({f"rewind.{k}": v for k, v in self.rewind_point.items()})
-        tensors["arena.momentum"] = self.arena.momentum
-        tensors["arena.code"] = self.arena.code
+        arena_state = self.arena.state_dict()  # canonical order: resumable in either layout
+        tensors["arena.momentum"] = arena_state["momentum"]
+        tensors["arena.code"] = arena_state["code"]
         meta = {"position": json.dumps(position), "records": json.dumps(self.records),
                 "rsst.version": __version__}
         _save_tensors(self.run_dir / CHECKPOINT, tensors, meta)
@@ -186,6 +189,9 @@ class PruningRun:
                     on_progress,
                 )
                 progress.remove_task(task)
+                if self.engine.graph_note:
+                    self.console.print(f"[yellow]note:[/] {self.engine.graph_note}")
+                    self.engine.graph_note = None
                 lam = result.lam if pending else 0.0
                 if not math.isfinite(result.loss):
                     raise UserError(
@@ -230,6 +236,8 @@ class PruningRun:
             "structured_sparsity": self.structure.sparsity(hard),
             "reg_lambda": last["reg_lambda"], "backend": self.backend_name,
             "device": str(self.device), "method": cfg.method,
+            "memory_format": "channels_last" if self.channels_last else "contiguous",
+            "cuda_graph": self.engine.capture is not None,
         }
         if cfg.method == "rsst" and self.arena.has_pending:
             pending = self.arena.pending

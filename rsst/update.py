@@ -204,33 +204,49 @@ def step(
 
 # -- arena-level backends -----------------------------------------------------------------------
 class TritonBackend:
-    """The fused kernel over the whole arena: one launch per step, scalars in a device tensor."""
+    """The fused kernel over the whole arena: one launch per step, scalars in a device tensor.
+
+    A step is two halves: `prepare` writes this step's scalars (lr, t, first step) into
+    ``arena.scalars`` from the host, `launch` runs the kernel, which reads only device memory —
+    so `launch` can be captured in a CUDA graph and replayed after each `prepare`. Under
+    ``torch.compile`` it goes through the custom op ``torch.ops.rsst.fused_update`` so a compiled
+    step does not graph-break on the launcher.
+    """
 
     name = "triton"
+    capturable = True
 
     def __init__(self, config: UpdateConfig) -> None:
         self.config = config
 
-    def step(self, arena: Arena, lr: float, t: int) -> float:
+    def prepare(self, arena: Arena, lr: float, t: int) -> float:
+        """Write this step's scalars into ``arena.scalars`` (no host sync); returns λ(t)."""
         config = self.config
         arena.write_scalars(config.scalars(lr, t, arena.fresh_momentum))
-        fused_update(
-            arena.weight,
-            arena.grad,
-            arena.momentum,
-            arena.code,
-            arena.scalars,
-            schedule=schedule_code(config.schedule),
-            nesterov=config.nesterov,
-            block_loss_grad=config.block_loss_grad,
-        )
         return config.lam(t)
+
+    def launch(self, arena: Arena) -> None:
+        """The kernel over the whole arena with the scalars `prepare` wrote."""
+        config = self.config
+        args = (arena.weight, arena.grad, arena.momentum, arena.code, arena.scalars)
+        if torch.compiler.is_compiling():
+            torch.ops.rsst.fused_update(*args, schedule_code(config.schedule), config.nesterov,
+                                        config.block_loss_grad)
+            return
+        fused_update(*args, schedule=schedule_code(config.schedule), nesterov=config.nesterov,
+                     block_loss_grad=config.block_loss_grad)
+
+    def step(self, arena: Arena, lr: float, t: int) -> float:
+        lam = self.prepare(arena, lr, t)
+        self.launch(arena)
+        return lam
 
 
 class TorchBackend:
     """The kernel's torch twin over the whole arena: a few vectorized ops, no per-layer loop."""
 
     name = "torch"
+    capturable = False  # lr and λ enter as Python numbers: a captured graph would freeze them
 
     def __init__(self, config: UpdateConfig) -> None:
         self.config = config
@@ -259,6 +275,7 @@ class EagerBackend:
     """Per-parameter loop with ``torch.optim.SGD``: the oracle and the bench baseline."""
 
     name = "eager"
+    capturable = False
 
     def __init__(self, config: UpdateConfig) -> None:
         self._config = config

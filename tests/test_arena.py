@@ -157,3 +157,84 @@ def test_set_to_none_is_detected():
 def test_rejects_non_fp32():
     with pytest.raises(ArenaError, match="fp32"):
         Arena(Tiny().double())
+
+
+# -- channels_last layout -------------------------------------------------------------------------
+def test_channels_last_arena_holds_nhwc_views():
+    torch.manual_seed(0)
+    model = Tiny()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    arena = Arena(model, channels_last=True)
+    for name, p in model.named_parameters():
+        slot = arena.slots[name]
+        assert slot.channels_last == (p.dim() == 4)
+        assert p.data_ptr() == arena.weight[slot.offset:].data_ptr()
+        assert torch.equal(p.detach(), before[name])
+        if p.dim() == 4:
+            assert p.is_contiguous(memory_format=torch.channels_last)
+            assert not p.is_contiguous()
+            # the flat slice holds [O, kh, kw, I]
+            o, i, h, w = p.shape
+            flat = arena.weight[slot.offset:slot.stop]
+            assert torch.equal(flat, before[name].permute(0, 2, 3, 1).reshape(-1))
+    x, y = batches(1)[0]
+    nn.functional.cross_entropy(model(x), y).backward()
+    for name, p in model.named_parameters():  # autograd accumulated into the NHWC grad views
+        assert p.grad.data_ptr() == arena.grad[arena.slots[name].offset:].data_ptr()
+        assert p.grad.stride() == p.stride()
+    arena.verify()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_channels_last_trains_like_contiguous(backend):
+    """Same masks (by parameter position), same updates: the layout changes nothing but order."""
+    if backend == "triton" and not triton_available("cpu"):
+        pytest.skip("triton not installed")
+    torch.manual_seed(2)
+    models = [Tiny(), None]
+    models[1] = copy.deepcopy(models[0])
+    arenas = [Arena(models[0]), Arena(models[1], channels_last=True)]
+    gen = torch.Generator().manual_seed(3)
+    for name, slot in arenas[0].slots.items():  # draw masks per parameter, install in both
+        draw = torch.rand(slot.shape, generator=gen)
+        for arena in arenas:
+            arena.view(name, "code").copy_(((draw < 0.7).to(torch.uint8))
+                                           | ((draw < 0.2).to(torch.uint8) * 2))
+    for arena in arenas:
+        arena.set_masks(arena.hard_mask, arena.pending)
+    config = UpdateConfig(weight_decay=1e-3, ramp_steps=6, schedule="x^2", lam_max=1.5)
+    for model, arena in zip(models, arenas, strict=True):
+        update = make_backend(backend, "cpu", config)
+        for t, (x, y) in enumerate(batches(4)):
+            nn.functional.cross_entropy(model(x), y).backward()
+            arena.step(update, 0.05, t)
+    for (name, p), q in zip(models[0].named_parameters(), models[1].parameters(), strict=True):
+        torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6, msg=name)
+        torch.testing.assert_close(arenas[1].view(name, "momentum"),
+                                   arenas[0].view(name, "momentum"), rtol=1e-5, atol=1e-6)
+
+
+def test_state_dict_is_canonical_across_layouts():
+    """A checkpoint of one layout loads into the other: code and momentum per parameter agree."""
+    torch.manual_seed(4)
+    source = Arena(Tiny(), channels_last=True)
+    source.momentum.copy_(torch.randn(source.numel))
+    source.set_masks(torch.rand(source.numel) > 0.3, torch.rand(source.numel) > 0.8)
+    state = source.state_dict()
+    for target in (Arena(Tiny()), Arena(Tiny(), channels_last=True)):
+        target.load_state_dict(state)
+        assert target.has_pending == source.has_pending
+        for name in source.names:
+            for buffer in ("code", "momentum"):
+                assert torch.equal(target.view(name, buffer), source.view(name, buffer)), name
+    plain = Arena(Tiny())
+    plain.load_state_dict(state)
+    assert torch.equal(plain.state_dict()["code"], state["code"])
+
+
+def test_losing_the_nhwc_layout_is_detected():
+    model = Tiny()
+    arena = Arena(model, channels_last=True)
+    model.to(memory_format=torch.contiguous_format)
+    with pytest.raises(ArenaError, match="memory format"):
+        arena.verify()

@@ -6,6 +6,7 @@ of the Bench output contract; performance is never asserted.
 
 from __future__ import annotations
 
+import importlib
 import io
 import json
 import shutil
@@ -81,10 +82,14 @@ TINY_TRAIN = train_suite.TrainSettings(batch=4, warmup=0, chunks=1, steps=2, com
 def test_train_suite_records() -> None:
     records = train_suite.run(CPU, models=["resnet20", "vit_tiny"], console=quiet(),
                               settings=TINY_TRAIN, data=tiny_images())
-    assert [r["model"] for r in records] == ["resnet20", "vit_tiny"]  # compile_models=(): none
+    # compile_models=(): no compiled variant; the CNN also runs row-major to show the layout gain
+    assert [(r["model"], r["variant"], r["memory_format"]) for r in records] == [
+        ("resnet20", "eager", "channels_last"), ("resnet20", "nchw", "contiguous"),
+        ("vit_tiny", "eager", "contiguous")]
     for r in records:
         assert all(r[k] is not None for k in CONTRACT)
         assert r["suite"] == "train" and r["path"] == "torch" and r["compile"] is False
+        assert r["cuda_graph"] is False
         assert r["epoch_s"] == pytest.approx(train_suite.EPOCH_IMAGES / r["images_per_s"])
         assert r["steps_measured"] == 2 and r["batch"] == 4
 
@@ -100,11 +105,21 @@ def test_train_suite_records_compile_failure(monkeypatch: pytest.MonkeyPatch) ->
     console = quiet()
     records = train_suite.run(CPU, models=["resnet20"], console=console, settings=settings,
                               data=tiny_images())
-    plain, compiled = records
-    assert plain["compile"] is False and plain["median_ms"] > 0
+    plain, nchw, compiled = records
+    assert plain["compile"] is False and plain["median_ms"] > 0 and nchw["median_ms"] > 0
     assert compiled["compile"] is True and compiled["median_ms"] is None
     assert compiled["error"] == "RuntimeError: no C compiler here"
-    assert "torch.compile failed" in console.file.getvalue()
+    assert "resnet20 compile: failed here" in console.file.getvalue()
+
+
+def test_train_variants_per_model_and_device() -> None:
+    cuda = torch.device("cuda")
+    names = {(m, d.type): [v.name for v in train_suite.variants_for(m, d)]
+             for m in ("resnet20", "vit_tiny") for d in (CPU, cuda)}
+    assert names == {("resnet20", "cpu"): ["eager", "nchw", "compile"],
+                     ("resnet20", "cuda"): ["eager", "nchw", "compile", "graph"],
+                     ("vit_tiny", "cpu"): ["eager", "compile"],
+                     ("vit_tiny", "cuda"): ["eager", "compile", "graph"]}
 
 
 # -- JSON, plot and the CLI ---------------------------------------------------------------------
@@ -160,12 +175,19 @@ def hyper(lr: float, t: int, T: int, *, first: bool = False) -> torch.Tensor:
     return torch.tensor([values[k] for k in HYPER_SLOTS], dtype=torch.float32)
 
 
+@pytest.mark.parametrize("kernel", [True, False], ids=["triton", "twin"])
 @pytest.mark.parametrize("schedule", [0, 4])
 @pytest.mark.parametrize("nesterov,block,first", [(False, False, False), (True, True, True)])
 def test_custom_op_matches_functional_step(schedule: int, nesterov: bool, block: bool,
-                                           first: bool) -> None:
+                                           first: bool, kernel: bool,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The op launches the kernel where Triton runs, else the torch twin: both match step()."""
     from rsst.schedules import SCHEDULES
 
+    module = importlib.import_module("rsst_kernels.fused_update")  # the module, not the function
+
+    if not kernel:
+        monkeypatch.setattr(module, "triton_available", lambda device: False)
     w, g, buf, code = op_inputs(1037)
     mine = [w.clone(), g.clone(), buf.clone()]
     torch.ops.rsst.fused_update(*mine, code, hyper(0.1, 3, 10, first=first), schedule, nesterov,
@@ -174,8 +196,9 @@ def test_custom_op_matches_functional_step(schedule: int, nesterov: bool, block:
     step("torch", *ref, code, lr=0.1, momentum=0.9, weight_decay=1e-4, nesterov=nesterov,
          block_loss_grad=block, first_step=first, schedule=SCHEDULES[schedule], t=3, T=10,
          lam_max=0.5, exponents=4.0)
-    for a, b in zip(mine, ref, strict=True):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    for a, b in zip(mine, ref, strict=True):  # the twin path is the same ops: bit-identical
+        tol = {"rtol": 1e-6, "atol": 1e-6} if kernel else {"rtol": 0, "atol": 0}
+        torch.testing.assert_close(a, b, **tol)
 
 
 def test_custom_op_opcheck() -> None:

@@ -42,11 +42,12 @@ def group_ids(arena: Arena, unit, g: int, *, weights_only: bool = False) -> set[
 
 
 # -- CNN ------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def resnet():
+@pytest.fixture(scope="module", params=[False, True], ids=["nchw", "nhwc"])
+def resnet(request):
+    """resnet20 in both arena layouts: a channel is one contiguous range either way."""
     torch.manual_seed(0)
     model = create_model("resnet20")
-    arena = Arena(model)
+    arena = Arena(model, channels_last=request.param)
     return model, arena, build_structure(model, arena)
 
 
