@@ -94,6 +94,12 @@ class _GraphedStep:
                 logits, loss = engine._forward_backward(x, y, autocast_cache=False)
                 lam = arena.step(engine.backend, lr, t)
             self._sync_out()
+            if self.stream is not None:  # tensors used on both streams: free them safely
+                x.record_stream(self.stream)
+                y.record_stream(self.stream)
+                current = torch.cuda.current_stream(engine.device)
+                logits.record_stream(current)
+                loss.record_stream(current)
             self.warmup_left -= 1
             if self.warmup_left <= 0:
                 self._sync_in()
