@@ -101,6 +101,10 @@ class PruningRun:
         self.engine = Engine(self.model, self.arena, self.backend, self.device, amp=config.amp,
                              label_smoothing=config.label_smoothing, compile=config.compile,
                              channels_last=self.channels_last, cuda_graph=config.cuda_graph)
+        if config.cuda_graph and self.engine.capture is None:
+            console.print("[yellow]note:[/] --cuda-graph needs the triton backend on CUDA and no "
+                          f"--compile (this run: {self.backend_name} on {self.device}"
+                          f"{', compiled' if config.compile else ''}); training without a graph")
         self.train_batches = Batches(self.data.train, config.batch_size, shuffle=True,
                                      augment=True, device=self.device, seed=config.seed)
         self.calibration = Batches(self.data.train, config.batch_size, shuffle=True,

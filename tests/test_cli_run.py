@@ -70,8 +70,9 @@ def assert_user_error(result: subprocess.CompletedProcess, *phrases: str) -> str
     (["--dataset", "mnist"], ["--data-dir"]),
     (["--structure", "head"], ["--structure head", "CNN"]),
     (["--rewind", "epoch:x"], ["--rewind 'epoch:x'"]),
+    (["--memory-format", "nhwc"], ["unknown memory-format 'nhwc'", "channels_last"]),
 ], ids=["arch", "method", "schedule", "criteria", "rate-1.5", "rate-0", "dataset", "structure",
-        "rewind"])
+        "rewind", "memory-format"])
 def test_bad_flags(tmp_path, monkeypatch, capsys, args, phrases):
     """In process through `rsst.cli.main` (what the console script calls), to save start-ups."""
     from rsst.cli import main

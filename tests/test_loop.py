@@ -245,3 +245,15 @@ def test_cli_config_reproduces_the_run(refill_run, tmp_path, monkeypatch):
     a = load_file(str(out / "state_02" / "weights.safetensors"))
     b = load_file(str(refill_run / "state_02" / "weights.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in b)
+
+
+def test_layout_and_graph_are_recorded(rsst_run, tmp_path):
+    """resnet20 trains NHWC by default; --cuda-graph off CUDA is refused with a note, not an error."""
+    assert {(r["memory_format"], r["cuda_graph"]) for r in summary(rsst_run)} == {
+        ("channels_last", False)}
+    console = Console(record=True, width=200)
+    run_dir = loop.run(config(states=1, memory_format="contiguous", cuda_graph=True),
+                       out=tmp_path / "g", console=console)
+    assert "--cuda-graph needs the triton backend on CUDA" in console.export_text()
+    assert {(r["memory_format"], r["cuda_graph"]) for r in summary(run_dir)} == {
+        ("contiguous", False)}
