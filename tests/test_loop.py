@@ -248,7 +248,7 @@ def test_cli_config_reproduces_the_run(refill_run, tmp_path, monkeypatch):
 
 
 def test_layout_and_graph_are_recorded(rsst_run, tmp_path):
-    """resnet20 trains NHWC by default; --cuda-graph off CUDA is refused with a note, not an error."""
+    """resnet20 trains NHWC by default; --cuda-graph off CUDA gets a note, not an error."""
     assert {(r["memory_format"], r["cuda_graph"]) for r in summary(rsst_run)} == {
         ("channels_last", False)}
     console = Console(record=True, width=200)
