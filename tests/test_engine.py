@@ -104,6 +104,21 @@ def test_graphed_step_equals_eager_steps():
 
 
 @needs_triton
+def test_graphed_step_under_bf16_autocast():
+    """The GPU configuration's autocast (bf16, weight cache off inside the graph), run on the CPU:
+    the graphed path still equals eager training step for step."""
+    data = batches([8] * 5 + [3])
+    runs = []
+    for capture in (None, CountingCapture()):
+        engine, model, arena = make_engine("triton", capture, channels_last=True)
+        engine.autocast = True  # what amp=True means on CUDA
+        runs.append((train(engine, data, epochs=2), model))
+    assert [r.loss for r in runs[1][0]] == [r.loss for r in runs[0][0]]
+    for p, q in zip(runs[0][1].parameters(), runs[1][1].parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+@needs_triton
 def test_fresh_momentum_reaches_a_replayed_step():
     """A state boundary resets momentum between replays: the replay must take buf ← d."""
     data = batches([8] * 4)
