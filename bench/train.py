@@ -120,6 +120,7 @@ def measure(name: str, device: torch.device, data: ImageSet, settings: TrainSett
     stream = _forever(batches)
     record: dict[str, Any] = {
         "path": backend.name, "memory_format": "channels_last" if channels_last else "contiguous",
+        "layout": "nhwc" if channels_last else "nchw",  # short form for the table
     }
 
     def chunk(steps: int) -> float:
@@ -192,7 +193,7 @@ def run(device: torch.device, *, models: list[str] | None = None, console: Conso
         f"epoch = {EPOCH_IMAGES:,} images (extrapolated)",
         records,
         [("model", "model"), ("path", "path"), ("variant", "variant"),
-         ("memory_format", "layout"), ("median_ms", "ms/step"),
+         ("layout", "layout"), ("median_ms", "ms/step"),
          ("images_per_s", "img/s"), ("epoch_s", "s/epoch"), ("compile_s", "compile s")],
     )
     for note in notes:
