@@ -103,7 +103,7 @@ def bench(
 
 RUN_EPILOG = """Examples:
 
-  rsst run                                      # RSST on resnet20, synthetic data, 4 states
+  rsst run                                      # RSST on resnet20, synthetic data, 3 states
 
   rsst run --method refill --dataset cifar10 --data-dir ~/data/cifar10 --train-subset 5000
 

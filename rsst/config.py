@@ -39,7 +39,7 @@ class RunConfig:
     data_dir: str | None = None
     cache_dir: str | None = None
     # pruning
-    states: int = 4
+    states: int = 3
     rate: float = 0.3
     criteria: str = "l1"
     criteria_batches: int = 1
