@@ -23,6 +23,7 @@ from rsst.errors import UserError
 from rsst.update import step
 from rsst_bench import step as step_suite
 from rsst_bench import train as train_suite
+from rsst_bench import update as update_suite
 from rsst_bench.plot import plot_results, require_matplotlib
 from rsst_kernels.fused_update import HYPER_SLOTS, fused_update_op
 
@@ -38,6 +39,37 @@ def tiny_images(n: int = 16) -> ImageSet:
     gen = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (n, 3, 32, 32), generator=gen, dtype=torch.uint8)
     return ImageSet(images, torch.arange(n) % 10)
+
+
+# -- update suite -------------------------------------------------------------------------------
+def test_update_suite_records() -> None:
+    records = update_suite.run(CPU, models=["resnet20"], console=quiet(), quick=True)
+    assert [r["path"] for r in records] == ["torch", "eager", "seed"]  # no triton on CPU
+    for r in records:
+        assert all(r[k] is not None for k in CONTRACT)
+        assert r["suite"] == "update" and r["bytes_per_elem"] == 25 and r["copy_gbps"] is None
+        assert r["gbps"] == pytest.approx(25 * r["numel"] / (r["median_ms"] * 1e-3) / 1e9)
+        assert r["numel"] % 16 == 0 and r["numel"] >= r["params"] == 272_474
+        assert 0.5 < r["alive"] < 0.7 and 0.05 < r["pending"] < 0.15
+    assert records[1]["vs_eager"] == 1.0 and records[2]["vs_seed"] == 1.0
+
+
+def test_cuda_samples_are_blocks_of_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On CUDA a sample is CUDA_BLOCK back-to-back calls and the figure is per call."""
+    calls = []
+
+    def fake_time_ms(fn, device, *, warmup, repeats):
+        before = len(calls)
+        fn()
+        return 5.0 * (len(calls) - before)  # 5 ms per call
+
+    monkeypatch.setattr(update_suite, "time_ms", fake_time_ms)
+    ms = update_suite.time_block_ms(lambda: calls.append(1), torch.device("cuda"), warmup=0,
+                                    repeats=1)
+    assert len(calls) == update_suite.CUDA_BLOCK and ms == 5.0
+    calls.clear()
+    assert update_suite.time_block_ms(lambda: calls.append(1), CPU, warmup=0, repeats=1) == 5.0
+    assert len(calls) == 1
 
 
 # -- step suite ---------------------------------------------------------------------------------
