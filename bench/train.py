@@ -40,6 +40,8 @@ from rsst_bench.step import DEFAULT_MODELS, _channels_last, _install_codes, _mak
 
 EPOCH_IMAGES = 45_000
 LR = 0.01
+#: Models also timed compiled by default on CPU (the others on request with --models).
+CPU_COMPILE_MODELS = ("resnet20", "vit_tiny")
 
 
 @dataclass(frozen=True)
@@ -53,14 +55,17 @@ class TrainSettings:
     compile_models: tuple[str, ...] | None = None  # None: compile every model (default)
 
     @staticmethod
-    def for_device(device: torch.device, quick: bool) -> TrainSettings:
+    def for_device(device: torch.device, quick: bool, models_given: bool = False
+                   ) -> TrainSettings:
         if device.type == "cuda":
             return TrainSettings(batch=128, warmup=5 if quick else 20, chunks=3,
                                  steps=10 if quick else 50)
         # A 2-core CPU: batch 32 and a few steps per chunk keep `--suite all` under ten minutes
-        # even with a cold inductor cache (a cold compile is 30-60 s per model there).
+        # even with a cold inductor cache. A cold compile costs 45-60 s per model there, so by
+        # default only the two small models also run compiled (all of them with --models).
         return TrainSettings(batch=8 if quick else 32, warmup=1, chunks=2 if quick else 3,
-                             steps=2 if quick else 3)
+                             steps=2 if quick else 3,
+                             compile_models=None if models_given else CPU_COMPILE_MODELS)
 
 
 def _forever(batches: Batches) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -153,7 +158,7 @@ def measure(name: str, device: torch.device, data: ImageSet, settings: TrainSett
 def run(device: torch.device, *, models: list[str] | None = None, console: Console,
         quick: bool = False, settings: TrainSettings | None = None,
         data: ImageSet | None = None) -> list[dict[str, Any]]:
-    settings = settings or TrainSettings.for_device(device, quick)
+    settings = settings or TrainSettings.for_device(device, quick, models is not None)
     models = list(models or DEFAULT_MODELS)
     if data is None:
         data = load_dataset("synthetic").train
@@ -170,7 +175,8 @@ def run(device: torch.device, *, models: list[str] | None = None, console: Conso
                     "amp": "bf16" if device.type == "cuda" else None, "dataset": "synthetic"}
             if variant.compile and settings.compile_models is not None and (
                     name not in settings.compile_models):
-                notes.append(f"{name} compiled: skipped (not in compile_models)")
+                notes.append(f"{name} compiled: not timed by default on CPU (a cold "
+                             "compile takes about a minute); ask with --models")
                 continue
             base["load_avg"] = os.getloadavg()[0]
             try:

@@ -144,6 +144,14 @@ def test_train_suite_records_compile_failure(monkeypatch: pytest.MonkeyPatch) ->
     assert "resnet20 compile: failed here" in console.file.getvalue()
 
 
+def test_cpu_compiles_small_models_unless_asked() -> None:
+    """A cold compile costs ~1 min per model on a small CPU: by default only two compile."""
+    settings = train_suite.TrainSettings.for_device
+    assert settings(CPU, quick=False).compile_models == ("resnet20", "vit_tiny")
+    assert settings(CPU, False, models_given=True).compile_models is None
+    assert settings(torch.device("cuda"), False).compile_models is None
+
+
 def test_train_variants_per_model_and_device() -> None:
     cuda = torch.device("cuda")
     names = {(m, d.type): [v.name for v in train_suite.variants_for(m, d)]
