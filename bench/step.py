@@ -35,6 +35,7 @@ from rich.console import Console
 from torch import nn
 
 from rsst.arena import ALIVE, Arena
+from rsst.models import create_model, use_channels_last
 from rsst.update import UpdateConfig, make_backend
 from rsst_bench.common import render_table, time_ms
 from rsst_bench.seed_style import SeedStyleUpdate
@@ -67,16 +68,8 @@ class StepSettings:
 
 
 def _make_model(name: str, device: torch.device) -> nn.Module:
-    from rsst.models import create_model
-
     torch.manual_seed(0)
     return create_model(name, num_classes=10).to(device)
-
-
-def _channels_last(model: nn.Module) -> bool:
-    from rsst.models import use_channels_last
-
-    return use_channels_last("auto", model)
 
 
 def _install_codes(arena: Arena, seed: int = 0) -> None:
@@ -95,7 +88,7 @@ class StepRunner:
         self.device = device
         self.model = _make_model(model_name, device)
         self.model.train()
-        self.channels_last = _channels_last(self.model)
+        self.channels_last = use_channels_last("auto", self.model)
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         gen = torch.Generator(device=device).manual_seed(1)
         self.x = torch.rand(batch, 3, 32, 32, generator=gen, device=device).contiguous(

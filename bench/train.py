@@ -8,9 +8,10 @@ over the synthetic dataset with the GPU-side crop/flip augmentation, bf16 autoca
 Each model runs in several *variants*, so every speed-up of the engine is measured side by side:
 ``eager`` (the default ``rsst run``: channels_last for CNNs), ``nchw`` (CNNs in the row-major
 layout, the layout change alone), ``compile`` (``torch.compile``) and, on CUDA, ``graph`` (the
-whole step captured as one CUDA graph, ``--cuda-graph``). Images/s are measured over a number of
-steps and extrapolated to one 45,000-image CIFAR training epoch (50k minus the 5k validation
-split).
+whole step captured as one CUDA graph, ``--cuda-graph``). The variants of a model are set up
+together and timed in interleaved rounds of chunks, as the step suite does with its paths, so
+machine drift does not pick a winner. Images/s are measured over a number of steps and
+extrapolated to one 45,000-image CIFAR training epoch (50k minus the 5k validation split).
 
 Compilation happens on the first steps; they are timed apart (``compile_s``) and excluded from
 the throughput (graph capture happens in the warm-up). If ``torch.compile`` or the capture fails
@@ -34,9 +35,10 @@ from rich.console import Console
 from rsst.arena import Arena
 from rsst.data import Batches, ImageSet, load_dataset
 from rsst.engine import Engine
+from rsst.models import use_channels_last
 from rsst.update import UpdateConfig, make_backend
 from rsst_bench.common import render_table
-from rsst_bench.step import DEFAULT_MODELS, _channels_last, _install_codes, _make_model
+from rsst_bench.step import DEFAULT_MODELS, _install_codes, _make_model
 
 EPOCH_IMAGES = 45_000
 LR = 0.01
@@ -100,7 +102,7 @@ VARIANTS: dict[str, Variant] = {
 def variants_for(model_name: str, device: torch.device) -> list[Variant]:
     """``nchw`` only where the default layout differs (CNNs), ``graph`` only on CUDA."""
     names = ["eager"]
-    if _channels_last(_make_model(model_name, torch.device("meta"))):
+    if use_channels_last("auto", _make_model(model_name, torch.device("meta"))):
         names.append("nchw")
     names.append("compile")
     if device.type == "cuda":
@@ -108,51 +110,94 @@ def variants_for(model_name: str, device: torch.device) -> list[Variant]:
     return [VARIANTS[n] for n in names]
 
 
-def measure(name: str, device: torch.device, data: ImageSet, settings: TrainSettings,
-            variant: Variant, config: UpdateConfig) -> dict[str, Any]:
-    """Throughput of ``Engine.train_epoch`` for model ``name``; compile time kept apart."""
-    from rsst.models import use_channels_last
+class VariantRun:
+    """One variant of one model, set up and warmed up, ready to time chunks of steps.
 
-    model = _make_model(name, device)
-    channels_last = use_channels_last(variant.memory_format, model)
-    arena = Arena(model, channels_last=channels_last)
-    _install_codes(arena)
-    backend = make_backend("auto", device, config)
-    engine = Engine(model, arena, backend, device, amp=True, compile=variant.compile,
-                    channels_last=channels_last, cuda_graph=variant.cuda_graph)
-    batches = Batches(data, settings.batch, shuffle=True, augment=True, device=device,
-                      drop_last=True)
-    stream = _forever(batches)
-    record: dict[str, Any] = {
-        "path": backend.name, "memory_format": "channels_last" if channels_last else "contiguous",
-        "layout": "nhwc" if channels_last else "nchw",  # short form for the table
-    }
+    Building it runs the first step (compiling when ``compile``) and the warm-up (capturing the
+    graph when ``cuda_graph``), so a broken compiler or capture fails here.
+    """
 
-    def chunk(steps: int) -> float:
-        _sync(device)
+    def __init__(self, name: str, device: torch.device, data: ImageSet,
+                 settings: TrainSettings, variant: Variant, config: UpdateConfig) -> None:
+        self.device, self.settings, self.variant = device, settings, variant
+        self.model = _make_model(name, device)
+        arena = Arena(self.model, channels_last=use_channels_last(variant.memory_format,
+                                                                  self.model))
+        _install_codes(arena)
+        self.backend = make_backend("auto", device, config)
+        self.engine = Engine(self.model, arena, self.backend, device, amp=True,
+                             compile=variant.compile, cuda_graph=variant.cuda_graph)
+        self.stream = _forever(Batches(data, settings.batch, shuffle=True, augment=True,
+                                       device=device, drop_last=True))
+        self.first_s = self.chunk(1)  # compiles forward and backward when compile=True
+        if settings.warmup:
+            self.chunk(settings.warmup)  # a graph is captured here (after GRAPH_WARMUP steps)
+        if variant.cuda_graph and self.engine.capture is None:
+            raise RuntimeError(self.engine.graph_note or "the engine trained without a graph")
+        self.chunk_s: list[float] = []
+
+    def chunk(self, steps: int) -> float:
+        _sync(self.device)
         t0 = time.perf_counter()
-        engine.train_epoch(itertools.islice(stream, steps), lambda i: LR, lambda i: i)
-        _sync(device)  # train_epoch ends with a host read of the loss; this makes it explicit
+        self.engine.train_epoch(itertools.islice(self.stream, steps), lambda i: LR, lambda i: i)
+        _sync(self.device)  # train_epoch ends with a host read of the loss; this makes it explicit
         return time.perf_counter() - t0
 
-    first_s = chunk(1)  # compiles forward and backward when compile=True
-    if settings.warmup:
-        chunk(settings.warmup)  # a graph is captured here (after GRAPH_WARMUP eager steps)
-    chunk_s = [chunk(settings.steps) for _ in range(settings.chunks)]
-    if variant.cuda_graph and engine.capture is None:
-        raise RuntimeError(engine.graph_note or "the engine trained without a graph")
-    step_s = statistics.median(chunk_s) / settings.steps
-    images_per_s = settings.batch / step_s
-    record.update({
-        "median_ms": step_s * 1e3,
-        "images_per_s": images_per_s,
-        "epoch_s": EPOCH_IMAGES / images_per_s,
-        "first_step_s": first_s,
-        "compile_s": max(first_s - step_s, 0.0) if variant.compile else None,
-        "params": sum(p.numel() for p in model.parameters()),
-        "steps_measured": settings.chunks * settings.steps,
-    })
-    return record
+    def record(self) -> dict[str, Any]:
+        settings = self.settings
+        step_s = statistics.median(self.chunk_s) / settings.steps
+        images_per_s = settings.batch / step_s
+        nhwc = self.engine.arena.channels_last
+        return {
+            "path": self.backend.name,
+            "memory_format": "channels_last" if nhwc else "contiguous",
+            "layout": "nhwc" if nhwc else "nchw",  # short form for the table
+            "median_ms": step_s * 1e3,
+            "images_per_s": images_per_s,
+            "epoch_s": EPOCH_IMAGES / images_per_s,
+            "first_step_s": self.first_s,
+            "compile_s": max(self.first_s - step_s, 0.0) if self.variant.compile else None,
+            "params": sum(p.numel() for p in self.model.parameters()),
+            "steps_measured": settings.chunks * settings.steps,
+        }
+
+
+def _failure(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}"
+
+
+def measure_model(name: str, device: torch.device, data: ImageSet, settings: TrainSettings,
+                  variants: list[Variant], config: UpdateConfig
+                  ) -> dict[str, dict[str, Any]]:
+    """Every variant of model ``name`` set up first, then timed in interleaved rounds (each
+    variant one chunk per round), so drift of a shared machine hits them alike. A compiled or
+    graphed variant that fails gets ``error`` instead of figures; the plain ones must work."""
+    runs: dict[str, VariantRun] = {}
+    errors: dict[str, str] = {}
+    for variant in variants:
+        try:
+            runs[variant.name] = VariantRun(name, device, data, settings, variant, config)
+        except Exception as exc:  # a failing compiler or capture must not end the bench
+            if variant.name in ("eager", "nchw"):
+                raise
+            errors[variant.name] = _failure(exc)
+    for _ in range(settings.chunks):
+        for variant_name, run in list(runs.items()):
+            try:
+                run.chunk_s.append(run.chunk(settings.steps))
+            except Exception as exc:
+                if variant_name in ("eager", "nchw"):
+                    raise
+                errors[variant_name] = _failure(exc)
+                del runs[variant_name]
+    out = {v: run.record() for v, run in runs.items()}
+    out.update({v: {"path": "auto", "median_ms": None, "images_per_s": None, "epoch_s": None,
+                    "error": message} for v, message in errors.items()})
+    del runs
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return out
 
 
 def run(device: torch.device, *, models: list[str] | None = None, console: Console,
@@ -167,32 +212,27 @@ def run(device: torch.device, *, models: list[str] | None = None, console: Conso
     records: list[dict[str, Any]] = []
     notes: list[str] = []
     for name in models:
+        variants = []
         for variant in variants_for(name, device):
-            base = {"suite": "train", "model": name, "device": device.type,
-                    "variant": variant.name, "batch": settings.batch,
-                    "epoch_images": EPOCH_IMAGES, "compile": variant.compile,
-                    "cuda_graph": variant.cuda_graph,
-                    "amp": "bf16" if device.type == "cuda" else None, "dataset": "synthetic"}
             if variant.compile and settings.compile_models is not None and (
                     name not in settings.compile_models):
                 notes.append(f"{name} compiled: not timed by default on CPU (a cold "
                              "compile takes about a minute); ask with --models")
-                continue
-            base["load_avg"] = os.getloadavg()[0]
-            try:
-                record = measure(name, device, data, settings, variant, config)
-            except Exception as exc:  # a failing compiler or capture must not end the bench
-                if variant.name in ("eager", "nchw"):
-                    raise
-                message = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}"
-                notes.append(f"{name} {variant.name}: failed here ({message})")
-                record = {"path": "auto", "median_ms": None, "images_per_s": None,
-                          "epoch_s": None, "error": message}
-            finally:
-                gc.collect()
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-            records.append({**base, **record})
+            else:
+                variants.append(variant)
+        load = os.getloadavg()[0]  # a busy shared machine explains noisy figures
+        results = measure_model(name, device, data, settings, variants, config)
+        for variant in variants:
+            result = results[variant.name]
+            if "error" in result:
+                notes.append(f"{name} {variant.name}: failed here ({result['error']})")
+            records.append({
+                "suite": "train", "model": name, "device": device.type, "variant": variant.name,
+                "batch": settings.batch, "epoch_images": EPOCH_IMAGES,
+                "compile": variant.compile, "cuda_graph": variant.cuda_graph,
+                "amp": "bf16" if device.type == "cuda" else None, "dataset": "synthetic",
+                "load_avg": load, **result,
+            })
     render_table(
         console,
         f"train suite · {device.type} · Engine.train_epoch, batch {settings.batch}, "

@@ -19,7 +19,7 @@ replaces parameter storage, and ``zero_grad(set_to_none=True)`` drops the grad v
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -43,14 +43,6 @@ class UpdateBackend(Protocol):
     name: str
 
     def step(self, arena: Arena, lr: float, t: int) -> float: ...
-
-
-class CapturableBackend(UpdateBackend, Protocol):
-    """A backend whose launch reads its scalars from ``arena.scalars`` (graph-capturable)."""
-
-    def prepare(self, arena: Arena, lr: float, t: int) -> float: ...
-
-    def launch(self, arena: Arena) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -110,7 +102,6 @@ class Arena:
             nhwc = channels_last and p.dim() == 4
             slots.append(Slot(name, offset, p.numel(), tuple(p.shape), nhwc))
             offset = _aligned(offset + p.numel(), align)
-        self.channels_last = channels_last
         self.numel = offset
         self.device = device
         self.slots: dict[str, Slot] = {s.name: s for s in slots}
@@ -132,6 +123,11 @@ class Arena:
         self._pointers = [(p, p.data_ptr(), p.grad.data_ptr()) for p in self.params]
         self.fresh_momentum = True
         self.has_pending = False
+
+    @property
+    def channels_last(self) -> bool:
+        """Whether any parameter is laid out NHWC (inputs should then be channels_last too)."""
+        return any(slot.channels_last for slot in self.slots.values())
 
     # -- views ---------------------------------------------------------------------------
     def view(self, name: str, buffer: str = "weight") -> torch.Tensor:
@@ -211,16 +207,6 @@ class Arena:
         self.fresh_momentum = False
         return lam
 
-    def replay_step(self, backend: CapturableBackend, lr: float, t: int,
-                    replay: Callable[[], None]) -> float:
-        """`step` whose kernel launch was captured in a graph: write the scalars, replay."""
-        if self.fresh_momentum:
-            self.verify()
-        lam = backend.prepare(self, lr, t)
-        replay()
-        self.fresh_momentum = False
-        return lam
-
     def verify(self) -> None:
         """Raise `ArenaError` if a parameter or its gradient no longer lives in the arena."""
         for (p, w_ptr, g_ptr), name in zip(self._pointers, self.names, strict=True):
@@ -243,7 +229,7 @@ class Arena:
 
         ``flat[canonical_index()]`` is the buffer as a contiguous-layout arena would hold it.
         """
-        if not any(s.channels_last for s in self.slots.values()):
+        if not self.channels_last:
             return None
         index = torch.arange(self.numel, device=self.device)
         for slot in self.slots.values():

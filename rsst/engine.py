@@ -62,7 +62,7 @@ class _GraphedStep:
         self.stream = torch.cuda.Stream(engine.device) if engine.device.type == "cuda" else None
         self.warmup_left = GRAPH_WARMUP
         self.capture = capture
-        self.replay: Callable[[], None] | None = None
+        self.replayed: _Replayed | None = None  # set once the step is captured
         self.failure: str | None = None
         self.outputs: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -87,7 +87,7 @@ class _GraphedStep:
                  ) -> tuple[torch.Tensor, torch.Tensor, float]:
         """One training step on (x, y); returns (logits, loss, λ)."""
         engine, arena = self.engine, self.engine.arena
-        if self.replay is None:
+        if self.replayed is None:
             # warm-up: a real step, eager, on the capture stream (handles and kernels get made)
             self._sync_in()
             with self._stream():
@@ -104,7 +104,8 @@ class _GraphedStep:
             if self.warmup_left <= 0:
                 self._sync_in()
                 try:
-                    self.replay = self.capture(self._captured_body, self.stream)
+                    replay = self.capture(self._captured_body, self.stream)
+                    self.replayed = _Replayed(engine.backend, replay)
                 except RuntimeError as exc:  # this batch's step is done: go on without a graph
                     self.failure = f"{type(exc).__name__}: {str(exc).strip()[:200]}"
                     arena.zero_grad()
@@ -112,10 +113,25 @@ class _GraphedStep:
             return logits, loss, lam
         self.static_x.copy_(x)
         self.static_y.copy_(y)
-        lam = arena.replay_step(engine.backend, lr, t, self.replay)
+        lam = arena.step(self.replayed, lr, t)
         assert self.outputs is not None
         logits, loss = self.outputs
         return logits, loss, lam
+
+
+@dataclass(frozen=True)
+class _Replayed:
+    """The backend's update with its kernel launch replaced by the graph's replay (which runs
+    forward, backward and the launch): `Arena.step` drives it like any backend."""
+
+    backend: TritonBackend
+    replay: Callable[[], None]
+    name: str = "triton+graph"
+
+    def step(self, arena: Arena, lr: float, t: int) -> float:
+        lam = self.backend.prepare(arena, lr, t)
+        self.replay()
+        return lam
 
 
 @dataclass(frozen=True)
@@ -138,7 +154,7 @@ class Engine:
 
     def __init__(self, model: nn.Module, arena: Arena, backend: Backend, device: torch.device, *,
                  amp: bool = True, label_smoothing: float = 0.0, compile: bool = False,
-                 channels_last: bool = False, cuda_graph: bool = False,
+                 cuda_graph: bool = False,
                  capture: Callable[[Callable[[], Any], Any], Callable[[], None]] | None = None
                  ) -> None:
         self.model = model
@@ -149,7 +165,7 @@ class Engine:
         self.backend = backend
         self.device = device
         self.autocast = amp and device.type == "cuda"
-        self.channels_last = channels_last
+        self.channels_last = arena.channels_last  # NHWC weights: feed NHWC inputs
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         # progress is read back only every few steps on GPU: each read is a host sync
         self.sync_every = 25 if device.type == "cuda" else 1

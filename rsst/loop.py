@@ -86,8 +86,8 @@ class PruningRun:
         self.model = create_model(config.arch, num_classes=self.data.num_classes,
                                   img_size=img_size, patch_size=config.patch_size,
                                   mean=self.data.mean, std=self.data.std).to(self.device)
-        self.channels_last = use_channels_last(config.memory_format, self.model)
-        self.arena = Arena(self.model, channels_last=self.channels_last)
+        self.arena = Arena(self.model,
+                           channels_last=use_channels_last(config.memory_format, self.model))
         self.structure = build_structure(self.model, self.arena, config.structure)
         if self.structure.note:
             console.print(f"[yellow]note:[/] {self.structure.note}")
@@ -100,7 +100,7 @@ class PruningRun:
         self.backend = make_backend(self.backend_name, self.device, self.update_config)
         self.engine = Engine(self.model, self.arena, self.backend, self.device, amp=config.amp,
                              label_smoothing=config.label_smoothing, compile=config.compile,
-                             channels_last=self.channels_last, cuda_graph=config.cuda_graph)
+                             cuda_graph=config.cuda_graph)
         if config.cuda_graph and self.engine.capture is None:
             console.print("[yellow]note:[/] --cuda-graph needs the triton backend on CUDA and no "
                           f"--compile (this run: {self.backend_name} on {self.device}"
@@ -240,7 +240,7 @@ class PruningRun:
             "structured_sparsity": self.structure.sparsity(hard),
             "reg_lambda": last["reg_lambda"], "backend": self.backend_name,
             "device": str(self.device), "method": cfg.method,
-            "memory_format": "channels_last" if self.channels_last else "contiguous",
+            "memory_format": "channels_last" if self.arena.channels_last else "contiguous",
             "cuda_graph": self.engine.capture is not None,
         }
         if cfg.method == "rsst" and self.arena.has_pending:

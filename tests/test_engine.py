@@ -69,7 +69,7 @@ def make_engine(backend: str, capture=None, *, channels_last: bool = False,
                                            | (draw < 0.2).to(torch.uint8) * 2)
         arena.set_masks(arena.hard_mask, arena.pending)
     engine = Engine(model, arena, make_backend(backend, "cpu", CONFIG), torch.device("cpu"),
-                    channels_last=channels_last, capture=capture)
+                    capture=capture)
     return engine, model, arena
 
 
@@ -194,7 +194,7 @@ def test_real_cuda_graph_matches_eager_on_gpu(channels_last: bool):
         model = tiny_cnn().to(device)
         arena = Arena(model, channels_last=channels_last)
         engine = Engine(model, arena, make_backend("triton", device, CONFIG), device,
-                        channels_last=channels_last, cuda_graph=graph)
+                        cuda_graph=graph)
         results = train(engine, data, epochs=2)
         assert engine.graph_note is None
         runs.append((copy.deepcopy(model).cpu(), results))
@@ -235,7 +235,7 @@ def test_fused_steps_do_not_sync_on_gpu(cuda_graph: bool):
     model = tiny_cnn().to(device)
     arena = Arena(model, channels_last=True)
     engine = Engine(model, arena, make_backend("triton", device, CONFIG), device,
-                    channels_last=True, cuda_graph=cuda_graph)
+                    cuda_graph=cuda_graph)
     data = [(x.to(device), y.to(device)) for x, y in batches([16] * (GRAPH_WARMUP + 3))]
     for i, (x, y) in enumerate(data[:GRAPH_WARMUP + 1]):  # warm-up and capture may sync
         engine._train_step(x, y, 0.05, i)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import pytest
 import torch
 from torch import nn
@@ -22,6 +25,17 @@ def tiny_vit() -> nn.Module:
     return VisionTransformer(img_size=16, patch_size=8, embed_dim=EMBED, depth=DEPTH,
                              num_heads=HEADS, mlp_ratio=HIDDEN / EMBED, qkv_bias=True,
                              num_classes=5)
+
+
+@contextmanager
+def restored_weights(arena: Arena) -> Iterator[torch.Tensor]:
+    """Let a test write into the shared fixture's weights: they are put back afterwards."""
+    saved = arena.weight.clone()
+    try:
+        yield saved
+    finally:
+        with torch.no_grad():
+            arena.weight.copy_(saved)
 
 
 def with_ids(arena: Arena) -> None:
@@ -76,8 +90,7 @@ def test_cnn_scope_excludes_stem_and_classifier(resnet):
 
 def test_channel_groups_are_conv_rows_plus_following_bn(resnet):
     model, arena, structure = resnet
-    saved = arena.weight.clone()
-    try:
+    with restored_weights(arena):
         with torch.no_grad():
             with_ids(arena)
         for unit in structure.units:
@@ -89,27 +102,21 @@ def test_channel_groups_are_conv_rows_plus_following_bn(resnet):
                 assert group_ids(arena, unit, c, weights_only=True) == ids(conv_w[c])
                 expected = ids(conv_w[c]) | ids(gamma[c]) | ids(beta[c])
                 assert group_ids(arena, unit, c) == expected, (unit.name, c)
-    finally:
-        with torch.no_grad():
-            arena.weight.copy_(saved)
 
 
 def test_pruned_channel_emits_exactly_zero(resnet):
     model, arena, structure = resnet
     unit = next(u for u in structure.units if u.name == "layers.1.0.conv1")
-    saved = arena.weight.clone()
     outputs = {}
     hook = model.layers[1][0].bn1.register_forward_hook(
         lambda _m, _i, out: outputs.__setitem__("bn", out))
     try:
-        with torch.no_grad():
+        with restored_weights(arena), torch.no_grad():
             arena.weight[unit.member_index[unit.member_group == 5]] = 0.0
             model.eval()
             model(torch.rand(2, 3, 32, 32))
     finally:
         hook.remove()
-        with torch.no_grad():
-            arena.weight.copy_(saved)
     bn_out = outputs["bn"]
     assert torch.count_nonzero(bn_out[:, 5]) == 0
     assert torch.count_nonzero(bn_out[:, 4]) > 0
@@ -186,8 +193,7 @@ def test_vit_scope_and_units(vit):
 
 def test_head_groups_cover_qkv_rows_bias_and_proj_columns(vit):
     model, arena, structure = vit
-    saved = arena.weight.clone()
-    try:
+    with restored_weights(arena):
         with torch.no_grad():
             with_ids(arena)
         for unit in (u for u in structure.units if u.kind == "head"):
@@ -201,15 +207,11 @@ def test_head_groups_cover_qkv_rows_bias_and_proj_columns(vit):
                 weights = ids(qkv[rows]) | ids(proj[:, cols])
                 assert group_ids(arena, unit, h, weights_only=True) == weights
                 assert group_ids(arena, unit, h) == weights | ids(bias[rows]), (unit.name, h)
-    finally:
-        with torch.no_grad():
-            arena.weight.copy_(saved)
 
 
 def test_neuron_groups_cover_fc1_row_bias_and_fc2_column(vit):
     model, arena, structure = vit
-    saved = arena.weight.clone()
-    try:
+    with restored_weights(arena):
         with torch.no_grad():
             with_ids(arena)
         for unit in (u for u in structure.units if u.kind == "neuron"):
@@ -220,9 +222,6 @@ def test_neuron_groups_cover_fc1_row_bias_and_fc2_column(vit):
                 weights = ids(fc1[n]) | ids(fc2[:, n])
                 assert group_ids(arena, unit, n, weights_only=True) == weights
                 assert group_ids(arena, unit, n) == weights | ids(b1[n]), (unit.name, n)
-    finally:
-        with torch.no_grad():
-            arena.weight.copy_(saved)
 
 
 def _attention_by_hand(attn: nn.Module, x: torch.Tensor, drop: int) -> torch.Tensor:
@@ -246,8 +245,7 @@ def test_pruned_head_contributes_exactly_nothing(vit):
     attn = model.blocks[1].attn
     unit = next(u for u in structure.units if u.name == "blocks.1.attn")
     x = torch.randn(2, 5, EMBED, generator=torch.Generator().manual_seed(1))
-    saved = arena.weight.clone()
-    try:
+    with restored_weights(arena) as saved:
         with torch.no_grad():
             for drop in range(HEADS):
                 expected = _attention_by_hand(attn, x, drop)
@@ -257,9 +255,6 @@ def test_pruned_head_contributes_exactly_nothing(vit):
                 torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
                 # the check is sharp: the dense output differs
                 assert not torch.allclose(attn(x), expected, atol=1e-3)
-    finally:
-        with torch.no_grad():
-            arena.weight.copy_(saved)
 
 
 def test_pruned_neuron_contributes_exactly_nothing(vit):
@@ -268,17 +263,13 @@ def test_pruned_neuron_contributes_exactly_nothing(vit):
     mlp = model.blocks[0].mlp
     unit = next(u for u in structure.units if u.name == "blocks.0.mlp")
     x = torch.randn(2, 5, EMBED, generator=torch.Generator().manual_seed(2))
-    saved = arena.weight.clone()
-    try:
+    with restored_weights(arena):
         with torch.no_grad():
             keep = [i for i in range(HIDDEN) if i != 7]
             h = mlp.act(nn.functional.linear(x, mlp.fc1.weight[keep], mlp.fc1.bias[keep]))
             expected = nn.functional.linear(h, mlp.fc2.weight[:, keep], mlp.fc2.bias)
             arena.weight[unit.member_index[unit.member_group == 7]] = 0.0
             torch.testing.assert_close(mlp(x), expected, rtol=1e-5, atol=1e-6)
-    finally:
-        with torch.no_grad():
-            arena.weight.copy_(saved)
 
 
 def test_vit_sparsity_on_hand_built_mask(vit):
