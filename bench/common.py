@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import gc
 import json
 import os
 import platform
@@ -86,6 +87,13 @@ def time_ms(
             fn()
             samples.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(samples)
+
+
+def release_memory(device: torch.device) -> None:
+    """Free what the last model left behind before the next one is built (GPU cache included)."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def render_table(console: Console, title: str, records: list[dict[str, Any]],

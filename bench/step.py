@@ -23,7 +23,6 @@ too short to time alone without exposing launch latency), the figure the median 
 
 from __future__ import annotations
 
-import gc
 import os
 import statistics
 from collections.abc import Callable
@@ -37,7 +36,7 @@ from torch import nn
 from rsst.arena import ALIVE, Arena
 from rsst.models import create_model, use_channels_last
 from rsst.update import UpdateConfig, make_backend
-from rsst_bench.common import render_table, time_ms
+from rsst_bench.common import release_memory, render_table, time_ms
 from rsst_bench.seed_style import SeedStyleUpdate
 from rsst_kernels import triton_available
 
@@ -198,9 +197,7 @@ def measure_model(name: str, device: torch.device, settings: StepSettings,
             "pending": getattr(runner, "pending", 0.0),
         }
     del runners
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+    release_memory(device)
     return out
 
 

@@ -20,7 +20,6 @@ here (no C compiler, an unsupported op), the record carries the error and the su
 
 from __future__ import annotations
 
-import gc
 import itertools
 import os
 import statistics
@@ -37,7 +36,7 @@ from rsst.data import Batches, ImageSet, load_dataset
 from rsst.engine import Engine
 from rsst.models import use_channels_last
 from rsst.update import UpdateConfig, make_backend
-from rsst_bench.common import render_table
+from rsst_bench.common import release_memory, render_table
 from rsst_bench.step import DEFAULT_MODELS, _install_codes, _make_model
 
 EPOCH_IMAGES = 45_000
@@ -194,9 +193,7 @@ def measure_model(name: str, device: torch.device, data: ImageSet, settings: Tra
     out.update({v: {"path": "auto", "median_ms": None, "images_per_s": None, "epoch_s": None,
                     "error": message} for v, message in errors.items()})
     del runs
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+    release_memory(device)
     return out
 
 
