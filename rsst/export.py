@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,9 +31,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from rsst import rundir
 from rsst.errors import UserError
+from rsst.rundir import FORMAT_VERSION
 
-FORMAT_VERSION = 1
 FORMS = ("masked", "compact")
 _REEXPORT = "re-export it with `rsst export RUN_DIR -o FILE.safetensors`"
 
@@ -234,8 +234,7 @@ def resolve_state(run_dir: str | Path, state: str | int = "last") -> tuple[int, 
     if not run_dir.is_dir():
         raise UserError(f"run directory {run_dir} does not exist: pass the directory `rsst run` "
                         "printed")
-    states = sorted(int(p.parent.name[6:]) for p in run_dir.glob("state_*/weights.safetensors")
-                    if p.parent.name[6:].isdigit())
+    states = rundir.finished_states(run_dir)
     if not states:
         raise UserError(f"{run_dir} has no finished state (no state_XX/weights.safetensors): "
                         "pass an rsst run directory, or let the run finish a state first")
@@ -245,9 +244,8 @@ def resolve_state(run_dir: str | Path, state: str | int = "last") -> tuple[int, 
     elif choice == "best":
         scored = []
         for s in states:
-            try:
-                record = json.loads((run_dir / f"state_{s:02d}" / "state.json").read_text())
-            except (OSError, json.JSONDecodeError):
+            record = rundir.read_state_record(run_dir, s)
+            if record is None:
                 continue
             metric = _state_metric(record)
             if metric is not None:
@@ -265,7 +263,7 @@ def resolve_state(run_dir: str | Path, state: str | int = "last") -> tuple[int, 
             have = ", ".join(str(s) for s in states)
             raise UserError(f"state {index} is not in {run_dir} (finished states: {have}); pass "
                             "--state with one of them, last or best")
-    return index, run_dir / f"state_{index:02d}" / "weights.safetensors"
+    return index, rundir.state_weights(run_dir, index)
 
 
 @dataclass
@@ -294,19 +292,11 @@ def check_output_path(out: str | Path) -> Path:
 
 def _safe_write(out: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> int:
     """Write to a temp file beside ``out`` and rename it over; remove the temp file on failure."""
-    from safetensors.torch import save_file
-
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
-        save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(tmp),
-                  metadata=meta)
-        os.replace(tmp, out)
+        rundir.save_tensors(out, tensors, meta)
     except OSError as exc:
         raise UserError(f"cannot write {out} ({exc.strerror or exc}); pick a writable -o "
                         "path") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return out.stat().st_size
 
 
