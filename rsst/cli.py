@@ -295,7 +295,7 @@ def _run(ctx: typer.Context, **values: Any) -> None:
     config, resume, out = values["config"], values["resume"], values["out"]
     preset = values["preset"].value if values["preset"] is not None else None
     if resume is not None:
-        if given or config is not None or preset is not None or out is not None:
+        if given or config is not None or preset is not None:
             _fail("--resume continues a run with its saved config.toml; drop the other flags")
         run_loop(build_config(overrides={}), resume=resume, console=console)
         return
