@@ -23,7 +23,7 @@ except ImportError:  # pragma: no cover - depends on the installed typer
 
 from rsst import __version__
 from rsst.config import PANELS, RunConfig, Setting, field_types
-from rsst.errors import UserError
+from rsst.errors import UserError, is_shown
 
 #: Width of output that goes to a pipe or a file: wide enough that no table cell is cut.
 LOG_WIDTH = 200
@@ -393,7 +393,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         code = app(args=argv, prog_name="rsst", standalone_mode=False)
     except UserError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        if is_shown(exc):  # under torchrun: rank 0, or an error of this rank alone
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except UsageError as exc:
         err_console.print(f"[bold red]error:[/] {_usage_line(exc)}", highlight=False,

@@ -193,6 +193,12 @@ class RunConfig:
                                  help="Activation layout (auto: channels_last for CNNs).")
     cuda_graph: bool = setting(False, panel="Speed", help="Capture each training step (forward, "
                                "backward, fused update) as one CUDA graph; triton backend.")
+    # several processes (torchrun; rsst.distributed)
+    sync_bn: bool = setting(False, panel="Speed", help="Under torchrun: BatchNorm statistics over "
+                            "the global batch (SyncBatchNorm; CUDA only).")
+    dist_timeout: float = setting(600.0, panel="Speed", low=0.0, low_open=True,
+                                  help="Under torchrun: seconds a rank waits for the others "
+                                  "before the job stops.")
     # model shape (ViTs; CNNs ignore patch_size)
     img_size: int | None = setting(None, panel="Model", low=8, shown_default="the dataset's",
                                    help="Input size (ViTs).")
@@ -430,8 +436,11 @@ def _toml_value(value: Any) -> str:
     raise TypeError(f"no TOML form for {type(value).__name__}")
 
 
-def save_config(config: RunConfig, path: Path) -> None:
+def save_config(config: RunConfig, path: Path, *, launch: dict[str, Any] | None = None) -> None:
     """Write config.toml atomically (None values are left out: TOML has no null).
+
+    ``launch`` (e.g. ``{"world_size": 2}``) is recorded in a ``[launch]`` table: how the run was
+    started, which `load_config` does not read back (torchrun decides it, not a flag).
 
     The config is one flat table of scalars and lists, so it is written directly rather than
     through a TOML writer package (one dependency fewer on machines that have only torch's
@@ -440,6 +449,8 @@ def save_config(config: RunConfig, path: Path) -> None:
     lines = ["# rsst run config: rerun with `rsst run --config FILE`", "[run]"]
     lines += [f"{key} = {_toml_value(value)}" for key, value in config.to_dict().items()
               if value is not None]
+    if launch:
+        lines += ["", "[launch]", *(f"{k} = {_toml_value(v)}" for k, v in launch.items())]
     atomic_write_text(Path(path), "\n".join(lines) + "\n")
 
 

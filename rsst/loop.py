@@ -7,6 +7,10 @@ network each state delivers, with its masks, and ``state.json``), ``summary.json
 atomically after every epoch). ``rsst run --resume DIR`` continues from the last finished epoch
 and reaches the same result as an uninterrupted run: every source of randomness is a pure
 function of (seed, state, epoch).
+
+Under ``torchrun`` (`rsst.distributed`) every rank runs this loop on its share of each batch;
+rank 0 alone takes the lock, writes the run directory and prints, and every pruning decision is
+broadcast from rank 0.
 """
 
 from __future__ import annotations
@@ -24,12 +28,13 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from rsst import __version__, rundir
+from rsst import __version__, distributed, rundir
 from rsst.arena import Arena
 from rsst.compact import compact_cost
 from rsst.config import RunConfig, load_config, save_config
 from rsst.criteria import group_scores
-from rsst.data import Batches, load_dataset
+from rsst.data import Batches, ImageSet, load_dataset
+from rsst.distributed import SINGLE, World
 from rsst.engine import Engine, lr_schedule
 from rsst.errors import UserError
 from rsst.log import block_table, state_table, training_progress
@@ -61,12 +66,17 @@ def resolve_device(name: str) -> torch.device:
 class PruningRun:
     """One run of SPEC §2 in one run directory."""
 
-    def __init__(self, config: RunConfig, run_dir: Path, console: Console) -> None:
+    def __init__(self, config: RunConfig, run_dir: Path, console: Console, *,
+                 world: World = SINGLE, device: torch.device | None = None) -> None:
         self.config = config
         self.run_dir = run_dir
         self.console = console
+        self.world = world  # rank 0 of 1 unless under torchrun
         self.method = get_method(config.method)
-        self.device = resolve_device(config.device)
+        self.device = device or resolve_device(config.device)
+        if config.sync_bn and world.distributed and self.device.type != "cuda":
+            raise UserError("--sync-bn needs CUDA (torch's SyncBatchNorm synchronizes GPU "
+                            "tensors only): drop --sync-bn on the CPU")
         self.backend_name = resolve_backend(config.backend, self.device)
         torch.manual_seed(config.seed)
 
@@ -90,29 +100,47 @@ class PruningRun:
             nesterov=config.nesterov, **self.method.update_terms(config),
         )
         self.backend = make_backend(self.backend_name, self.device, self.update_config)
-        self.engine = Engine(self.model, self.arena, self.backend, self.device, amp=config.amp,
+        train_model = self.model
+        if config.sync_bn and world.distributed:
+            train_model = distributed.sync_batchnorm_twin(self.model)
+        self.engine = Engine(train_model, self.arena, self.backend, self.device, amp=config.amp,
                              label_smoothing=config.label_smoothing, compile=config.compile,
-                             cuda_graph=config.cuda_graph)
-        if config.cuda_graph and self.engine.capture is None:
+                             cuda_graph=config.cuda_graph, world=world)
+        if config.cuda_graph and world.distributed:
+            console.print("[yellow]note:[/] --cuda-graph is not used with several processes; "
+                          "training without a graph")
+        elif config.cuda_graph and self.engine.capture is None:
             console.print("[yellow]note:[/] --cuda-graph needs the triton backend on CUDA and no "
                           f"--compile (this run: {self.backend_name} on {self.device}"
                           f"{', compiled' if config.compile else ''}); training without a graph")
         self.train_batches = Batches(self.data.train, config.batch_size, shuffle=True,
-                                     augment=True, device=self.device, seed=config.seed)
+                                     augment=True, device=self.device, seed=config.seed,
+                                     rank=world.rank, world_size=world.size)
         self.calibration = Batches(self.data.train, config.batch_size, shuffle=True,
                                    device=self.device, seed=config.seed + 1)
-        self.val_batches = (Batches(self.data.val, config.eval_batch_size, device=self.device)
+        self.val_batches = (Batches(self._part(self.data.val), config.eval_batch_size,
+                                    device=self.device)
                             if len(self.data.val) else None)
-        self.test_batches = (Batches(self.data.test, config.eval_batch_size, device=self.device)
+        self.test_batches = (Batches(self._part(self.data.test), config.eval_batch_size,
+                                     device=self.device)
                              if self.data.test is not None and len(self.data.test) else None)
         self.rewind_point: dict[str, torch.Tensor] | None = None
         self.records: list[dict[str, Any]] = []
+
+    def _part(self, images: ImageSet) -> ImageSet:
+        """This rank's contiguous part of an evaluation set (all of it for one process)."""
+        if not self.world.distributed:
+            return images
+        part = distributed.shard_range(len(images), self.world)
+        return ImageSet(images.images[part], images.labels[part])
 
     # -- checkpoints -------------------------------------------------------------------------
     def _snapshot(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
 
     def save_checkpoint(self, position: dict[str, Any]) -> None:
+        if not self.world.is_main:
+            return
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         if self.rewind_point is not None:
             tensors.update({f"rewind.{k}": v for k, v in self.rewind_point.items()})
@@ -145,6 +173,7 @@ class PruningRun:
 
     # -- one state ---------------------------------------------------------------------------
     def _evaluate(self) -> tuple[float | None, float | None, float | None]:
+        self.world.sync_buffers(self.model)  # rank 0's BatchNorm statistics on every rank
         val_acc = val_loss = test_acc = None
         if self.val_batches is not None:
             val_acc, val_loss = self.engine.evaluate(self.val_batches)
@@ -207,7 +236,8 @@ class PruningRun:
                     self.rewind_point = self._snapshot()
                 # the line first: a kill between the two leaves a line that resume trims,
                 # never a checkpointed epoch without its line
-                rundir.append_metrics(self.run_dir, record)
+                if self.world.is_main:
+                    rundir.append_metrics(self.run_dir, record)
                 self.save_checkpoint({"state": state, "epoch": epoch + 1, "partial": best,
                                       "fresh_momentum": False})
         return best
@@ -271,12 +301,15 @@ class PruningRun:
             self.arena.set_masks(hard, hard & ~unstructured)
         else:
             self.arena.set_masks(unstructured)
+        self.world.sync_arena(self.arena, self.model)  # rank 0's decision, on every rank
 
     def _calibration_batches(self, state: int, count: int) -> list[Any]:
         """The first ``count`` calibration batches of ``state``'s draw (-1 counts as 0)."""
         return list(itertools.islice(self.calibration.iter_epoch(max(state, 0)), count))
 
     def save_state_files(self, state: int, record: dict[str, Any]) -> None:
+        if not self.world.is_main:
+            return
         tensors = dict(self.model.state_dict())
         for name in self.structure.prunable_names:
             tensors[f"{name}.mask"] = self.arena.view(name, "code") & 1
@@ -299,7 +332,8 @@ class PruningRun:
     def run(self, resume: bool) -> list[dict[str, Any]]:
         cfg = self.config
         position = self.load_checkpoint() if resume else {"state": 0, "epoch": 0}
-        if resume:
+        self.world.sync_arena(self.arena, self.model)  # every rank starts from rank 0's arena
+        if resume and self.world.is_main:
             rundir.trim_metrics(self.run_dir, position["state"], position["epoch"])
         if not resume and cfg.rewind_epoch() == 0:
             self.rewind_point = self._snapshot()
@@ -319,7 +353,8 @@ class PruningRun:
                 partial = self.train_state(state, start_epoch, partial)
             record = self.finish_state(state, partial)
             self.records.append(record)
-            rundir.append_metrics(self.run_dir, record)
+            if self.world.is_main:
+                rundir.append_metrics(self.run_dir, record)
             self.save_checkpoint({"state": state + 1, "epoch": 0, "fresh_momentum": True})
             self.write_summary()
             self.console.print(state_table(self.records, kinds))
@@ -328,11 +363,15 @@ class PruningRun:
         return self.records
 
     def write_summary(self) -> None:
+        if not self.world.is_main:
+            return
+        # world_size is recorded when several processes trained (absent: one)
+        launch = {"world_size": self.world.size} if self.world.distributed else {}
         rundir.write_summary(self.run_dir, {
             "rsst_version": __version__, "run_dir": str(self.run_dir),
             "method": self.config.method, "arch": self.config.arch,
             "dataset": self.config.dataset, "backend": self.backend_name,
-            "device": str(self.device), "structure_kinds": self.structure.kinds,
+            "device": str(self.device), **launch, "structure_kinds": self.structure.kinds,
             "states": self.records,
         })
 
@@ -342,7 +381,9 @@ def run(config: RunConfig, *, out: Path | None = None, resume: Path | None = Non
     """Run (or resume) the pruning loop; returns the run directory.
 
     The run directory is locked (`rundir.RunLock`) before anything in it is changed and until
-    the run ends, so a second run, an overwrite or a resume of a live run is refused.
+    the run ends, so a second run, an overwrite or a resume of a live run is refused. Under
+    torchrun (`rsst.distributed`) rank 0 takes the lock and writes; every rank trains, and all
+    stop together when one fails.
     """
     console = console or Console()
     if resume is not None:
@@ -358,22 +399,47 @@ def run(config: RunConfig, *, out: Path | None = None, resume: Path | None = Non
         if overwrite and _in_use(run_dir) and not (run_dir / rundir.CONFIG).is_file():
             raise UserError(f"--overwrite refuses to delete {run_dir}: it is not an rsst run "
                             "directory (no config.toml); choose another --out")
+    world, device = distributed.start(config.device, config.dist_timeout)  # SINGLE: no torchrun
+    if not world.is_main:
+        console = Console(quiet=True)
     lock = RunLock(run_dir)
     try:
-        if (run_dir / rundir.CONFIG).is_file() or (run_dir / rundir.LOCK).exists():
-            lock.acquire(action)  # refused, naming the holder, while another run is live
-        if resume is None and _in_use(run_dir) and not overwrite:
-            raise _exists(run_dir)
-        pruning = PruningRun(config, run_dir, console)  # data and model errors before any write
+        def check() -> None:
+            if (run_dir / rundir.CONFIG).is_file() or (run_dir / rundir.LOCK).exists():
+                lock.acquire(action)  # refused, naming the holder, while another run is live
+            if resume is None and _in_use(run_dir) and not overwrite:
+                raise _exists(run_dir)
+
+        _settled(world, check, everywhere=False)
+        pruning = _settled(world, lambda: PruningRun(  # data and model errors before any write
+            config, run_dir, console, world=world, device=device))
         if resume is None:
-            _prepare_fresh(run_dir, lock, config, action, overwrite)
+            _settled(world, lambda: _prepare_fresh(run_dir, lock, config, action, overwrite,
+                                                   world.size), everywhere=False)
+        ranks = f" · {world.size} processes" if world.distributed else ""
         console.print(f"run directory: [bold]{run_dir}[/]  ({config.method} · {config.arch} · "
-                      f"{config.dataset} · backend {pruning.backend_name} on {pruning.device})")
+                      f"{config.dataset} · backend {pruning.backend_name} on {pruning.device}"
+                      f"{ranks})")
         pruning.run(resume=resume is not None)
     finally:
         lock.release()
+        distributed.stop(world)
     console.print(f"done: {run_dir}")
     return run_dir
+
+
+def _settled(world: World, step: Any, *, everywhere: bool = True) -> Any:
+    """``step()`` on every rank (or on rank 0 alone), then all ranks go on or stop together."""
+    if not world.distributed:
+        return step()
+    result, error = None, None
+    if everywhere or world.is_main:
+        try:
+            result = step()
+        except UserError as exc:
+            error = exc
+    world.settle(error)
+    return result
 
 
 def _exists(run_dir: Path) -> UserError:
@@ -387,7 +453,7 @@ def _in_use(run_dir: Path) -> bool:
 
 
 def _prepare_fresh(run_dir: Path, lock: RunLock, config: RunConfig, action: str,
-                   overwrite: bool) -> None:
+                   overwrite: bool, world_size: int = 1) -> None:
     """Create or (``--overwrite``) empty the run directory under the lock; write config.toml."""
     run_dir.mkdir(parents=True, exist_ok=True)
     if not lock.held:
@@ -405,4 +471,5 @@ def _prepare_fresh(run_dir: Path, lock: RunLock, config: RunConfig, action: str,
                 shutil.rmtree(child)
             else:
                 child.unlink()
-    save_config(dataclasses.replace(config, out=str(run_dir)), run_dir / rundir.CONFIG)
+    save_config(dataclasses.replace(config, out=str(run_dir)), run_dir / rundir.CONFIG,
+                launch={"world_size": world_size})

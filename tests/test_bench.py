@@ -114,6 +114,9 @@ TINY_TRAIN = train_suite.TrainSettings(batch=4, warmup=0, chunks=1, steps=2, com
 def test_train_suite_records() -> None:
     records = train_suite.run(CPU, models=["resnet20", "vit_tiny"], console=quiet(),
                               settings=TINY_TRAIN, data=tiny_images())
+    scaling = records.pop()  # one CPU: the data-parallel scaling row says it is unmeasured
+    assert scaling["path"] == "scaling" and scaling["status"] == "unmeasured"
+    assert scaling["images_per_s"] is None
     # compile_models=(): no compiled variant; the CNN also runs row-major to show the layout gain
     assert [(r["model"], r["variant"], r["memory_format"]) for r in records] == [
         ("resnet20", "eager", "channels_last"), ("resnet20", "nchw", "contiguous"),
@@ -137,7 +140,7 @@ def test_train_suite_records_compile_failure(monkeypatch: pytest.MonkeyPatch) ->
     console = quiet()
     records = train_suite.run(CPU, models=["resnet20"], console=console, settings=settings,
                               data=tiny_images())
-    plain, nchw, compiled = records
+    plain, nchw, compiled, _scaling = records
     assert plain["compile"] is False and plain["median_ms"] > 0 and nchw["median_ms"] > 0
     assert compiled["compile"] is True and compiled["median_ms"] is None
     assert compiled["error"] == "RuntimeError: no C compiler here"
