@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import pytest
-import tomllib
 import torch
 from rich.console import Console
 from safetensors.torch import load_file
@@ -27,7 +26,7 @@ from torch import nn
 
 from rsst import distributed
 from rsst.arena import Arena
-from rsst.config import RunConfig
+from rsst.config import RunConfig, tomllib  # tomli before Python 3.11
 from rsst.data import Batches, ImageSet
 from rsst.distributed import SINGLE, World
 from rsst.engine import Engine
@@ -118,6 +117,15 @@ def test_sync_batchnorm_twin_shares_parameters_and_statistics() -> None:
     assert torch.allclose(twin(x), reference(x))  # one process: SyncBatchNorm is BatchNorm
     assert torch.allclose(model[1].running_mean, reference[1].running_mean)  # landed in model
     assert int(model[1].num_batches_tracked) == 1
+
+
+def test_config_records_the_launch_and_reads_back_the_run(tmp_path: Path) -> None:
+    from rsst.config import load_config, save_config
+
+    config = RunConfig(sync_bn=True, dist_timeout=30.0)
+    save_config(config, tmp_path / "config.toml", launch={"world_size": 4})
+    assert tomllib.loads((tmp_path / "config.toml").read_text())["launch"] == {"world_size": 4}
+    assert load_config(tmp_path / "config.toml") == config  # [launch] is a record, not a setting
 
 
 def test_sync_bn_on_cpu_is_refused_in_one_line() -> None:
