@@ -34,7 +34,7 @@ from rsst.engine import Engine, lr_schedule
 from rsst.errors import UserError
 from rsst.log import block_table, state_table, training_progress
 from rsst.methods import PruneContext, get_method
-from rsst.models import create_model, use_channels_last
+from rsst.models import create_model, load_pretrained, use_channels_last
 from rsst.pruning import prune_lowest, refill
 from rsst.rundir import CHECKPOINT, RunLock
 from rsst.structure import build_structure
@@ -80,9 +80,12 @@ class PruningRun:
         self.model = create_model(config.arch, num_classes=self.data.num_classes,
                                   img_size=img_size, patch_size=config.patch_size,
                                   mean=self.data.mean, std=self.data.std).to(self.device)
+        if config.pretrained is not None:
+            load_pretrained(self.model, config.pretrained)
         self.arena = Arena(self.model,
                            channels_last=use_channels_last(config.memory_format, self.model))
-        self.structure = build_structure(self.model, self.arena, config.structure)
+        self.structure = build_structure(self.model, self.arena, config.structure,
+                                         config.prune_scope)
         if self.structure.note:
             console.print(f"[yellow]note:[/] {self.structure.note}")
         self.update_config = UpdateConfig(
@@ -266,7 +269,7 @@ class PruningRun:
             scores = group_scores(self.config.criteria, self.model, self.structure, self.arena,
                                   unstructured, ctx.batches(self.config.criteria_batches))
             unstructured = refill(self.structure, unstructured, hard, scores,
-                                  self.config.fillback_rate)
+                                  self.config.fillback_rate, self.config.refill_scope)
         if method.soft:  # the dropped elements fade during the next state
             self.arena.set_masks(hard, hard & ~unstructured)
         else:
