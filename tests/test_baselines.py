@@ -68,8 +68,12 @@ def test_every_method_reaches_the_target(method, arch, tmp_path):
     assert sum(int(m.sum()) for m in masks.values()) == round(0.2 * total)
     assert records[-1]["remain_weight"] == pytest.approx(round(0.2 * total) / total)
     assert all(int(m.sum()) > 0 for m in masks.values())  # no layer emptied at 80 %
-    if method == "omp":  # state 0 trains the dense network
+    if method == "omp":  # state 0 trains the dense network, then its smallest |θ| go
         assert records[0]["remain_weight"] == 1.0
+        trained = load_file(str(run_dir / "state_00" / "weights.safetensors"))
+        kept = torch.cat([trained[n][m].abs() for n, m in masks.items()])
+        dead = torch.cat([trained[n][~m].abs() for n, m in masks.items()])
+        assert float(kept.min()) >= float(dead.max())
 
 
 @pytest.mark.usefixtures("tiny_data")
