@@ -276,3 +276,74 @@ def main() -> None:
     except UserError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
+
+
+@app.command(
+    epilog="Examples:\n\n"
+    "  rsst compare runs/*                                # every run under runs/\n\n"
+    "  rsst compare runs/rsst-* runs/refill-* --x macs --plot compare.png\n\n"
+    "  rsst compare runs --metric val_after_cut --json > compare.json",
+)
+def compare(
+    run_dirs: list[str] = typer.Argument(..., help="Run directories, globs, or folders "
+                                         "holding runs."),
+    x: str = typer.Option("remain", "--x", help="x axis: remain (fraction of weights alive) | "
+                          "sparsity (groups removed) | macs | params (compacted, vs dense)."),
+    metric: str = typer.Option("val", help="val | test | val_after_cut (the network each "
+                               "state delivers; RSST states otherwise show before and after "
+                               "the cut)."),
+    plot: Path | None = typer.Option(None, help="Write the accuracy-vs-sparsity plot here "
+                                     "(.png or .svg; needs rsst[plot])."),
+    json_out: bool = typer.Option(False, "--json", help="Print the comparison as JSON only."),
+    force: bool = typer.Option(False, help="Compare runs on different datasets anyway."),
+) -> None:
+    """Accuracy against sparsity across runs, grouped by method / arch / dataset (seeds: mean ±
+    std), with each group's winning ticket: its sparsest state within 0.5 point of dense."""
+    from rsst.compare import compare_runs, comparison_tables, find_runs, to_json
+    from rsst.plots import check_plot_path, plot_comparison, pyplot
+
+    if plot is not None:
+        check_plot_path(plot)
+        pyplot()  # a missing extra fails before any work
+    runs = find_runs(run_dirs, warn=lambda line: err_console.print(
+        f"[yellow]warning:[/] {line}", highlight=False, soft_wrap=True))
+    result = compare_runs(runs, x=x, metric=metric, force=force)
+    if plot is not None:
+        plot_comparison(result, plot)
+    if json_out:
+        print(to_json(result))
+        return
+    for table in comparison_tables(result):
+        console.print(table)
+    if plot is not None:
+        console.print(f"wrote {plot}")
+
+
+@app.command(
+    epilog="Examples:\n\n  rsst report runs/my-run                 # table + runs/my-run/report.png"
+    "\n\n  rsst report runs/my-run --plot my-run.svg",
+)
+def report(
+    run_dir: Path = typer.Argument(..., help="A run directory written by `rsst run`."),
+    plot: Path | None = typer.Option(None, help="Where to write the plot (.png or .svg; default "
+                                     "RUN_DIR/report.png; needs rsst[plot])."),
+) -> None:
+    """One run: the per-state table, accuracy per state and the groups left per layer."""
+    from rsst.compare import load_single_run, run_kinds
+    from rsst.log import state_table
+    from rsst.plots import check_plot_path, plot_report, pyplot
+
+    if plot is not None:
+        check_plot_path(plot)
+        pyplot()
+    run = load_single_run(run_dir)
+    console.print(state_table(run.records, run_kinds(run)))
+    if plot is None:
+        try:
+            pyplot()
+        except UserError as exc:
+            err_console.print(f"[yellow]note:[/] no plot written: {exc}", highlight=False)
+            return
+    target = plot_report(run.records, f"{run.method} · {run.arch} · {run.dataset} · {run_dir}",
+                         plot or Path(run_dir) / "report.png")
+    console.print(f"wrote {target}")
