@@ -274,7 +274,11 @@ def main() -> None:
     try:
         app()
     except UserError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        from rich.markup import escape
+
+        # escaped: a message such as "pip install 'rsst[plot]'" is text, not rich markup
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False,
+                          soft_wrap=True)
         sys.exit(2)
 
 
@@ -299,6 +303,8 @@ def compare(
 ) -> None:
     """Accuracy against sparsity across runs, grouped by method / arch / dataset (seeds: mean ±
     std), with each group's winning ticket: its sparsest state within 0.5 point of dense."""
+    from rich.markup import escape
+
     from rsst.compare import compare_runs, comparison_tables, find_runs, to_json
     from rsst.plots import check_plot_path, plot_comparison, pyplot
 
@@ -306,7 +312,7 @@ def compare(
         check_plot_path(plot)
         pyplot()  # a missing extra fails before any work
     runs = find_runs(run_dirs, warn=lambda line: err_console.print(
-        f"[yellow]warning:[/] {line}", highlight=False, soft_wrap=True))
+        f"[yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True))
     result = compare_runs(runs, x=x, metric=metric, force=force)
     if plot is not None:
         plot_comparison(result, plot)
@@ -329,6 +335,8 @@ def report(
                                      "RUN_DIR/report.png; needs rsst[plot])."),
 ) -> None:
     """One run: the per-state table, accuracy per state and the groups left per layer."""
+    from rich.markup import escape
+
     from rsst.compare import load_single_run, run_kinds
     from rsst.log import state_table
     from rsst.plots import check_plot_path, plot_report, pyplot
@@ -342,7 +350,8 @@ def report(
         try:
             pyplot()
         except UserError as exc:
-            err_console.print(f"[yellow]note:[/] no plot written: {exc}", highlight=False)
+            err_console.print(f"[yellow]note:[/] no plot written: {escape(str(exc))}",
+                              highlight=False)
             return
     target = plot_report(run.records, f"{run.method} · {run.arch} · {run.dataset} · {run_dir}",
                          plot or Path(run_dir) / "report.png")

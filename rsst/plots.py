@@ -14,6 +14,8 @@ from typing import Any
 from rsst.errors import UserError
 
 FORMATS = {".png": "png", ".svg": "svg"}
+DPI = 100
+COMPARE_SIZE = (7.0, 4.5)  # inches: 700 x 450 pixels
 
 
 def check_plot_path(path: str | Path) -> tuple[Path, str]:
@@ -45,7 +47,7 @@ def pyplot(flag: str = "--plot") -> Any:
 def _save(fig: Any, path: Path, fmt: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        fig.savefig(tmp, format=fmt, dpi=110, bbox_inches="tight")
+        fig.savefig(tmp, format=fmt, dpi=DPI)
         os.replace(tmp, path)
     except OSError as exc:
         raise UserError(f"cannot write {path} ({exc.strerror or exc}); pick a writable path"
@@ -76,7 +78,7 @@ def plot_comparison(result: dict[str, Any], path: str | Path) -> Path:
     path, fmt = check_plot_path(path)
     plt = pyplot()
     x = result["x"]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=COMPARE_SIZE, layout="constrained")
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     every_x: list[float] = []
     dense_drawn: set[float] = set()
@@ -133,7 +135,7 @@ def plot_report(records: list[dict[str, Any]], title: str, path: str | Path) -> 
     layer's groups (channels / heads / neurons) per state."""
     path, fmt = check_plot_path(path)
     plt = pyplot()
-    fig, (acc_ax, layer_ax) = plt.subplots(1, 2, figsize=(12, 4.5),
+    fig, (acc_ax, layer_ax) = plt.subplots(1, 2, figsize=(12, 4.5), layout="constrained",
                                            gridspec_kw={"width_ratios": [1, 1.6]})
     drawn = False
     for key, style, label in (("val_acc", "o-", "val"), ("val_acc_after_cut", "s--",
