@@ -218,6 +218,9 @@ def export(
                               "accuracy)."),
     compact: bool = typer.Option(True, "--compact/--masked", help="Physically remove pruned "
                                  "channels/heads/neurons, or keep dense shapes plus masks."),
+    form: str | None = typer.Option(None, help="masked | compact | timm (stock timm keys and "
+                                    "create_model arguments: loads without rsst; ViTs and "
+                                    "timm:<name>). Overrides --compact/--masked."),
 ) -> None:
     """Export a pruned state as safetensors (masked or physically compacted).
 
@@ -225,11 +228,15 @@ def export(
     """
     from rsst.export import export_model, export_table
 
-    result = export_model(run_dir, out, state=state, form="compact" if compact else "masked")
+    chosen = form or ("compact" if compact else "masked")
+    result = export_model(run_dir, out, state=state, form=chosen)
     console.print(export_table(result))
     for note in result.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
-    if result.params["compact"] == result.params["dense"]:
+    if chosen == "timm":
+        console.print("load without rsst: see the file's timm.usage metadata or README "
+                      "(Exports)", highlight=False)
+    elif result.params["compact"] == result.params["dense"]:
         console.print("[yellow]note:[/] nothing was removable: compaction needs whole channels/"
                       "heads/neurons pruned with their BatchNorm γ/β or biases zeroed (refill/"
                       "rsst); imp prunes single weights, so its export stays dense")
