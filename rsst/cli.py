@@ -179,6 +179,13 @@ def run(
                                     "<dataset>-<time>)."),
     resume: Path | None = typer.Option(None, help="Continue the run in this directory."),
     overwrite: bool = typer.Option(False, help="Replace an existing run directory."),
+    logger: list[str] | None = typer.Option(None, "--logger", help="Also log to tensorboard | "
+                                            "wandb | csv (repeatable; extras rsst[tensorboard], "
+                                            "rsst[wandb])."),
+    wandb_project: str | None = typer.Option(None, help="W&B project (default rsst)."),
+    wandb_entity: str | None = typer.Option(None, help="W&B entity (team or user)."),
+    wandb_name: str | None = typer.Option(None, help="W&B run name (default: the run "
+                                          "directory's name)."),
 ) -> None:
     """Run iterative pruning (RSST, Refill, IMP) and write a run directory.
 
@@ -191,7 +198,10 @@ def run(
 
     given = {k: v for k, v in locals().items()
              if v is not None and k not in ("config", "preset", "resume", "overwrite",
-                                            "build_config", "run_loop", "out")}
+                                            "build_config", "run_loop", "out", "logger",
+                                            "wandb_project", "wandb_entity", "wandb_name")}
+    logging = {"loggers": logger or [], "logger_options": {
+        "wandb_project": wandb_project, "wandb_entity": wandb_entity, "wandb_name": wandb_name}}
     if milestones is not None:
         try:
             given["milestones"] = [int(m) for m in milestones.split(",") if m.strip()]
@@ -200,10 +210,10 @@ def run(
     if resume is not None:
         if given or config is not None or preset is not None:
             _fail("--resume continues a run with its saved config.toml; drop the other flags")
-        run_loop(build_config(overrides={}), resume=resume, console=console)
+        run_loop(build_config(overrides={}), resume=resume, console=console, **logging)
         return
     run_config = build_config(config_file=config, preset=preset, overrides=given)
-    run_loop(run_config, out=out, overwrite=overwrite, console=console)
+    run_loop(run_config, out=out, overwrite=overwrite, console=console, **logging)
 
 
 @app.command(

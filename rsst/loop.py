@@ -16,12 +16,14 @@ import json
 import math
 import shutil
 import time
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
@@ -34,6 +36,7 @@ from rsst.data import Batches, load_dataset
 from rsst.engine import Engine, lr_schedule
 from rsst.errors import UserError
 from rsst.log import append_jsonl, block_table, state_table, training_progress, write_json
+from rsst.loggers import Loggers, check_loggers
 from rsst.models import create_model, use_channels_last
 from rsst.pruning import magnitude_prune, refill
 from rsst.structure import build_structure
@@ -115,6 +118,7 @@ class PruningRun:
                              if self.data.test is not None and len(self.data.test) else None)
         self.rewind_point: dict[str, torch.Tensor] | None = None
         self.records: list[dict[str, Any]] = []
+        self.loggers: Any = None  # rsst.loggers.Loggers (--logger), set by run()
 
     # -- checkpoints -------------------------------------------------------------------------
     def _snapshot(self) -> dict[str, torch.Tensor]:
@@ -220,6 +224,8 @@ class PruningRun:
                 # the line first: a kill between the two leaves a line that resume trims,
                 # never a checkpointed epoch without its line
                 append_jsonl(self.run_dir / "metrics.jsonl", record)
+                if self.loggers is not None:  # --logger: mirrors the metrics.jsonl line
+                    self.loggers.log_epoch(record)
                 self.save_checkpoint({"state": state, "epoch": epoch + 1, "partial": best,
                                       "fresh_momentum": False})
         return best
@@ -331,6 +337,8 @@ class PruningRun:
             record = self.finish_state(state, partial)
             self.records.append(record)
             append_jsonl(self.run_dir / "metrics.jsonl", record)
+            if self.loggers is not None:  # --logger: mirrors the metrics.jsonl line
+                self.loggers.log_state(record)
             self.save_checkpoint({"state": state + 1, "epoch": 0, "fresh_momentum": True})
             self.write_summary()
             self.console.print(state_table(self.records, kinds))
@@ -368,9 +376,12 @@ class PruningRun:
 
 
 def run(config: RunConfig, *, out: Path | None = None, resume: Path | None = None,
-        overwrite: bool = False, console: Console | None = None) -> Path:
-    """Run (or resume) the pruning loop; returns the run directory."""
+        overwrite: bool = False, console: Console | None = None,
+        loggers: Sequence[str] = (), logger_options: dict[str, Any] | None = None) -> Path:
+    """Run (or resume) the pruning loop; returns the run directory. ``loggers``: names of
+    `rsst.loggers` (tensorboard, wandb, csv), checked before anything else."""
     console = console or Console()
+    check_loggers(loggers)  # a missing extra fails before any training
     if resume is not None:
         run_dir = Path(resume)
         if not (run_dir / "config.toml").is_file():
@@ -393,6 +404,15 @@ def run(config: RunConfig, *, out: Path | None = None, resume: Path | None = Non
         save_config(dataclasses.replace(config, out=str(run_dir)), run_dir / "config.toml")
     console.print(f"run directory: [bold]{run_dir}[/]  ({config.method} · {config.arch} · "
                   f"{config.dataset} · backend {pruning.backend_name} on {pruning.device})")
-    pruning.run(resume=resume is not None)
+    if loggers:
+        pruning.loggers = Loggers(loggers, run_dir, config.to_dict(), config.epochs,
+                                  lambda line: console.print(f"[yellow]warning:[/] {escape(line)}",
+                                                             highlight=False),
+                                  **(logger_options or {}))
+    try:
+        pruning.run(resume=resume is not None)
+    finally:
+        if pruning.loggers is not None:
+            pruning.loggers.close()
     console.print(f"done: {run_dir}")
     return run_dir
