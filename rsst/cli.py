@@ -180,8 +180,8 @@ def run(
     resume: Path | None = typer.Option(None, help="Continue the run in this directory."),
     overwrite: bool = typer.Option(False, help="Replace an existing run directory."),
     logger: list[str] | None = typer.Option(None, "--logger", help="Also log to tensorboard | "
-                                            "wandb | csv (repeatable; extras rsst[tensorboard], "
-                                            "rsst[wandb])."),
+                                            "wandb | csv (repeatable; extras rsst\\[tensorboard], "
+                                            "rsst\\[wandb])."),
     wandb_project: str | None = typer.Option(None, help="W&B project (default rsst)."),
     wandb_entity: str | None = typer.Option(None, help="W&B entity (team or user)."),
     wandb_name: str | None = typer.Option(None, help="W&B run name (default: the run "
@@ -314,7 +314,7 @@ def compare(
                                "state delivers; RSST states otherwise show before and after "
                                "the cut)."),
     plot: Path | None = typer.Option(None, help="Write the accuracy-vs-sparsity plot here "
-                                     "(.png or .svg; needs rsst[plot])."),
+                                     "(.png or .svg; needs rsst\\[plot])."),
     json_out: bool = typer.Option(False, "--json", help="Print the comparison as JSON only."),
     force: bool = typer.Option(False, help="Compare runs on different datasets anyway."),
 ) -> None:
@@ -349,7 +349,7 @@ def compare(
 def report(
     run_dir: Path = typer.Argument(..., help="A run directory written by `rsst run`."),
     plot: Path | None = typer.Option(None, help="Where to write the plot (.png or .svg; default "
-                                     "RUN_DIR/report.png; needs rsst[plot])."),
+                                     "RUN_DIR/report.png; needs rsst\\[plot])."),
 ) -> None:
     """One run: the per-state table, accuracy per state and the groups left per layer."""
     from rich.markup import escape
