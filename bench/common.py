@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import gc
-import json
 import os
 import platform
 import statistics
@@ -119,9 +118,9 @@ def write_json(path: Path, env: dict[str, Any], records: list[dict[str, Any]]) -
     """Write ``{"env": ..., "results": [...]}`` atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"env": env, "results": records}, indent=2) + "\n")
-    os.replace(tmp, path)
+    from rsst.atomic import atomic_write_json
+
+    atomic_write_json(path, {"env": env, "results": records})
 
 
 def run_suites(

@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from rsst.arena import ALIVE, PENDING, Arena
+from rsst.arena import Arena
+from rsst_kernels.masks import ALIVE, PENDING
 
 
 class SeedStyleUpdate:

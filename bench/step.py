@@ -33,12 +33,13 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from rsst.arena import ALIVE, Arena
+from rsst.arena import Arena
 from rsst.models import create_model, use_channels_last
 from rsst.update import UpdateConfig, make_backend
 from rsst_bench.common import release_memory, render_table, time_ms
 from rsst_bench.seed_style import SeedStyleUpdate
 from rsst_kernels import triton_available
+from rsst_kernels.masks import ALIVE
 
 DEFAULT_MODELS: tuple[str, ...] = ("resnet20", "resnet18", "vit_tiny", "vit_small")
 PATHS: tuple[str, ...] = ("dense", "seed", "eager", "torch", "triton")

@@ -16,11 +16,12 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from rsst.arena import ALIVE, PENDING, Arena
+from rsst.arena import Arena
 from rsst.update import BACKENDS, UpdateConfig, make_backend
 from rsst_bench.common import render_table, time_ms
 from rsst_bench.seed_style import SeedStyleUpdate
 from rsst_kernels import BYTES_PER_ELEMENT, triton_available
+from rsst_kernels.masks import ALIVE, PENDING
 
 DEFAULT_MODELS = ("resnet20", "resnet18", "vit_tiny", "vit_small", "vit_base")
 #: vit_base's 85 M-element arena takes minutes per backend on a small CPU: asked for by name there

@@ -1,17 +1,29 @@
-"""Triton kernels of rsst, each next to its plain-torch twin (installed as ``rsst_kernels``)."""
+"""Triton kernels of rsst, each next to its plain-torch twin (installed as ``rsst_kernels``).
 
-from rsst_kernels.fused_update import (
+The bottom layer: the mask bits (`masks`), the per-step scalar slots (`scalars`) and the λ
+formulas (`schedules`) live here, and nothing in this package imports ``rsst``.
+"""
+
+from .fused_update import (
     BYTES_PER_ELEMENT,
-    HYPER_SLOTS,
     fused_update,
     fused_update_reference,
     triton_available,
 )
+from .masks import ALIVE, PENDING
+from .scalars import HYPER_SLOTS, ScalarSlot
+from .schedules import SCHEDULES, lam_of_code, ramp_position
 
 __all__ = [
+    "ALIVE",
     "BYTES_PER_ELEMENT",
     "HYPER_SLOTS",
+    "PENDING",
+    "SCHEDULES",
+    "ScalarSlot",
     "fused_update",
     "fused_update_reference",
+    "lam_of_code",
+    "ramp_position",
     "triton_available",
 ]

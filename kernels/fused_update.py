@@ -5,9 +5,10 @@ RSST penalty λ·w for pending elements (λ computed in-kernel from the step), w
 momentum step (first step, Nesterov), the weight update, the re-mask of weight and momentum, and
 the zeroing of the gradient for the next backward.
 
-Per-step scalars come in a small float32 device tensor (``hyper``, slots in `HYPER_SLOTS`), never
-as Python floats, so one compiled kernel serves every step and the launch can be captured in a
-CUDA graph. Only the schedule and the two boolean switches are compile-time constants.
+Per-step scalars come in a small float32 device tensor (``hyper``, one named `ScalarSlot` each),
+never as Python floats, so one compiled kernel serves every step and the launch can be captured in
+a CUDA graph. Only the schedule and the two boolean switches are compile-time constants. The mask
+bits, the slots and the λ formulas come from this package's `masks`, `scalars` and `schedules`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,18 @@ import os
 
 import torch
 
+from .masks import ALIVE, PENDING
+from .scalars import HYPER_SLOTS, ScalarSlot, unpack
+from .schedules import (
+    CUBE,
+    E_MINUS_1,
+    EXP,
+    LINEAR,
+    SQUARE,
+    lam_of_code,
+    ramp_position,
+)
+
 try:  # triton ships for Linux only; the torch twin covers everything else.
     import triton
     import triton.language as tl
@@ -23,15 +36,12 @@ except ImportError:  # pragma: no cover - exercised on platforms without triton
     triton = None
     tl = None
 
+#: The mask bits under the names this module used before `masks` held them.
+ALIVE_BIT, PENDING_BIT = ALIVE, PENDING
+
 #: Bytes the kernel moves per element: reads w, g, momentum (3 × 4) and the uint8 code (1);
 #: writes w, momentum and the zeroed g (3 × 4).
 BYTES_PER_ELEMENT = 25
-
-#: Slots of the float32 ``hyper`` tensor the kernel reads its per-step scalars from.
-HYPER_SLOTS = ("lr", "momentum", "weight_decay", "lam_max", "exponents", "t", "T", "first_step")
-
-ALIVE_BIT = 1
-PENDING_BIT = 2
 
 
 def triton_available(device: torch.device | str) -> bool:
@@ -44,6 +54,23 @@ def triton_available(device: torch.device | str) -> bool:
 
 
 if triton is not None:
+    # A @triton.jit function may read only globals that are constexpr: the shared constants,
+    # restated as such (same values, so kernel and torch twin cannot drift apart).
+    _ALIVE = tl.constexpr(ALIVE)
+    _PENDING = tl.constexpr(PENDING)
+    _LINEAR = tl.constexpr(LINEAR)
+    _SQUARE = tl.constexpr(SQUARE)
+    _CUBE = tl.constexpr(CUBE)
+    _EXP = tl.constexpr(EXP)
+    _E_MINUS_1 = tl.constexpr(E_MINUS_1)
+    _LR = tl.constexpr(int(ScalarSlot.LR))
+    _MOMENTUM = tl.constexpr(int(ScalarSlot.MOMENTUM))
+    _WEIGHT_DECAY = tl.constexpr(int(ScalarSlot.WEIGHT_DECAY))
+    _LAM_MAX = tl.constexpr(int(ScalarSlot.LAM_MAX))
+    _EXPONENTS = tl.constexpr(int(ScalarSlot.EXPONENTS))
+    _STEP = tl.constexpr(int(ScalarSlot.STEP))
+    _WINDOW = tl.constexpr(int(ScalarSlot.WINDOW))
+    _FIRST_STEP = tl.constexpr(int(ScalarSlot.FIRST_STEP))
 
     @triton.jit
     def _fused_update_kernel(
@@ -62,35 +89,35 @@ if triton is not None:
         offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         in_range = offs < n
 
-        lr = tl.load(hyper_ptr + 0)
-        mu = tl.load(hyper_ptr + 1)
-        wd = tl.load(hyper_ptr + 2)
-        lam_max = tl.load(hyper_ptr + 3)
-        p = tl.load(hyper_ptr + 4)
-        t = tl.load(hyper_ptr + 5)
-        T = tl.load(hyper_ptr + 6)
-        first = tl.load(hyper_ptr + 7)
+        lr = tl.load(hyper_ptr + _LR)
+        mu = tl.load(hyper_ptr + _MOMENTUM)
+        wd = tl.load(hyper_ptr + _WEIGHT_DECAY)
+        lam_max = tl.load(hyper_ptr + _LAM_MAX)
+        p = tl.load(hyper_ptr + _EXPONENTS)
+        t = tl.load(hyper_ptr + _STEP)
+        T = tl.load(hyper_ptr + _WINDOW)
+        first = tl.load(hyper_ptr + _FIRST_STEP)
 
-        # λ(u), u = (t + 1) / T: mirrors rsst.schedules.lam (SPEC §4).
+        # λ(u), u = (t + 1) / T: the closed forms of schedules.lam_of_code (SPEC §4).
         u = tl.minimum((t + 1.0) / tl.maximum(T, 1.0), 1.0)
-        if SCHEDULE == 0:
+        if SCHEDULE == _LINEAR:
             shape = u
-        elif SCHEDULE == 1:
+        elif SCHEDULE == _SQUARE:
             shape = u * u
-        elif SCHEDULE == 2:
+        elif SCHEDULE == _CUBE:
             shape = u * u * u
-        elif SCHEDULE == 3:
-            shape = (tl.exp(u) - 1.0) / 1.718281828459045
-        else:
-            shape = (tl.exp(tl.exp(p * tl.log(u))) - 1.0) / 1.718281828459045
+        elif SCHEDULE == _EXP:
+            shape = (tl.exp(u) - 1.0) / _E_MINUS_1
+        else:  # EXP_CUSTOM_EXPONENTS: e^(u^p), u^p as e^(p·ln u)
+            shape = (tl.exp(tl.exp(p * tl.log(u))) - 1.0) / _E_MINUS_1
         lam = lam_max * shape
 
         w = tl.load(w_ptr + offs, mask=in_range, other=0.0)
         g = tl.load(g_ptr + offs, mask=in_range, other=0.0)
         buf = tl.load(buf_ptr + offs, mask=in_range, other=0.0)
         code = tl.load(code_ptr + offs, mask=in_range, other=0)
-        alive = (code & 1) != 0
-        pending = (code & 2) != 0
+        alive = (code & _ALIVE) != 0
+        pending = (code & _PENDING) != 0
 
         g = tl.where(alive, g, 0.0)
         if BLOCK_LOSS_GRAD:
@@ -127,8 +154,8 @@ def fused_update(
     """Launch the fused update over flat buffers, in place; ``g`` is left zeroed.
 
     ``w``, ``g``, ``buf`` are contiguous 1-D float32, ``code`` 1-D uint8 of the same length
-    (bit 0 alive, bit 1 pending), ``hyper`` float32 with the slots of `HYPER_SLOTS` on the same
-    device. ``schedule`` is the integer code of `rsst.schedules.SCHEDULES`.
+    (bits `ALIVE`, `PENDING`), ``hyper`` float32 with the slots of `ScalarSlot` on its device.
+    ``schedule`` is the integer code of a schedule (its index in `SCHEDULES`).
     """
     if triton is None:
         raise RuntimeError("triton is not installed: use the 'torch' backend")
@@ -180,10 +207,10 @@ def fused_update_reference(
     d and the step (so the ops make no full-size float temporaries) and is left zeroed. With
     ``lam == 0`` and no ``block_loss_grad`` the pending bit changes nothing and is not read.
     """
-    dead = (code & ALIVE_BIT) == 0
+    dead = (code & ALIVE) == 0
     g.masked_fill_(dead, 0.0)
     if lam != 0.0 or block_loss_grad:
-        pending = (code & PENDING_BIT) != 0
+        pending = (code & PENDING) != 0
         if block_loss_grad:
             g.masked_fill_(pending, 0.0)
         g.addcmul_(w, pending.to(w.dtype), value=lam)
@@ -229,11 +256,9 @@ def fused_update_op(
         fused_update(w, g, buf, code, hyper, schedule=schedule, nesterov=nesterov,
                      block_loss_grad=block_loss_grad)
         return
-    from rsst.schedules import SCHEDULES, lam, ramp_position  # the Python formulas (one place)
-
-    values = dict(zip(HYPER_SLOTS, hyper.detach().to("cpu", torch.float64).tolist(), strict=True))
-    lam_value = lam(SCHEDULES[schedule], ramp_position(int(values["t"]), int(values["T"])),
-                    values["lam_max"], values["exponents"])
+    values = unpack(hyper.detach().to("cpu", torch.float64).tolist())
+    lam_value = lam_of_code(schedule, ramp_position(int(values["t"]), int(values["T"])),
+                            values["lam_max"], values["exponents"])
     fused_update_reference(
         w, g, buf, code, lr=values["lr"], lam=lam_value, momentum=values["momentum"],
         weight_decay=values["weight_decay"], nesterov=nesterov, block_loss_grad=block_loss_grad,
@@ -254,3 +279,15 @@ def _fused_update_fake(
 ) -> None:
     """Shapes only: the op returns nothing and mutates its inputs in place."""
     return None
+
+
+__all__ = [
+    "ALIVE_BIT",
+    "BYTES_PER_ELEMENT",
+    "HYPER_SLOTS",
+    "PENDING_BIT",
+    "fused_update",
+    "fused_update_op",
+    "fused_update_reference",
+    "triton_available",
+]

@@ -19,30 +19,51 @@ replaces parameter storage, and ``zero_grad(set_to_none=True)`` drops the grad v
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
-from rsst_kernels import HYPER_SLOTS
+from rsst_kernels.masks import ALIVE, PENDING
+from rsst_kernels.scalars import ScalarSlot
 
 ALIGN = 16
-ALIVE = 1
-PENDING = 2
 
 
 class ArenaError(RuntimeError):
     """A parameter or gradient no longer lives in the arena (a bug in the calling code)."""
 
 
+@runtime_checkable
 class UpdateBackend(Protocol):
-    """What `Arena.step` calls: one update of every element of the arena."""
+    """One update of every element of the arena per training step (SPEC §5): the one protocol
+    of the update backends (`rsst.update`), of `Arena.step` and of the engine.
+
+    A step is two halves so that the device half can be captured in a CUDA graph: `prepare` does
+    the host work (λ(t), this step's scalars) and returns λ; `launch` runs the element-wise update
+    with what `prepare` set up and leaves the gradient zeroed. ``capturable``: `launch` reads its
+    per-step values from device memory only (``arena.scalars``), so a captured launch stays right
+    when replayed after each `prepare`. `switches`: what a launch bakes in besides addresses (a
+    captured graph is valid while they hold). Subclasses inherit `step`.
+    """
 
     name: str
+    capturable: bool
 
-    def step(self, arena: Arena, lr: float, t: int) -> float: ...
+    @property
+    def switches(self) -> tuple[Hashable, ...]: ...
+
+    def prepare(self, arena: Arena, lr: float, t: int) -> float: ...
+
+    def launch(self, arena: Arena) -> None: ...
+
+    def step(self, arena: Arena, lr: float, t: int) -> float:
+        """`prepare` then `launch`; returns λ(t). `Arena.step` calls this."""
+        lam = self.prepare(arena, lr, t)
+        self.launch(arena)
+        return lam
 
 
 @dataclass(frozen=True)
@@ -109,7 +130,7 @@ class Arena:
         self.grad = torch.zeros_like(self.weight)
         self.momentum = torch.zeros_like(self.weight)
         self.code = torch.zeros(offset, dtype=torch.uint8, device=device)
-        self.scalars = torch.zeros(len(HYPER_SLOTS), dtype=torch.float32, device=device)
+        self.scalars = torch.zeros(len(ScalarSlot), dtype=torch.float32, device=device)
         self.params: list[nn.Parameter] = [p for _, p in named]
         self.names: list[str] = [n for n, _ in named]
         with torch.no_grad():

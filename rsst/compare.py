@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from rsst.errors import UserError
+from rsst.rundir import CONFIG, STATE_RECORD, SUMMARY
+from rsst.rundir import METRICS as METRICS_FILE
 
 X_AXES = ("remain", "sparsity", "macs", "params")
 METRICS = ("val", "test", "val_after_cut")
@@ -75,8 +77,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 def is_run_dir(path: Path) -> bool:
     return path.is_dir() and (
-        (path / "summary.json").is_file() or (path / "config.toml").is_file()
-        or any(path.glob("state_*/state.json")))
+        (path / SUMMARY).is_file() or (path / CONFIG).is_file()
+        or any(path.glob(f"state_*/{STATE_RECORD}")))
 
 
 def _state_records(path: Path, summary: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -90,7 +92,7 @@ def _state_records(path: Path, summary: dict[str, Any] | None) -> list[dict[str,
 
     for record in (summary or {}).get("states", []) or []:
         add(record)
-    metrics = path / "metrics.jsonl"
+    metrics = path / METRICS_FILE
     if metrics.is_file():
         try:
             lines = metrics.read_text().splitlines()
@@ -103,15 +105,15 @@ def _state_records(path: Path, summary: dict[str, Any] | None) -> list[dict[str,
                 continue  # a torn last line of a killed run
             if isinstance(record, dict) and record.get("kind", "state") == "state":
                 add(record)
-    for state_json in sorted(path.glob("state_*/state.json")):
+    for state_json in sorted(path.glob(f"state_*/{STATE_RECORD}")):
         add(_read_json(state_json))
     return [by_state[s] for s in sorted(by_state)]
 
 
 def load_run(path: Path) -> RunData:
-    summary = _read_json(path / "summary.json")
+    summary = _read_json(path / SUMMARY)
     summary = summary if isinstance(summary, dict) else None
-    config = _read_toml(path / "config.toml") if (path / "config.toml").is_file() else {}
+    config = _read_toml(path / CONFIG) if (path / CONFIG).is_file() else {}
     records = _state_records(path, summary)
     first = records[0] if records else {}
 

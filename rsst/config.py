@@ -5,13 +5,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from rsst import atomic
 from rsst.errors import UserError
+from rsst.methods import method_names
 from rsst.schedules import SCHEDULES
 
 if sys.version_info >= (3, 11):
@@ -19,7 +20,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-METHODS = ("rsst", "refill", "imp")
+METHODS = method_names()  # the registered pruning methods (rsst.methods)
 CRITERIA = ("remain", "magnitude", "l1", "l2", "saliency")
 STRUCTURES = ("auto", "channel", "head", "neuron", "head+neuron", "none")
 REG_RAMPS = ("state", "epoch")
@@ -146,7 +147,7 @@ def _choice(name: str, value: str, options: tuple[str, ...]) -> None:
 
 def validate(config: RunConfig) -> RunConfig:
     """Raise `UserError` naming the flag and its valid range for any bad value."""
-    _choice("method", config.method, METHODS)
+    _choice("method", config.method, method_names())  # registered now, not at import
     _choice("criteria", config.criteria, CRITERIA)
     _choice("structure", config.structure, STRUCTURES)
     _choice("schedule", config.schedule, SCHEDULES)
@@ -265,6 +266,4 @@ def save_config(config: RunConfig, path: Path) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic.atomic_write_text(path, text)

@@ -13,7 +13,7 @@ once and trains eagerly.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -21,10 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rsst.arena import Arena
-from rsst.update import EagerBackend, TorchBackend, TritonBackend
-
-Backend = TritonBackend | TorchBackend | EagerBackend
+from rsst.arena import Arena, UpdateBackend
 
 #: Eager steps on the capture stream before the graph is captured (PyTorch's docs use 3).
 GRAPH_WARMUP = 3
@@ -120,18 +117,27 @@ class _GraphedStep:
 
 
 @dataclass(frozen=True)
-class _Replayed:
+class _Replayed(UpdateBackend):
     """The backend's update with its kernel launch replaced by the graph's replay (which runs
     forward, backward and the launch): `Arena.step` drives it like any backend."""
 
-    backend: TritonBackend
+    backend: UpdateBackend
     replay: Callable[[], None]
-    name: str = "triton+graph"
+    capturable = False  # it is the capture
 
-    def step(self, arena: Arena, lr: float, t: int) -> float:
-        lam = self.backend.prepare(arena, lr, t)
+    @property
+    def name(self) -> str:
+        return f"{self.backend.name}+graph"
+
+    @property
+    def switches(self) -> tuple[Hashable, ...]:
+        return self.backend.switches
+
+    def prepare(self, arena: Arena, lr: float, t: int) -> float:
+        return self.backend.prepare(arena, lr, t)
+
+    def launch(self, arena: Arena) -> None:
         self.replay()
-        return lam
 
 
 @dataclass(frozen=True)
@@ -140,19 +146,18 @@ class GraphKey:
 
     x_shape: tuple[int, ...]
     y_shape: tuple[int, ...]
-    switches: tuple[Any, ...]
+    switches: tuple[Hashable, ...]
 
     @staticmethod
     def of(engine: Engine, x: torch.Tensor, y: torch.Tensor) -> GraphKey:
-        config = engine.backend.config
-        return GraphKey(tuple(x.shape), tuple(y.shape),
-                        (config.schedule, config.nesterov, config.block_loss_grad))
+        return GraphKey(tuple(x.shape), tuple(y.shape), engine.backend.switches)
 
 
 class Engine:
     """Trains a model whose parameters live in ``arena`` with one ``arena.step`` per batch."""
 
-    def __init__(self, model: nn.Module, arena: Arena, backend: Backend, device: torch.device, *,
+    def __init__(self, model: nn.Module, arena: Arena, backend: UpdateBackend,
+                 device: torch.device, *,
                  amp: bool = True, label_smoothing: float = 0.0, compile: bool = False,
                  cuda_graph: bool = False,
                  capture: Callable[[Callable[[], Any], Any], Callable[[], None]] | None = None
@@ -174,7 +179,7 @@ class Engine:
         # a graph needs a backend whose update reads its scalars from device memory; compiled
         # models get graphs from torch.compile(mode="reduce-overhead") instead
         self.capture = (capture if capture is not None and not compile
-                        and getattr(backend, "capturable", False) else None)
+                        and backend.capturable else None)
         self.graph_note: str | None = None
         self._graphed: _GraphedStep | None = None
 

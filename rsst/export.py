@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,9 +31,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from rsst import rundir
 from rsst.errors import UserError
+from rsst.rundir import FORMAT_VERSION
 
-FORMAT_VERSION = 1
 FORMS = ("masked", "compact", "timm")  # timm: stock keys, see rsst.export_timm
 _REEXPORT = "re-export it with `rsst export RUN_DIR -o FILE.safetensors`"
 
@@ -240,8 +240,7 @@ def resolve_state(run_dir: str | Path, state: str | int = "last") -> tuple[int, 
     if not run_dir.is_dir():
         raise UserError(f"run directory {run_dir} does not exist: pass the directory `rsst run` "
                         "printed")
-    states = sorted(int(p.parent.name[6:]) for p in run_dir.glob("state_*/weights.safetensors")
-                    if p.parent.name[6:].isdigit())
+    states = rundir.finished_states(run_dir)
     if not states:
         raise UserError(f"{run_dir} has no finished state (no state_XX/weights.safetensors): "
                         "pass an rsst run directory, or let the run finish a state first")
@@ -251,9 +250,8 @@ def resolve_state(run_dir: str | Path, state: str | int = "last") -> tuple[int, 
     elif choice == "best":
         scored = []
         for s in states:
-            try:
-                record = json.loads((run_dir / f"state_{s:02d}" / "state.json").read_text())
-            except (OSError, json.JSONDecodeError):
+            record = rundir.read_state_record(run_dir, s)
+            if record is None:
                 continue
             metric = _state_metric(record)
             if metric is not None:
@@ -271,7 +269,7 @@ def resolve_state(run_dir: str | Path, state: str | int = "last") -> tuple[int, 
             have = ", ".join(str(s) for s in states)
             raise UserError(f"state {index} is not in {run_dir} (finished states: {have}); pass "
                             "--state with one of them, last or best")
-    return index, run_dir / f"state_{index:02d}" / "weights.safetensors"
+    return index, rundir.state_weights(run_dir, index)
 
 
 @dataclass
@@ -300,19 +298,11 @@ def check_output_path(out: str | Path) -> Path:
 
 def _safe_write(out: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> int:
     """Write to a temp file beside ``out`` and rename it over; remove the temp file on failure."""
-    from safetensors.torch import save_file
-
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
-        save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(tmp),
-                  metadata=meta)
-        os.replace(tmp, out)
+        rundir.save_tensors(out, tensors, meta)
     except OSError as exc:
         raise UserError(f"cannot write {out} ({exc.strerror or exc}); pick a writable -o "
                         "path") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return out.stat().st_size
 
 
@@ -388,20 +378,13 @@ def export_model(run_dir: str | Path, out: str | Path, *, state: str | int = "la
     # the model card (rsst.model_card): embedded, and written beside the file as FILE.md
     from rsst.model_card import model_card, write_card_beside
 
-    card = model_card(out_meta, _read_record(source.parent / "state.json"), form=form,
+    card = model_card(out_meta, rundir.read_state_record(Path(run_dir), index), form=form,
                       export_command=f"rsst export {Path(run_dir)} --state {index} --form {form}"
                       f" -o {out.name}", units=plan.units, params=params, macs=flops)
     out_meta["rsst.model_card"] = card
     size = _safe_write(out, body, out_meta)
     write_card_beside(out, card)
     return ExportResult(out, form, index, rows, plan.notes, params, flops, diff, size)
-
-
-def _read_record(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
 
 
 # ---------------------------------------------------------------------------------------------

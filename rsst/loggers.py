@@ -16,11 +16,11 @@ import importlib.util
 import io
 import json
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from rsst.atomic import atomic_write_text
 from rsst.errors import UserError
 
 LOGGERS = ("tensorboard", "wandb", "csv")
@@ -145,10 +145,7 @@ class CsvLogger:
         writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
-        path = self.run_dir / f"{name}.csv"
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(buffer.getvalue())
-        os.replace(tmp, path)
+        atomic_write_text(self.run_dir / f"{name}.csv", buffer.getvalue())
 
     def log_epoch(self, record: dict[str, Any]) -> None:
         self._write("epochs", flatten("epoch", record))

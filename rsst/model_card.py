@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import shlex
 from pathlib import Path
 from typing import Any
@@ -100,8 +99,8 @@ def model_card(meta: dict[str, str], record: dict[str, Any] | None, *, form: str
 
 def write_card_beside(out: Path, card: str) -> Path:
     """``FILE.md`` next to ``FILE.safetensors``, written atomically."""
+    from rsst.atomic import atomic_write_text
+
     path = out.with_suffix(".md") if out.suffix else out.with_name(out.name + ".md")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(card)
-    os.replace(tmp, path)
+    atomic_write_text(path, card)
     return path

@@ -7,7 +7,6 @@ matplotlib is imported only here and only when a plot is asked for; its absence 
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -45,16 +44,13 @@ def pyplot(flag: str = "--plot") -> Any:
 
 
 def _save(fig: Any, path: Path, fmt: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    from rsst.atomic import atomic_write
+
     try:
-        fig.savefig(tmp, format=fmt, dpi=DPI)
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=DPI))
     except OSError as exc:
         raise UserError(f"cannot write {path} ({exc.strerror or exc}); pick a writable path"
                         ) from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _x_axis(ax: Any, x: str, values: list[float]) -> None:

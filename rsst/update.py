@@ -6,20 +6,23 @@
 
 All three agree to float32 rounding and all leave the gradient zeroed for the next backward.
 The functional `step` drives any backend on plain tensors; `make_backend` gives the object whose
-``step(arena, lr, t)`` ends every training step.
+``step(arena, lr, t)`` ends every training step. Every arena-level backend implements the one
+protocol `UpdateBackend` (defined next to `Arena.step`, which calls it; re-exported here).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from rsst.arena import ALIVE, PENDING, Arena
+from rsst.arena import Arena, UpdateBackend
 from rsst.errors import UserError
 from rsst.schedules import lam_at, schedule_code
 from rsst_kernels import fused_update, fused_update_reference, triton_available
+from rsst_kernels.masks import ALIVE, PENDING
+from rsst_kernels.scalars import pack
 
 BACKENDS: tuple[str, ...] = ("triton", "torch", "eager")
 
@@ -41,17 +44,15 @@ class UpdateConfig:
         return lam_at(self.schedule, t, self.ramp_steps, self.lam_max, self.exponents)
 
     def scalars(self, lr: float, t: int, first_step: bool) -> list[float]:
-        """Values for the kernel's ``hyper`` tensor, in the order of ``HYPER_SLOTS``."""
-        return [
-            lr,
-            self.momentum,
-            self.weight_decay,
-            self.lam_max,
-            self.exponents,
-            float(t),
-            float(self.ramp_steps),
-            1.0 if first_step else 0.0,
-        ]
+        """Values for the kernel's ``hyper`` tensor, in the order of its `ScalarSlot`."""
+        return pack(lr=lr, momentum=self.momentum, weight_decay=self.weight_decay,
+                    lam_max=self.lam_max, exponents=self.exponents, t=t, T=self.ramp_steps,
+                    first_step=first_step)
+
+    @property
+    def switches(self) -> tuple[Hashable, ...]:
+        """The values a kernel launch takes as compile-time constants."""
+        return (self.schedule, self.nesterov, self.block_loss_grad)
 
 
 def resolve_backend(name: str, device: torch.device | str) -> str:
@@ -203,14 +204,14 @@ def step(
 
 
 # -- arena-level backends -----------------------------------------------------------------------
-class TritonBackend:
+class TritonBackend(UpdateBackend):
     """The fused kernel over the whole arena: one launch per step, scalars in a device tensor.
 
-    A step is two halves: `prepare` writes this step's scalars (lr, t, first step) into
-    ``arena.scalars`` from the host, `launch` runs the kernel, which reads only device memory —
-    so `launch` can be captured in a CUDA graph and replayed after each `prepare`. Under
-    ``torch.compile`` it goes through the custom op ``torch.ops.rsst.fused_update`` so a compiled
-    step does not graph-break on the launcher.
+    `prepare` writes this step's scalars (lr, t, first step) into ``arena.scalars`` from the host,
+    `launch` runs the kernel, which reads only device memory — so `launch` can be captured in a
+    CUDA graph and replayed after each `prepare`. Under ``torch.compile`` it goes through the
+    custom op ``torch.ops.rsst.fused_update`` so a compiled step does not graph-break on the
+    launcher.
     """
 
     name = "triton"
@@ -218,6 +219,10 @@ class TritonBackend:
 
     def __init__(self, config: UpdateConfig) -> None:
         self.config = config
+
+    @property
+    def switches(self) -> tuple[Hashable, ...]:
+        return self.config.switches
 
     def prepare(self, arena: Arena, lr: float, t: int) -> float:
         """Write this step's scalars into ``arena.scalars`` (no host sync); returns λ(t)."""
@@ -236,51 +241,26 @@ class TritonBackend:
         fused_update(*args, schedule=schedule_code(config.schedule), nesterov=config.nesterov,
                      block_loss_grad=config.block_loss_grad)
 
-    def step(self, arena: Arena, lr: float, t: int) -> float:
-        lam = self.prepare(arena, lr, t)
-        self.launch(arena)
-        return lam
+
+@dataclass(frozen=True)
+class _HostStep:
+    """What `prepare` hands to `launch` in a backend whose update takes Python numbers."""
+
+    lr: float
+    lam: float
+    first_step: bool
 
 
-class TorchBackend:
-    """The kernel's torch twin over the whole arena: a few vectorized ops, no per-layer loop."""
+class _HostScalarsBackend(UpdateBackend):
+    """A backend whose update takes lr and λ as Python numbers: `prepare` computes them and
+    `launch` uses them (not capturable: a captured graph would freeze them)."""
 
-    name = "torch"
-    capturable = False  # lr and λ enter as Python numbers: a captured graph would freeze them
-
-    def __init__(self, config: UpdateConfig) -> None:
-        self.config = config
-
-    def step(self, arena: Arena, lr: float, t: int) -> float:
-        config = self.config
-        lam = config.lam(t)
-        # with nothing pending the penalty terms are no-ops: skip reading the pending bits
-        fused_update_reference(
-            arena.weight,
-            arena.grad,
-            arena.momentum,
-            arena.code,
-            lr=lr,
-            lam=lam if arena.has_pending else 0.0,
-            momentum=config.momentum,
-            weight_decay=config.weight_decay,
-            nesterov=config.nesterov,
-            block_loss_grad=config.block_loss_grad and arena.has_pending,
-            first_step=arena.fresh_momentum,
-        )
-        return lam
-
-
-class EagerBackend:
-    """Per-parameter loop with ``torch.optim.SGD``: the oracle and the bench baseline."""
-
-    name = "eager"
+    name: str
     capturable = False
 
     def __init__(self, config: UpdateConfig) -> None:
         self._config = config
-        self._arena: Arena | None = None
-        self._optimizer: torch.optim.SGD | None = None
+        self._prepared: _HostStep | None = None
 
     @property
     def config(self) -> UpdateConfig:
@@ -289,26 +269,78 @@ class EagerBackend:
     @config.setter
     def config(self, config: UpdateConfig) -> None:
         self._config = config
-        self._optimizer = None
 
-    def step(self, arena: Arena, lr: float, t: int) -> float:
+    @property
+    def switches(self) -> tuple[Hashable, ...]:
+        return self._config.switches
+
+    def prepare(self, arena: Arena, lr: float, t: int) -> float:
+        lam = self._config.lam(t)
+        self._prepared = _HostStep(lr, lam, arena.fresh_momentum)
+        return lam
+
+    def _take_prepared(self) -> _HostStep:
+        prepared, self._prepared = self._prepared, None
+        if prepared is None:
+            raise RuntimeError(f"{type(self).__name__}.launch needs a prepare() first")
+        return prepared
+
+
+class TorchBackend(_HostScalarsBackend):
+    """The kernel's torch twin over the whole arena: a few vectorized ops, no per-layer loop."""
+
+    name = "torch"
+
+    def launch(self, arena: Arena) -> None:
+        config, prepared = self._config, self._take_prepared()
+        # with nothing pending the penalty terms are no-ops: skip reading the pending bits
+        fused_update_reference(
+            arena.weight,
+            arena.grad,
+            arena.momentum,
+            arena.code,
+            lr=prepared.lr,
+            lam=prepared.lam if arena.has_pending else 0.0,
+            momentum=config.momentum,
+            weight_decay=config.weight_decay,
+            nesterov=config.nesterov,
+            block_loss_grad=config.block_loss_grad and arena.has_pending,
+            first_step=prepared.first_step,
+        )
+
+
+class EagerBackend(_HostScalarsBackend):
+    """Per-parameter loop with ``torch.optim.SGD``: the oracle and the bench baseline."""
+
+    name = "eager"
+
+    def __init__(self, config: UpdateConfig) -> None:
+        super().__init__(config)
+        self._arena: Arena | None = None
+        self._optimizer: torch.optim.SGD | None = None
+
+    @_HostScalarsBackend.config.setter
+    def config(self, config: UpdateConfig) -> None:
+        self._config = config
+        self._optimizer = None  # momentum, Nesterov, weight decay live in the optimizer
+
+    def launch(self, arena: Arena) -> None:
+        prepared = self._take_prepared()
         if self._optimizer is None or self._arena is not arena:
             self._arena = arena
             self._optimizer = _sgd(list(arena.params), self._config)
             self._buffers = [arena.view(n, "momentum") for n in arena.names]
             self._codes = [arena.view(n, "code") for n in arena.names]
-        lam = self._config.lam(t)
         _eager_update(
             arena.params,
             self._buffers,
             self._codes,
             self._optimizer,
-            lr=lr,
-            lam=lam,
+            lr=prepared.lr,
+            lam=prepared.lam,
             block_loss_grad=self._config.block_loss_grad,
-            first_step=arena.fresh_momentum,
+            first_step=prepared.first_step,
         )
-        return lam
 
 
 _BACKEND_CLASSES = {"triton": TritonBackend, "torch": TorchBackend, "eager": EagerBackend}
@@ -326,6 +358,7 @@ __all__ = [
     "EagerBackend",
     "TorchBackend",
     "TritonBackend",
+    "UpdateBackend",
     "UpdateConfig",
     "make_backend",
     "resolve_backend",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +18,21 @@ if not torch.cuda.is_available():
 
 # one thread: small ops on a shared 2-core machine are far slower with a second spinning thread
 torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def kernels_only_env(tmp_path_factory) -> dict[str, str]:
+    """Environment for a child process that can import ``rsst_kernels`` but not ``rsst``.
+
+    From a source checkout ``rsst_kernels`` exists only through rsst's alias; here it is a
+    symlink to ``kernels/`` in a folder that is the child's whole PYTHONPATH, so the child sees
+    the kernels package exactly as installed, with no rsst beside it.
+    """
+    root = tmp_path_factory.mktemp("kernels_only")
+    (root / "rsst_kernels").symlink_to(Path(__file__).resolve().parent.parent / "kernels")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(root)
+    return env
 
 
 _SHRUNK: dict[tuple, object] = {}

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from rsst.arena import ALIGN, Arena, ArenaError
+from rsst.arena import ALIGN, Arena, ArenaError, UpdateBackend
 from rsst.update import BACKENDS, UpdateConfig, make_backend
 from rsst_kernels.fused_update import triton_available
 
@@ -238,3 +238,39 @@ def test_losing_the_nhwc_layout_is_detected():
     model.to(memory_format=torch.contiguous_format)
     with pytest.raises(ArenaError, match="memory format"):
         arena.verify()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_prepare_then_launch_is_one_step(backend):
+    """Every backend implements the one protocol: `prepare` + `launch` does what `step` does."""
+    if backend == "triton" and not triton_available("cpu"):
+        pytest.skip("triton not installed")
+    config = UpdateConfig(ramp_steps=4, schedule="x", lam_max=0.5, weight_decay=1e-3)
+    arenas, lams = [], []
+    for halves in (False, True):
+        torch.manual_seed(2)
+        model = Tiny()
+        arena = Arena(model)
+        arena.set_masks(torch.rand(arena.numel) > 0.3, torch.rand(arena.numel) > 0.6)
+        update = make_backend(backend, "cpu", config)
+        assert isinstance(update, UpdateBackend)
+        x, y = batches(1)[0]
+        nn.functional.cross_entropy(model(x), y).backward()
+        if halves:
+            lams.append(update.prepare(arena, 0.1, 2))
+            update.launch(arena)
+        else:
+            lams.append(arena.step(update, 0.1, 2))
+        arenas.append(arena)
+    assert lams[0] == lams[1] == pytest.approx(0.5 * 3 / 4)
+    for buffer in ("weight", "momentum", "grad"):
+        torch.testing.assert_close(getattr(arenas[1], buffer), getattr(arenas[0], buffer),
+                                   rtol=0, atol=0, msg=buffer)
+    assert torch.count_nonzero(arenas[0].grad) == 0
+
+
+@pytest.mark.parametrize("backend", ["torch", "eager"])
+def test_launch_without_prepare_is_an_error(backend):
+    arena = Arena(Tiny())
+    with pytest.raises(RuntimeError, match="prepare"):
+        make_backend(backend, "cpu").launch(arena)

@@ -3,13 +3,12 @@
 The interpreter used by the other tests accepts code the GPU compiler would reject, so this
 compiles the kernel ahead of time with the ptxas that ships in the triton wheel — no GPU needed.
 It runs in a child process: the interpreter (TRITON_INTERPRET=1, set for the other tests) patches
-triton.language process-wide.
+triton.language process-wide. The child imports ``rsst_kernels`` alone (`kernels_only_env`).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -50,9 +49,9 @@ SCRIPT = textwrap.dedent("""
 
 
 @pytest.fixture(scope="module")
-def compiled() -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(VARIANTS)], env=env,
+def compiled(kernels_only_env) -> dict:
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(VARIANTS)],
+                          env=kernels_only_env,
                           capture_output=True, text=True, timeout=300)
     if proc.returncode != 0 and "ptxas" in proc.stderr.lower():
         pytest.skip("no ptxas in this triton build")

@@ -7,7 +7,8 @@ import math
 import pytest
 
 from rsst.errors import UserError
-from rsst.schedules import SCHEDULES, lam, lam_at, ramp_position
+from rsst.schedules import SCHEDULES, lam, lam_at, ramp_position, schedule_code
+from rsst_kernels import schedules as kernel_schedules
 
 E1 = math.e - 1.0
 
@@ -67,3 +68,13 @@ def test_ramp_position() -> None:
 def test_unknown_schedule_is_a_user_error() -> None:
     with pytest.raises(UserError, match="unknown schedule"):
         lam("cubic", 0.5)
+
+
+def test_names_and_codes_are_the_kernels():
+    """`rsst.schedules` fronts the kernel's formulas: same names, codes are indices, same values."""
+    assert SCHEDULES is kernel_schedules.SCHEDULES
+    for code, name in enumerate(SCHEDULES):
+        assert schedule_code(name) == code
+        assert lam(name, 0.3, 0.9, 2.0) == kernel_schedules.lam_of_code(code, 0.3, 0.9, 2.0)
+    with pytest.raises(ValueError, match="unknown schedule code"):
+        kernel_schedules.lam_of_code(len(SCHEDULES), 0.5)

@@ -12,6 +12,7 @@ from rsst.schedules import SCHEDULES
 from rsst.update import BACKENDS, step
 from rsst_kernels import fused_update
 from rsst_kernels.fused_update import triton_available
+from rsst_kernels.scalars import HYPER_SLOTS, ScalarSlot, pack, unpack
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -184,3 +185,14 @@ def test_kernel_lambda_matches_python(schedule):
         torch.testing.assert_close(
             kernel_lam, torch.full_like(w, lam_at(schedule, t, T, lam_max, p)), rtol=2e-6, atol=1e-7
         )
+
+
+def test_scalars_are_packed_in_their_named_slots():
+    """The order the kernel reads (the test above: a literal hyper) is the order `pack` writes."""
+    values = pack(lr=0.1, momentum=0.9, weight_decay=5e-4, lam_max=0.7, exponents=3.0, t=4, T=9,
+                  first_step=True)
+    assert values == [0.1, 0.9, 5e-4, 0.7, 3.0, 4.0, 9.0, 1.0]
+    assert values[ScalarSlot.STEP] == 4.0 and values[ScalarSlot.WINDOW] == 9.0
+    assert len(HYPER_SLOTS) == len(ScalarSlot) == len(values)
+    assert unpack(values) == {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "lam_max": 0.7,
+                              "exponents": 3.0, "t": 4.0, "T": 9.0, "first_step": 1.0}
