@@ -68,10 +68,13 @@ def summary(run_dir: Path) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
 
 
-def test_json_points_equal_summary_values(runs, monkeypatch, capsys):
-    code, out, err = cli(monkeypatch, capsys, "compare", *map(str, runs.values()), "--json")
+def test_json_points_equal_summary_values(runs, tmp_path, monkeypatch, capsys):
+    saved = tmp_path / "compare.json"
+    code, out, err = cli(monkeypatch, capsys, "compare", *map(str, runs.values()), "--json",
+                         "--json-out", str(saved))
     assert code == 0, err
     result = json.loads(out)
+    assert json.loads(saved.read_text()) == result
     assert result["x"] == "remain" and result["metric"] == "val"
     groups = {g["method"]: g for g in result["groups"]}
     assert set(groups) == {"rsst", "refill", "imp"}
