@@ -224,7 +224,8 @@ def _layout_hint(key: str, root: Path) -> str:
     held_out = [name for name in ("test", "val") if (root / name).is_dir()]
     if held_out:
         return (f" (it has {' and '.join(f'{n}/' for n in held_out)} but no train/: training "
-                "needs train/<class>/; `rsst eval --split test` reads a test split alone)")
+                "and `rsst eval --split val` need train/<class>/; `rsst eval --split test` reads "
+                "the test split alone)")
     if _class_split(root) is not None:
         return f" (it holds class folders itself: pass its parent {root.parent} instead)"
     return ""
