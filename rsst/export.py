@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import sys
 from dataclasses import dataclass
@@ -34,15 +33,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from rsst import rundir
 from rsst.errors import UserError
+from rsst.rundir import FORMAT_VERSION
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-FORMAT_VERSION = 1
-FORMS = ("masked", "compact")
+FORMS = ("masked", "compact", "timm")  # timm: stock keys, see rsst.export_timm
 _REEXPORT = "re-export it with `rsst export RUN_DIR -o FILE.safetensors`"
 
 
@@ -210,8 +210,14 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Modul
     spec = model_spec(meta, path)
     form = meta.get("rsst.form", "masked")
     if form not in FORMS:
-        raise UserError(f"{path}: rsst.form={form!r} is neither masked nor compact; {_REEXPORT}")
+        raise UserError(f"{path}: rsst.form={form!r} is not masked, compact or timm; {_REEXPORT}")
     plan_modules = None
+    if form == "timm":
+        from rsst.export_timm import load_timm_export
+
+        model = load_timm_export(path, tensors, spec, _build).to(device)
+        model.rsst_metadata = meta
+        return model
     if form == "compact":
         try:
             plan = json.loads(meta["rsst.compact"])
@@ -255,8 +261,7 @@ def resolve_state(run_dir: str | Path, state: str | int = "last") -> tuple[int, 
     if not run_dir.is_dir():
         raise UserError(f"run directory {run_dir} does not exist: pass the directory `rsst run` "
                         "printed")
-    states = sorted(int(p.parent.name[6:]) for p in run_dir.glob("state_*/weights.safetensors")
-                    if p.parent.name[6:].isdigit())
+    states = rundir.finished_states(run_dir)
     if not states:
         raise UserError(f"{run_dir} has no finished state (no state_XX/weights.safetensors): "
                         "pass an rsst run directory, or let the run finish a state first")
@@ -266,9 +271,8 @@ def resolve_state(run_dir: str | Path, state: str | int = "last") -> tuple[int, 
     elif choice == "best":
         scored = []
         for s in states:
-            try:
-                record = json.loads((run_dir / f"state_{s:02d}" / "state.json").read_text())
-            except (OSError, json.JSONDecodeError):
+            record = rundir.read_state_record(run_dir, s)
+            if record is None:
                 continue
             metric = _state_metric(record)
             if metric is not None:
@@ -286,7 +290,7 @@ def resolve_state(run_dir: str | Path, state: str | int = "last") -> tuple[int, 
             have = ", ".join(str(s) for s in states)
             raise UserError(f"state {index} is not in {run_dir} (finished states: {have}); pass "
                             "--state with one of them, last or best")
-    return index, run_dir / f"state_{index:02d}" / "weights.safetensors"
+    return index, rundir.state_weights(run_dir, index)
 
 
 @dataclass
@@ -315,19 +319,11 @@ def check_output_path(out: str | Path) -> Path:
 
 def _safe_write(out: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> int:
     """Write to a temp file beside ``out`` and rename it over; remove the temp file on failure."""
-    from safetensors.torch import save_file
-
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
-        save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(tmp),
-                  metadata=meta)
-        os.replace(tmp, out)
+        rundir.save_tensors(out, tensors, meta)
     except OSError as exc:
         raise UserError(f"cannot write {out} ({exc.strerror or exc}); pick a writable -o "
                         "path") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return out.stat().st_size
 
 
@@ -343,7 +339,7 @@ def export_model(run_dir: str | Path, out: str | Path, *, state: str | int = "la
     )
 
     if form not in FORMS:
-        raise UserError(f"form {form!r}: pass --masked or --compact")
+        raise UserError(f"form {form!r}: pass --form masked, compact or timm")
     out = check_output_path(out)
     index, source = resolve_state(run_dir, state)
     tensors, meta = read_file(source)
@@ -391,10 +387,24 @@ def export_model(run_dir: str | Path, out: str | Path, *, state: str | int = "la
         out_meta.setdefault(key, default)
     if form == "compact":
         body = compact_sd
+    elif form == "timm":
+        from rsst.export_timm import timm_export_body
+
+        body, timm_meta = timm_export_body(dense, state_dict, spec.arch, spec.num_classes,
+                                           spec.input_size, spec.mean, spec.std)
+        out_meta.update(timm_meta)
     else:
         body = dict(state_dict)
         body.update({f"{k}.mask": (v != 0).to(torch.uint8) for k, v in masks.items()})
+    # the model card (rsst.model_card): embedded, and written beside the file as FILE.md
+    from rsst.model_card import model_card, write_card_beside
+
+    card = model_card(out_meta, rundir.read_state_record(Path(run_dir), index), form=form,
+                      export_command=f"rsst export {Path(run_dir)} --state {index} --form {form}"
+                      f" -o {out.name}", units=plan.units, params=params, macs=flops)
+    out_meta["rsst.model_card"] = card
     size = _safe_write(out, body, out_meta)
+    write_card_beside(out, card)
     return ExportResult(out, form, index, rows, plan.notes, params, flops, diff, size)
 
 

@@ -21,7 +21,6 @@ import math
 import multiprocessing
 import os
 import sys
-import tempfile
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -275,17 +274,13 @@ def _save_atomic(path: Path, arr: np.ndarray) -> None:
     """Write the cache with a temp file + os.replace, so a killed run never leaves a torn file."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
+        from rsst.atomic import atomic_write
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as f:
                 np.savez(f, images=arr)
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a cache is as readable as usual
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+
+        atomic_write(path, write)
     except OSError as exc:  # a read-only cache must not stop training
         warnings.warn(f"could not write the image cache {path} ({exc}); set RSST_CACHE to a "
                       "writable folder to make the next load fast", stacklevel=3)  # fmt: skip
