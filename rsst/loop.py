@@ -21,12 +21,14 @@ import json
 import math
 import shutil
 import time
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 
 from rsst import __version__, distributed, rundir
 from rsst.arena import Arena
@@ -38,8 +40,9 @@ from rsst.distributed import SINGLE, World
 from rsst.engine import Engine, lr_schedule
 from rsst.errors import UserError
 from rsst.log import block_table, state_table, training_progress
+from rsst.loggers import Loggers, check_loggers
 from rsst.methods import PruneContext, get_method
-from rsst.models import create_model, use_channels_last
+from rsst.models import create_model, load_pretrained, use_channels_last
 from rsst.pruning import prune_lowest, refill
 from rsst.rundir import CHECKPOINT, RunLock
 from rsst.structure import build_structure
@@ -90,9 +93,12 @@ class PruningRun:
         self.model = create_model(config.arch, num_classes=self.data.num_classes,
                                   img_size=img_size, patch_size=config.patch_size,
                                   mean=self.data.mean, std=self.data.std).to(self.device)
+        if config.pretrained is not None:
+            load_pretrained(self.model, config.pretrained)
         self.arena = Arena(self.model,
                            channels_last=use_channels_last(config.memory_format, self.model))
-        self.structure = build_structure(self.model, self.arena, config.structure)
+        self.structure = build_structure(self.model, self.arena, config.structure,
+                                         config.prune_scope)
         if self.structure.note:
             console.print(f"[yellow]note:[/] {self.structure.note}")
         self.update_config = UpdateConfig(
@@ -126,6 +132,7 @@ class PruningRun:
                              if self.data.test is not None and len(self.data.test) else None)
         self.rewind_point: dict[str, torch.Tensor] | None = None
         self.records: list[dict[str, Any]] = []
+        self.loggers: Any = None  # rsst.loggers.Loggers (--logger), set by run()
 
     def _part(self, images: ImageSet) -> ImageSet:
         """This rank's contiguous part of an evaluation set (all of it for one process)."""
@@ -238,6 +245,8 @@ class PruningRun:
                 # never a checkpointed epoch without its line
                 if self.world.is_main:
                     rundir.append_metrics(self.run_dir, record)
+                if self.loggers is not None:  # --logger: mirrors the metrics.jsonl line
+                    self.loggers.log_epoch(record)
                 self.save_checkpoint({"state": state, "epoch": epoch + 1, "partial": best,
                                       "fresh_momentum": False})
         return best
@@ -296,7 +305,7 @@ class PruningRun:
             scores = group_scores(self.config.criteria, self.model, self.structure, self.arena,
                                   unstructured, ctx.batches(self.config.criteria_batches))
             unstructured = refill(self.structure, unstructured, hard, scores,
-                                  self.config.fillback_rate)
+                                  self.config.fillback_rate, self.config.refill_scope)
         if method.soft:  # the dropped elements fade during the next state
             self.arena.set_masks(hard, hard & ~unstructured)
         else:
@@ -355,6 +364,8 @@ class PruningRun:
             self.records.append(record)
             if self.world.is_main:
                 rundir.append_metrics(self.run_dir, record)
+            if self.loggers is not None:  # --logger: mirrors the metrics.jsonl line
+                self.loggers.log_state(record)
             self.save_checkpoint({"state": state + 1, "epoch": 0, "fresh_momentum": True})
             self.write_summary()
             self.console.print(state_table(self.records, kinds))
@@ -377,15 +388,18 @@ class PruningRun:
 
 
 def run(config: RunConfig, *, out: Path | None = None, resume: Path | None = None,
-        overwrite: bool = False, console: Console | None = None) -> Path:
+        overwrite: bool = False, console: Console | None = None,
+        loggers: Sequence[str] = (), logger_options: dict[str, Any] | None = None) -> Path:
     """Run (or resume) the pruning loop; returns the run directory.
 
     The run directory is locked (`rundir.RunLock`) before anything in it is changed and until
     the run ends, so a second run, an overwrite or a resume of a live run is refused. Under
-    torchrun (`rsst.distributed`) rank 0 takes the lock and writes; every rank trains, and all
-    stop together when one fails.
+    torchrun (`rsst.distributed`) rank 0 takes the lock, writes and logs; every rank trains, and
+    all stop together when one fails.
+    ``loggers``: names of `rsst.loggers` (tensorboard, wandb, csv), checked before anything else.
     """
     console = console or Console()
+    check_loggers(loggers)  # a missing extra fails before any training
     if resume is not None:
         run_dir = Path(resume)
         if not (run_dir / rundir.CONFIG).is_file():
@@ -420,7 +434,17 @@ def run(config: RunConfig, *, out: Path | None = None, resume: Path | None = Non
         console.print(f"run directory: [bold]{run_dir}[/]  ({config.method} · {config.arch} · "
                       f"{config.dataset} · backend {pruning.backend_name} on {pruning.device}"
                       f"{ranks})")
-        pruning.run(resume=resume is not None)
+        if loggers and world.is_main:  # --logger: after the run directory exists, before training
+            pruning.loggers = Loggers(
+                loggers, run_dir, config.to_dict(), config.epochs,
+                lambda line: console.print(f"[yellow]warning:[/] {escape(line)}",
+                                           highlight=False),
+                **(logger_options or {}))
+        try:
+            pruning.run(resume=resume is not None)
+        finally:
+            if pruning.loggers is not None:
+                pruning.loggers.close()
     finally:
         lock.release()
         distributed.stop(world)

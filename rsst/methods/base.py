@@ -8,7 +8,9 @@
 - *how* the unstructured mask U becomes the next masks: `refill` (SPEC §3's refill into whole
   groups, or U as is) and `soft` (dropped elements become the pending set P, faded by the
   penalty and cut at the end of the next state; otherwise they die at once);
-- *what it adds to the per-step update*: `update_terms`, fields of `rsst.update.UpdateConfig`.
+- *what it adds to the per-step update*: `update_terms`, fields of `rsst.update.UpdateConfig`;
+- whether it has a one-shot form (``--target-remain``): `one_shot_states`, the number of states
+  that form runs (`rsst.config` fills ``--states`` with it and checks it).
 
 This module imports no torch and nothing heavy, so the registry is cheap to import (the config
 and the CLI list the method names from it).
@@ -54,6 +56,8 @@ class Method:
     refill: ClassVar[bool] = False
     #: dropped elements go to the pending set (faded by the penalty, cut after the next state)
     soft: ClassVar[bool] = False
+    #: states of the method's one-shot form (``--target-remain``); None: it has none
+    one_shot_states: ClassVar[int | None] = None
 
     def prunes_at_init(self, config: RunConfig) -> bool:
         """Prune once before state 0 trains (scores of the initial weights)."""
