@@ -23,7 +23,9 @@ from __future__ import annotations
 import copy
 import datetime
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -31,7 +33,11 @@ from torch import nn
 
 from rsst.errors import UserError
 
-__all__ = ["World", "SINGLE", "launched", "start", "sync_batchnorm_twin"]
+if TYPE_CHECKING:
+    from rsst.arena import Arena
+
+__all__ = ["SINGLE", "World", "launched", "shard_range", "start", "stop",
+           "sync_batchnorm_twin"]
 
 #: Default seconds a collective may wait for the other ranks (`--dist-timeout`).
 DEFAULT_TIMEOUT_S = 600.0
@@ -61,7 +67,8 @@ class World:
         return self.size > 1
 
     # -- collectives (no-ops for a single process) ---------------------------------------------
-    def _call(self, what: str, fn, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """``fn(*args, **kwargs)``; a failed or timed-out collective becomes one line."""
         try:
             fn(*args, **kwargs)
         except (RuntimeError, dist.DistError) as exc:  # DistError is a RuntimeError in torch 2.x
@@ -99,7 +106,7 @@ class World:
             for buffer in model.buffers():
                 self.broadcast_(buffer)
 
-    def sync_arena(self, arena, model: nn.Module) -> None:  # type: ignore[no-untyped-def]
+    def sync_arena(self, arena: Arena, model: nn.Module) -> None:
         """Rank 0's weights, masks (code) and momentum on every rank, and its module buffers.
 
         Called at start and after every pruning decision: masks are identical on every rank by
