@@ -44,8 +44,7 @@ ALIVE_BIT, PENDING_BIT = ALIVE, PENDING
 #: Bytes the kernel moves per element: reads w, g, momentum (3 × 4) and the uint8 code (1);
 #: writes w, momentum and the zeroed g (3 × 4).
 BYTES_PER_ELEMENT = 25
-#: With the ADMM term on, the kernel also reads the float32 anchor (+4 B; elements outside the
-#: ADMM scope skip that load, so this is the most it moves).
+#: With the ADMM term on, the kernel also reads the float32 anchor (+4 B).
 BYTES_PER_ELEMENT_ADMM = BYTES_PER_ELEMENT + 4
 
 
@@ -138,10 +137,10 @@ if triton is not None:
             g = tl.where(pending, lam * w, g)
         else:
             g = tl.where(pending, g + lam * w, g)
-        if ADMM:  # ρ·(w − a) for alive anchored elements; the others never load their anchor
+        if ADMM:  # ρ·(w − a) for alive anchored elements (an unmasked load stays 128-bit)
             rho = tl.load(hyper_ptr + _RHO)
             anchored = (code & _ALIVE_ANCHORED) == _ALIVE_ANCHORED
-            a = tl.load(anchor_ptr + offs, mask=in_range & anchored, other=0.0)
+            a = tl.load(anchor_ptr + offs, mask=in_range, other=0.0)
             g = tl.where(anchored, g + rho * (w - a), g)
         d = g + wd * w
         buf = tl.where(first != 0.0, d, mu * buf + d)

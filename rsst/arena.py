@@ -200,15 +200,20 @@ class Arena:
         self.code.copy_(code)
         self.apply_hard_mask()
 
-    def set_anchored(self, scope: torch.Tensor) -> torch.Tensor:
-        """Mark the alive elements of ``scope`` as anchored (ADMM's A), clearing the bit
-        elsewhere; returns the anchor buffer, allocated (zero) on first use. `set_masks` clears
-        the bit (a new mask means a new ADMM problem)."""
+    def anchor_buffer(self) -> torch.Tensor:
+        """The flat ADMM anchor, allocated (zero) on first use and kept at the same address
+        (a captured CUDA graph reads it)."""
         if self.anchor is None:
             self.anchor = torch.zeros_like(self.weight)
+        return self.anchor
+
+    def set_anchored(self, scope: torch.Tensor) -> torch.Tensor:
+        """Mark the alive elements of ``scope`` as anchored (ADMM's A), clearing the bit
+        elsewhere; returns `anchor_buffer`. `set_masks` clears the bit (a new mask means a new
+        ADMM problem)."""
         inside = scope.to(device=self.device, dtype=torch.bool) & self.hard_mask
         self.code.copy_((self.code & (0xFF ^ ANCHORED)) | inside.to(torch.uint8) * ANCHORED)
-        return self.anchor
+        return self.anchor_buffer()
 
     def apply_hard_mask(self) -> None:
         """Zero weights, grads and momentum of elements dead in H."""

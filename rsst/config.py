@@ -14,7 +14,7 @@ from typing import Any
 
 from rsst import atomic
 from rsst.errors import UserError
-from rsst.methods import method_names
+from rsst.methods import get_method, method_names
 from rsst.schedules import SCHEDULES
 
 if sys.version_info >= (3, 11):
@@ -116,7 +116,8 @@ class RunConfig:
     method: str = setting("rsst", panel="Method", choices=method_names,
                           help="Pruning method: rsst fades the weights it will cut with a growing "
                           "penalty; refill regroups a magnitude cut into whole units; imp prunes "
-                          "single weights.")
+                          "single weights; admm trains toward a sparse target with an ADMM "
+                          "penalty, then prunes hard.")
     arch: str = setting("resnet20", panel="Model",
                         help="resnet20/32/56/110, resnet18/50, vgg16_bn, mobilenet, "
                         "vit_tiny/small/base, timm:<name>.")
@@ -143,6 +144,13 @@ class RunConfig:
                              "neurons for ViTs).")
     rewind: str = setting("init", panel="Method",
                           help="Weights each state restarts from: init | epoch:K | none.")
+    target_remain: float | None = setting(None, panel="Method", low=0.0, high=1.0, low_open=True,
+                                          shown_default="none (--rate per state)",
+                                          hint="it is the fraction of prunable weights left, "
+                                          "e.g. 0.2",
+                                          help="Fraction of the prunable weights left after "
+                                          "the last prune, instead of --rate (admm and the "
+                                          "one-shot methods).")
     # RSST penalty
     schedule: str = setting("x", panel="Schedule/penalty", choices=SCHEDULES,
                             help="λ schedule of the RSST penalty.")
@@ -154,6 +162,11 @@ class RunConfig:
                             help="λ ramp window.")
     block_loss_grad: bool = setting(False, panel="Schedule/penalty",
                                     help="Pending weights get the penalty gradient only.")
+    # ADMM penalty (--method admm)
+    admm_rho: float = setting(1e-2, panel="Schedule/penalty", low=0.0, low_open=True,
+                              help="ρ of the ADMM penalty ρ/2‖W − Z + U‖² (--method admm).")
+    admm_interval: int = setting(1, panel="Schedule/penalty", low=1,
+                                 help="Epochs between ADMM updates of Z and U (--method admm).")
     # training
     epochs: int = setting(2, panel="Training", low=1, help="Epochs per state.")
     batch_size: int = setting(128, panel="Training", low=1, help="Training batch size.")
@@ -359,6 +372,7 @@ def validate(config: RunConfig) -> RunConfig:
     if config.dataset != "synthetic" and config.data_dir is None:
         raise UserError(f"--dataset {config.dataset} reads files: pass --data-dir DIR "
                         "(or use --dataset synthetic, which needs none)")
+    get_method(config.method).check(config)
     return config
 
 
