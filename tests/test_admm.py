@@ -189,6 +189,36 @@ def test_refilled_variant_keeps_whole_channels(tmp_path):
             assert torch.count_nonzero(tensors[name][~mask]) == 0, name
 
 
+@pytest.mark.parametrize("target,expected", [(0.25, [1.0, 0.5, 0.25]), (None, [1.0, 0.7, 0.49])],
+                         ids=["target-remain", "rate"])
+def test_iterative_form(tmp_path, target, expected):
+    """Three states: two ADMM states (each pruning to its own Z), then masked retraining.
+    --target-remain R: R^(1/2) then R of all prunable weights; otherwise --rate of the alive."""
+    run_dir = loop.run(config(states=3, epochs=1, admm_interval=1, target_remain=target,
+                              rate=0.3), out=tmp_path / "iterative", console=QUIET)
+    remain = [r["remain_weight"] for r in summary(run_dir)]
+    assert remain == pytest.approx(expected, abs=2e-5)
+
+
+def test_backends_run_the_same_admm(tmp_path):
+    """The run-level path of each backend (the Triton kernel under the interpreter on CPU):
+    same Z support, same pruned network to float32 rounding."""
+    runs = {}
+    for backend in ("torch", "eager", "triton"):
+        run_dir = loop.run(config(states=2, epochs=1, admm_interval=1, backend=backend),
+                           out=tmp_path / backend, console=QUIET)
+        runs[backend] = load_file(str(run_dir / "state_01" / "weights.safetensors"))
+    base = runs["torch"]
+    for backend, tensors in runs.items():
+        assert tensors.keys() == base.keys()
+        for key, value in tensors.items():
+            if key.endswith(".mask"):
+                assert torch.equal(value, base[key]), (backend, key)
+            elif value.is_floating_point():
+                torch.testing.assert_close(value, base[key], rtol=1e-4, atol=1e-5,
+                                           msg=f"{backend} {key}")
+
+
 class Killed(Exception):
     pass
 
