@@ -35,7 +35,7 @@ from rsst import rundir
 from rsst.errors import UserError
 from rsst.rundir import FORMAT_VERSION
 
-FORMS = ("masked", "compact")
+FORMS = ("masked", "compact", "timm")  # timm: stock keys, see rsst.export_timm
 _REEXPORT = "re-export it with `rsst export RUN_DIR -o FILE.safetensors`"
 
 
@@ -189,8 +189,14 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Modul
     spec = model_spec(meta, path)
     form = meta.get("rsst.form", "masked")
     if form not in FORMS:
-        raise UserError(f"{path}: rsst.form={form!r} is neither masked nor compact; {_REEXPORT}")
+        raise UserError(f"{path}: rsst.form={form!r} is not masked, compact or timm; {_REEXPORT}")
     plan_modules = None
+    if form == "timm":
+        from rsst.export_timm import load_timm_export
+
+        model = load_timm_export(path, tensors, spec, _build).to(device)
+        model.rsst_metadata = meta
+        return model
     if form == "compact":
         try:
             plan = json.loads(meta["rsst.compact"])
@@ -312,7 +318,7 @@ def export_model(run_dir: str | Path, out: str | Path, *, state: str | int = "la
     )
 
     if form not in FORMS:
-        raise UserError(f"form {form!r}: pass --masked or --compact")
+        raise UserError(f"form {form!r}: pass --form masked, compact or timm")
     out = check_output_path(out)
     index, source = resolve_state(run_dir, state)
     tensors, meta = read_file(source)
@@ -360,10 +366,24 @@ def export_model(run_dir: str | Path, out: str | Path, *, state: str | int = "la
         out_meta.setdefault(key, default)
     if form == "compact":
         body = compact_sd
+    elif form == "timm":
+        from rsst.export_timm import timm_export_body
+
+        body, timm_meta = timm_export_body(dense, state_dict, spec.arch, spec.num_classes,
+                                           spec.input_size, spec.mean, spec.std)
+        out_meta.update(timm_meta)
     else:
         body = dict(state_dict)
         body.update({f"{k}.mask": (v != 0).to(torch.uint8) for k, v in masks.items()})
+    # the model card (rsst.model_card): embedded, and written beside the file as FILE.md
+    from rsst.model_card import model_card, write_card_beside
+
+    card = model_card(out_meta, rundir.read_state_record(Path(run_dir), index), form=form,
+                      export_command=f"rsst export {Path(run_dir)} --state {index} --form {form}"
+                      f" -o {out.name}", units=plan.units, params=params, macs=flops)
+    out_meta["rsst.model_card"] = card
     size = _safe_write(out, body, out_meta)
+    write_card_beside(out, card)
     return ExportResult(out, form, index, rows, plan.notes, params, flops, diff, size)
 
 
