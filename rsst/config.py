@@ -14,7 +14,7 @@ from typing import Any
 
 from rsst import atomic
 from rsst.errors import UserError
-from rsst.methods import method_class, method_names
+from rsst.methods import get_method, method_class, method_names
 from rsst.schedules import SCHEDULES
 
 if sys.version_info >= (3, 11):
@@ -120,6 +120,13 @@ def one_shot_methods() -> tuple[str, ...]:
     return tuple(n for n in method_names() if method_class(n).one_shot_states is not None)
 
 
+def target_methods() -> tuple[str, ...]:
+    """The registered methods that take ``--target-remain``: the one-shot forms, and methods
+    that reach it over their own states (ADMM)."""
+    return tuple(n for n in method_names() if method_class(n).one_shot_states is not None
+                 or method_class(n).target_over_states)
+
+
 @dataclass
 class RunConfig:
     """Everything that defines a run. Field names are the CLI flags with ``-`` → ``_``;
@@ -166,8 +173,9 @@ class RunConfig:
     target_remain: float | None = setting(None, panel="Method", low=0.0, high=1.0,
                                           low_open=True, shown_default="none (iterative)",
                                           hint="it is the fraction of prunable weights left, "
-                                          "e.g. 0.2", help="One-shot form of omp/random/snip/"
-                                          "grasp/synflow: fraction of prunable weights left.")
+                                          "e.g. 0.2", help="Fraction of prunable weights left: "
+                                          "the one-shot form of omp/random/snip/grasp/synflow; "
+                                          "admm reaches it at its last prune.")
     score_batches: int = setting(1, panel="Method", low=1,
                                  help="Training batches the snip/grasp scores sum over.")
     grasp_temperature: float = setting(200.0, panel="Method", low=0.0, low_open=True,
@@ -186,6 +194,11 @@ class RunConfig:
                             help="λ ramp window.")
     block_loss_grad: bool = setting(False, panel="Schedule/penalty",
                                     help="Pending weights get the penalty gradient only.")
+    # ADMM penalty (--method admm)
+    admm_rho: float = setting(1e-2, panel="Schedule/penalty", low=0.0, low_open=True,
+                              help="ρ of the ADMM penalty ρ/2‖W − Z + U‖² (--method admm).")
+    admm_interval: int = setting(1, panel="Schedule/penalty", low=1,
+                                 help="Epochs between ADMM updates of Z and U (--method admm).")
     # training
     epochs: int = setting(2, panel="Training", low=1, help="Epochs per state.")
     batch_size: int = setting(128, panel="Training", low=1, help="Training batch size.")
@@ -405,17 +418,19 @@ def validate(config: RunConfig) -> RunConfig:
     if config.dataset != "synthetic" and config.data_dir is None:
         raise UserError(f"--dataset {config.dataset} reads files: pass --data-dir DIR "
                         "(or use --dataset synthetic, which needs none)")
+    get_method(config.method).check(config)
     return config
 
 
 def _check_one_shot(config: RunConfig) -> None:
     """--target-remain: only for methods with a one-shot form, whose state count it fixes."""
-    if config.target_remain is None:
+    if config.target_remain is None or method_class(config.method).target_over_states:
         return
     states = method_class(config.method).one_shot_states
     if states is None:
-        raise UserError(f"--target-remain is for the one-shot methods "
-                        f"({', '.join(one_shot_methods())}); {config.method} prunes --rate of "
+        raise UserError(f"--target-remain is for the one-shot methods and admm "
+                        f"({', '.join(target_methods())}); "
+                        f"{config.method} prunes --rate of "
                         "the remaining weights per state: drop --target-remain")
     if config.states != states:
         form = ("prunes at initialization, then trains once" if states == 1 else

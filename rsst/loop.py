@@ -154,6 +154,7 @@ class PruningRun:
         arena_state = self.arena.state_dict()  # canonical order: resumable in either layout
         tensors["arena.momentum"] = arena_state["momentum"]
         tensors["arena.code"] = arena_state["code"]
+        tensors.update({f"method.{k}": v for k, v in self.method.state_tensors(self.arena).items()})
         meta = {"position": json.dumps(position), "records": json.dumps(self.records),
                 "rsst.version": __version__}
         rundir.save_checkpoint(self.run_dir, tensors, meta)
@@ -170,6 +171,8 @@ class PruningRun:
             self.model.load_state_dict(model_state)
             self.arena.load_state_dict({"momentum": tensors["arena.momentum"],
                                         "code": tensors["arena.code"]})
+            self.method.load_state_tensors(self.arena, {
+                k[7:]: v for k, v in tensors.items() if k.startswith("method.")})
         except (KeyError, ValueError, RuntimeError) as exc:
             raise rundir.checkpoint_error(self.run_dir, exc) from None
         rewind = {k[7:]: v for k, v in tensors.items() if k.startswith("rewind.")}
@@ -192,7 +195,9 @@ class PruningRun:
         cfg = self.config
         steps = len(self.train_batches)
         ramp = steps * cfg.epochs if cfg.reg_ramp == "state" else steps
-        self.backend.config = dataclasses.replace(self.update_config, ramp_steps=ramp)
+        ctx = self._context(state)
+        self.backend.config = dataclasses.replace(self.update_config, ramp_steps=ramp,
+                                                  **self.method.begin_state(ctx, start_epoch))
         lr_at = lr_schedule(cfg.lr, cfg.lr_schedule, steps_per_epoch=steps, epochs=cfg.epochs,
                             warmup_epochs=cfg.warmup_epochs, milestones=cfg.milestones,
                             gamma=cfg.gamma)
@@ -226,12 +231,14 @@ class PruningRun:
                         f"training diverged in state {state}, epoch {epoch + 1} (loss "
                         f"{result.loss}) with λ = {lam:.4g}: lower --reg-granularity or --lr; "
                         f"the finished states in {self.run_dir} are intact")
+                extra = self.method.after_epoch(ctx, epoch + 1)
                 val_acc, val_loss, test_acc = self._evaluate()
                 seconds = time.perf_counter() - t0
                 record = {"kind": "epoch", "state": state, "epoch": epoch + 1,
                           "train_loss": result.loss, "train_acc": result.acc, "val_acc": val_acc,
                           "val_loss": val_loss, "test_acc": test_acc,
-                          "lr": lr_at(base + steps - 1), "reg_lambda": lam, "seconds": seconds}
+                          "lr": lr_at(base + steps - 1), "reg_lambda": lam, **extra,
+                          "seconds": seconds}
                 # with no val split the last epoch stands in for the best one
                 if (val_acc is None or "best_val_acc" not in best
                         or val_acc > best["best_val_acc"]):
@@ -296,8 +303,7 @@ class PruningRun:
         refills; applied hard (H ← R) or soft (P ← H ∧ ¬R). ``state`` -1: at initialization."""
         method, hard = self.method, self.arena.hard_mask
         prunable = self.structure.prunable
-        ctx = PruneContext(self.model, self.arena, self.structure, self.config,
-                           lambda n: self._calibration_batches(state, n), state)
+        ctx = self._context(state)
         count = method.removal_count(int((hard & prunable).sum()), int(prunable.sum()),
                                      self.config)
         unstructured = prune_lowest(method.score(ctx), hard, prunable, count)
@@ -311,6 +317,10 @@ class PruningRun:
         else:
             self.arena.set_masks(unstructured)
         self.world.sync_arena(self.arena, self.model)  # rank 0's decision, on every rank
+
+    def _context(self, state: int) -> PruneContext:
+        return PruneContext(self.model, self.arena, self.structure, self.config,
+                            lambda n: self._calibration_batches(state, n), state)
 
     def _calibration_batches(self, state: int, count: int) -> list[Any]:
         """The first ``count`` calibration batches of ``state``'s draw (-1 counts as 0)."""
