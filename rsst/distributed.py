@@ -114,8 +114,9 @@ class World:
         """
         if not self.distributed:
             return
-        for buffer in (arena.weight, arena.momentum, arena.code):
-            self.broadcast_(buffer)
+        for buffer in (arena.weight, arena.momentum, arena.code, arena.anchor):
+            if buffer is not None:  # the anchor: ADMM's only
+                self.broadcast_(buffer)
         arena.has_pending = bool(arena.pending.any())  # a state boundary: one host read
         self.sync_buffers(model)
 
