@@ -386,13 +386,12 @@ class PruningRun:
     def write_summary(self) -> None:
         if not self.world.is_main:
             return
-        # world_size is recorded when several processes trained (absent: one)
-        launch = {"world_size": self.world.size} if self.world.distributed else {}
         rundir.write_summary(self.run_dir, {
             "rsst_version": __version__, "run_dir": str(self.run_dir),
             "method": self.config.method, "arch": self.config.arch,
             "dataset": self.config.dataset, "backend": self.backend_name,
-            "device": str(self.device), **launch, "structure_kinds": self.structure.kinds,
+            "device": str(self.device), "world_size": self.world.size,
+            "structure_kinds": self.structure.kinds,
             "states": self.records,
         })
 
