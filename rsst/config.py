@@ -154,6 +154,10 @@ class RunConfig:
                             help="λ ramp window.")
     block_loss_grad: bool = setting(False, panel="Schedule/penalty",
                                     help="Pending weights get the penalty gradient only.")
+    fade_epochs: int = setting(0, panel="Schedule/penalty", low=0,
+                               help="RSST: before a cut, up to N extra epochs (λ doubling each) "
+                               "until the pending weights have faded (fade_ratio < 0.1); 0: cut "
+                               "when the state ends, with a warning if they have not.")
     # training
     epochs: int = setting(2, panel="Training", low=1, help="Epochs per state.")
     batch_size: int = setting(128, panel="Training", low=1, help="Training batch size.")

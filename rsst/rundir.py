@@ -24,6 +24,7 @@ import errno
 import fcntl
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +42,9 @@ from rsst.errors import UserError
 __all__ = [
     "CHECKPOINT", "CONFIG", "FORMAT_VERSION", "LOCK", "METRICS", "STATE_RECORD", "STATE_WEIGHTS",
     "SUMMARY", "RunLock", "append_line", "append_metrics", "atomic_write", "atomic_write_json",
-    "atomic_write_text", "finished_states", "has_metrics", "load_checkpoint", "read_state_record",
-    "remove_stale_temps", "save_checkpoint", "save_tensors", "state_dir", "state_weights",
-    "trim_metrics", "write_state", "write_summary",
+    "atomic_write_text", "check_writable", "finished_states", "has_metrics", "is_stale_temp",
+    "load_checkpoint", "read_state_record", "remove_stale_temps", "save_checkpoint",
+    "save_tensors", "state_dir", "state_weights", "trim_metrics", "write_state", "write_summary",
 ]
 
 #: Version of the safetensors layout of state files and exports (``rsst.format_version``).
@@ -92,6 +93,27 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
 
     body = {k: v.detach().to("cpu").clone().contiguous() for k, v in tensors.items()}
     atomic_write(path, lambda tmp: save_file(body, str(tmp), metadata=metadata))
+
+
+# -- the directory itself -------------------------------------------------------------------------
+def check_writable(run_dir: Path, flag: str) -> None:
+    """``run_dir`` is, or can be created as, a directory this process can write in; otherwise
+    one line and nothing created. Probed by making (and removing) a temp folder in the nearest
+    existing ancestor, which tells the truth for root and read-only file systems too."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"{flag} {run_dir} is a file, not a directory; choose another {flag}")
+    existing = run_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{flag} {run_dir} lies under {existing}, which is a file; choose a "
+                        "path inside a directory")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".rsst-probe-", dir=existing))
+    except OSError as exc:
+        where = "" if existing == run_dir else f" (in {existing})"
+        raise UserError(f"{flag} {run_dir}: cannot write there{where}: {exc.strerror}; choose "
+                        "a writable directory or change its permissions") from None
 
 
 # -- per-state files ------------------------------------------------------------------------------
