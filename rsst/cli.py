@@ -249,11 +249,31 @@ def _run_parameters() -> list[inspect.Parameter]:
         (_RUN_PANEL, inspect.Parameter("overwrite", keyword, annotation=bool,
                                        default=typer.Option(
             False, help="Replace an existing run directory.", rich_help_panel=_RUN_PANEL))),
+        *((_RUN_PANEL, p) for p in _logger_parameters()),
     ]
     options.sort(key=lambda item: PANELS.index(item[0]))  # stable: field order within a panel
     ctx = inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD,
                             annotation=typer.Context)
     return [ctx, *(param for _, param in options)]
+
+
+def _logger_parameters() -> list[inspect.Parameter]:
+    """--logger (repeatable) and the W&B names: run options that are not config fields."""
+    keyword = inspect.Parameter.KEYWORD_ONLY
+
+    def option(name: str, annotation: Any, *decls: str, **kw: Any) -> inspect.Parameter:
+        return inspect.Parameter(name, keyword, annotation=annotation, default=typer.Option(
+            None, *decls, rich_help_panel=_RUN_PANEL, show_default="none", **kw))
+
+    return [
+        option("logger", list[str] | None, "--logger", help="Also log to tensorboard | wandb | "
+               "csv (repeatable; extras rsst\\[tensorboard], rsst\\[wandb])."),
+        option("wandb_project", str | None, "--wandb-project", help="W&B project (default "
+               "rsst)."),
+        option("wandb_entity", str | None, "--wandb-entity", help="W&B entity (team or user)."),
+        option("wandb_name", str | None, "--wandb-name", help="W&B run name (default: the run "
+               "directory's name)."),
+    ]
 
 
 def _parse_milestones(text: str) -> list[int]:
@@ -294,14 +314,16 @@ def _run(ctx: typer.Context, **values: Any) -> None:
     given = _given_overrides(ctx, values)
     config, resume, out = values["config"], values["resume"], values["out"]
     preset = values["preset"].value if values["preset"] is not None else None
+    logging = {"loggers": values["logger"] or [], "logger_options": {
+        k: values[k] for k in ("wandb_project", "wandb_entity", "wandb_name")}}
     if resume is not None:
         if given or config is not None or preset is not None:
             _fail("--resume continues a run with its saved config.toml; drop the other flags")
-        run_loop(build_config(overrides={}), resume=resume, console=console)
+        run_loop(build_config(overrides={}), resume=resume, console=console, **logging)
         return
     run_config = build_config(config_file=config, preset=preset, overrides=given)
     run_loop(run_config, out=Path(out) if out is not None else None,
-             overwrite=values["overwrite"], console=console)
+             overwrite=values["overwrite"], console=console, **logging)
 
 
 def _with_signature(fn: Callable[..., Any], params: list[inspect.Parameter]) -> Callable[..., Any]:
@@ -319,7 +341,8 @@ run = app.command(name="run", cls=RsstCommand, epilog=RUN_EPILOG)(
     cls=RsstCommand,
     epilog="Examples:\n\n"
     "  rsst export runs/my-run --state last --compact -o model.safetensors\n\n"
-    "  rsst export runs/my-run --state best --masked -o masked.safetensors",
+    "  rsst export runs/my-run --state best --masked -o masked.safetensors\n\n"
+    "  rsst export runs/my-vit --form timm -o vit.safetensors   # loads with timm alone",
 )
 def export(
     run_dir: Path = typer.Argument(..., help="A run directory written by `rsst run`."),
@@ -328,6 +351,9 @@ def export(
                               "accuracy)."),
     compact: bool = typer.Option(True, "--compact/--masked", help="Physically remove pruned "
                                  "channels/heads/neurons, or keep dense shapes plus masks."),
+    form: str | None = typer.Option(None, help="masked | compact | timm (stock timm keys and "
+                                    "create_model arguments: loads without rsst; ViTs and "
+                                    "timm:<name>). Overrides --compact/--masked."),
 ) -> None:
     """Export a pruned state as safetensors (masked or physically compacted).
 
@@ -335,11 +361,15 @@ def export(
     """
     from rsst.export import export_model, export_table
 
-    result = export_model(run_dir, out, state=state, form="compact" if compact else "masked")
+    chosen = form or ("compact" if compact else "masked")
+    result = export_model(run_dir, out, state=state, form=chosen)
     console.print(export_table(result))
     for note in result.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
-    if result.params["compact"] == result.params["dense"]:
+    if chosen == "timm":
+        console.print("load without rsst: see the file's timm.usage metadata or README "
+                      "(Export and eval)", highlight=False)
+    elif result.params["compact"] == result.params["dense"]:
         console.print("[yellow]note:[/] nothing was removable: compaction needs whole channels/"
                       "heads/neurons pruned with their BatchNorm γ/β or biases zeroed (refill/"
                       "rsst); imp prunes single weights, so its export stays dense")
@@ -379,6 +409,90 @@ def evaluate(
                   f"n = {result['n']}", highlight=False)
 
 
+@app.command(
+    cls=RsstCommand,
+    epilog="Examples:\n\n"
+    "  rsst compare runs/*                                # every run under runs/\n\n"
+    "  rsst compare runs/rsst-* runs/refill-* --x macs --plot compare.png\n\n"
+    "  rsst compare runs --metric val_after_cut --json > compare.json",
+)
+def compare(
+    run_dirs: list[str] = typer.Argument(..., help="Run directories, globs, or folders "
+                                         "holding runs."),
+    x: str = typer.Option("remain", "--x", help="x axis: remain (fraction of weights alive) | "
+                          "sparsity (groups removed) | macs | params (compacted, vs dense)."),
+    metric: str = typer.Option("val", help="val | test | val_after_cut (the network each "
+                               "state delivers; RSST states otherwise show before and after "
+                               "the cut)."),
+    plot: Path | None = typer.Option(None, help="Write the accuracy-vs-sparsity plot here "
+                                     "(.png or .svg; needs rsst\\[plot])."),
+    json_out: bool = typer.Option(False, "--json", help="Print the comparison as JSON only."),
+    json_path: Path | None = typer.Option(None, "--json-out", help="Also write the comparison "
+                                          "as JSON to this file."),
+    force: bool = typer.Option(False, help="Compare runs on different datasets anyway."),
+) -> None:
+    """Accuracy against sparsity across runs, grouped by method / arch / dataset (seeds: mean ±
+    std), with each group's winning ticket: its sparsest state within 0.5 point of dense."""
+    from rich.markup import escape
+
+    from rsst.compare import compare_runs, comparison_tables, find_runs, to_json
+    from rsst.plots import check_plot_path, plot_comparison, pyplot
+
+    if plot is not None:
+        check_plot_path(plot)
+        pyplot()  # a missing extra fails before any work
+    runs = find_runs(run_dirs, warn=lambda line: err_console.print(
+        f"[yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True))
+    result = compare_runs(runs, x=x, metric=metric, force=force)
+    if plot is not None:
+        plot_comparison(result, plot)
+    if json_path is not None:
+        from rsst.atomic import atomic_write_text
+
+        atomic_write_text(json_path, to_json(result) + "\n")
+    if json_out:
+        print(to_json(result))
+        return
+    for table in comparison_tables(result):
+        console.print(table)
+    if plot is not None:
+        console.print(f"wrote {plot}")
+
+
+@app.command(
+    cls=RsstCommand,
+    epilog="Examples:\n\n  rsst report runs/my-run                 # table + runs/my-run/report.png"
+    "\n\n  rsst report runs/my-run --plot my-run.svg",
+)
+def report(
+    run_dir: Path = typer.Argument(..., help="A run directory written by `rsst run`."),
+    plot: Path | None = typer.Option(None, help="Where to write the plot (.png or .svg; default "
+                                     "RUN_DIR/report.png; needs rsst\\[plot])."),
+) -> None:
+    """One run: the per-state table, accuracy per state and the groups left per layer."""
+    from rich.markup import escape
+
+    from rsst.compare import load_single_run, run_kinds
+    from rsst.log import state_table
+    from rsst.plots import check_plot_path, plot_report, pyplot
+
+    if plot is not None:
+        check_plot_path(plot)
+        pyplot()
+    run = load_single_run(run_dir)
+    console.print(state_table(run.records, run_kinds(run)))
+    if plot is None:
+        try:
+            pyplot()
+        except UserError as exc:
+            err_console.print(f"[yellow]note:[/] no plot written: {escape(str(exc))}",
+                              highlight=False)
+            return
+    target = plot_report(run.records, f"{run.method} · {run.arch} · {run.dataset} · {run_dir}",
+                         plot or Path(run_dir) / "report.png")
+    console.print(f"wrote {target}")
+
+
 def _usage_line(exc: UsageError) -> str:
     """Click's usage error (and its "did you mean" hint) as one line, naming where help is."""
     message = " ".join(exc.format_message().replace("Value error, ", "").split())
@@ -392,7 +506,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         code = app(args=argv, prog_name="rsst", standalone_mode=False)
     except UserError as exc:  # exit 2; 3 when training diverged (rsst.errors)
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        from rich.markup import escape
+
+        # escaped: a message such as "pip install 'rsst[plot]'" is text, not rich markup
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False,
+                          soft_wrap=True)
         sys.exit(exc.exit_code)
     except UsageError as exc:
         err_console.print(f"[bold red]error:[/] {_usage_line(exc)}", highlight=False,

@@ -18,12 +18,14 @@ import json
 import math
 import shutil
 import time
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 
 from rsst import __version__, rundir
 from rsst.arena import Arena
@@ -36,6 +38,7 @@ from rsst.errors import TrainingDiverged, UserError
 from rsst.killpoint import armed as kill_point_armed
 from rsst.killpoint import kill_point
 from rsst.log import block_table, state_table, training_progress
+from rsst.loggers import Loggers, check_loggers
 from rsst.methods import PruneContext, get_method
 from rsst.models import create_model, use_channels_last
 from rsst.pruning import FADE_THRESHOLD, fade_ratio, prune_lowest, refill
@@ -110,6 +113,7 @@ class PruningRun:
                              if self.data.test is not None and len(self.data.test) else None)
         self.rewind_point: dict[str, torch.Tensor] | None = None
         self.records: list[dict[str, Any]] = []
+        self.loggers: Any = None  # rsst.loggers.Loggers (--logger), set by run()
 
     # -- checkpoints -------------------------------------------------------------------------
     def _snapshot(self) -> dict[str, torch.Tensor]:
@@ -235,6 +239,8 @@ class PruningRun:
                 # the line first: a kill between the two leaves a line that resume trims,
                 # never a checkpointed epoch without its line
                 rundir.append_metrics(self.run_dir, record)
+                if self.loggers is not None:  # --logger: mirrors the metrics.jsonl line
+                    self.loggers.log_epoch(record)
                 kill_point(f"state{state}-epoch{epoch + 1}-after-metrics")
                 self.save_checkpoint({"state": state, "epoch": epoch + 1, "partial": best,
                                       "fresh_momentum": False})
@@ -318,6 +324,8 @@ class PruningRun:
                                f"{result.lam:.4g}, fade_ratio {before:.3g} → "
                                f"{'n/a' if after is None else f'{after:.3g}'}", highlight=False)
             rundir.append_metrics(self.run_dir, record)
+            if self.loggers is not None:  # --logger: mirrors the metrics.jsonl line
+                self.loggers.log_epoch(record)
             kill_point(f"state{state}-epoch{epoch}-after-metrics")
             self.save_checkpoint({"state": state, "epoch": epoch, "partial": best,
                                   "fresh_momentum": False})
@@ -467,6 +475,8 @@ class PruningRun:
             record = self.finish_state(state, partial)
             self.records.append(record)
             rundir.append_metrics(self.run_dir, record)
+            if self.loggers is not None:  # --logger: mirrors the metrics.jsonl line
+                self.loggers.log_state(record)
             kill_point(f"state{state}-after-metrics")
             self.save_checkpoint({"state": state + 1, "epoch": 0, "fresh_momentum": True})
             kill_point(f"state{state}-after-checkpoint")
@@ -487,13 +497,16 @@ class PruningRun:
 
 
 def run(config: RunConfig, *, out: Path | None = None, resume: Path | None = None,
-        overwrite: bool = False, console: Console | None = None) -> Path:
+        overwrite: bool = False, console: Console | None = None,
+        loggers: Sequence[str] = (), logger_options: dict[str, Any] | None = None) -> Path:
     """Run (or resume) the pruning loop; returns the run directory.
 
     The run directory is locked (`rundir.RunLock`) before anything in it is changed and until
     the run ends, so a second run, an overwrite or a resume of a live run is refused.
+    ``loggers``: names of `rsst.loggers` (tensorboard, wandb, csv), checked before anything else.
     """
     console = console or Console()
+    check_loggers(loggers)  # a missing extra fails before any training
     if resume is not None:
         run_dir = Path(resume)
         if not (run_dir / rundir.CONFIG).is_file():
@@ -522,7 +535,17 @@ def run(config: RunConfig, *, out: Path | None = None, resume: Path | None = Non
             rundir.remove_stale_temps(run_dir)  # a killed write's temp files (we hold the lock)
         console.print(f"run directory: [bold]{run_dir}[/]  ({config.method} · {config.arch} · "
                       f"{config.dataset} · backend {pruning.backend_name} on {pruning.device})")
-        pruning.run(resume=resume is not None)
+        if loggers:  # --logger: after the run directory exists, before training
+            pruning.loggers = Loggers(
+                loggers, run_dir, config.to_dict(), config.epochs,
+                lambda line: console.print(f"[yellow]warning:[/] {escape(line)}",
+                                           highlight=False),
+                **(logger_options or {}))
+        try:
+            pruning.run(resume=resume is not None)
+        finally:
+            if pruning.loggers is not None:
+                pruning.loggers.close()
     finally:
         lock.release()
     console.print(f"done: {run_dir}")

@@ -20,21 +20,32 @@ by default 5000 when the pool has >= 20k images, 1000 for ``synthetic``, else 10
 When a layout has both a labelled ``val/`` and ``test/`` folder, ``val/`` is the val split and
 nothing is carved. ``train_subset=N`` keeps N of the remaining training images (seeded).
 ``test`` is None unless the layout has a labelled test split.
+
+`load_split` reads one held-out split on its own (what ``rsst eval --split test`` needs): the
+test pickle alone (``test_batch`` / ``test``) or the ``test/`` (or lone ``val/``) class folders
+alone, no training images.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from rsst.data.base import DATASETS, DataSplits, ImageSet, channel_stats, default_cache_dir
-from rsst.data.cifar import CIFAR10_CLASSES, find_cifar_pickles, load_cifar_pickles
+from rsst.data.cifar import (
+    CIFAR10_CLASSES,
+    find_cifar_pickles,
+    load_cifar_pickles,
+    load_cifar_test,
+)
 from rsst.data.folders import (
     CACHE_FORMAT,
     IMAGE_EXTENSIONS,
     cache_path,
     decode_images,
+    load_folder_split,
     load_folders,
 )
 from rsst.data.loader import Batches, crop_flip, iterate_batches
@@ -57,14 +68,7 @@ def load_dataset(
     ``workers`` is the number of decode processes for class-folder images (default: CPU count;
     0 or 1 decodes in this process).
     """
-    key = name.strip().lower().replace("_", "-")
-    key = {"cifar-10": "cifar10", "cifar-100": "cifar100", "tinyimagenet": "tiny-imagenet"}.get(
-        key, key
-    )
-    if key not in DATASETS:
-        raise UserError(
-            f"unknown dataset {name!r}: pass --dataset with one of {', '.join(DATASETS)}"
-        )
+    key = _dataset_key(name)
     if val_split is not None and (not isinstance(val_split, int) or val_split < 0):
         raise UserError(f"val_split must be a count of images >= 0, got {val_split!r}")
     if train_subset is not None and (not isinstance(train_subset, int) or train_subset < 1):
@@ -123,6 +127,77 @@ def load_dataset(
     )
 
 
+@dataclass
+class HeldOutSplit:
+    """One labelled held-out split read on its own (`load_split`)."""
+
+    name: str
+    images: ImageSet
+    classes: list[str]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        return (3, int(self.images.images.shape[2]), int(self.images.images.shape[3]))
+
+
+def load_split(
+    name: str,
+    data_dir: str | Path | None = None,
+    split: str = "test",
+    *,
+    cache_dir: str | Path | None = None,
+    workers: int | None = None,
+) -> HeldOutSplit | None:
+    """The ``test`` split — or an explicit ``val/`` folder — of ``name``, read without the
+    training images; the same images and labels `load_dataset` gives for it.
+
+    None when ``split`` is ``val`` and the layout has no val/ folder of its own: that split is
+    carved from the training pool, so it needs `load_dataset` (with the run's seed).
+    """
+    key = _dataset_key(name)
+    if split not in ("val", "test"):
+        raise UserError(f"split {split!r}: pass val or test")
+    if key == "synthetic":
+        if split == "val":
+            return None
+        _, test, classes = load_synthetic()
+        return HeldOutSplit(key, test, classes)
+    root = _check_dir(key, data_dir)
+    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    if key in ("cifar10", "cifar100"):
+        train_pickles = find_cifar_pickles(key, root)
+        if split == "val" and train_pickles:
+            return None  # the pickle layout has no val split: carved from the training batches
+        if split == "test" and (pickle_dir := find_cifar_pickles(key, root, "test")):
+            images, classes = load_cifar_test(key, pickle_dir)
+            return HeldOutSplit(key, images, classes)
+        if train_pickles:
+            test_file = "test_batch" if key == "cifar10" else "test"
+            raise UserError(f"{train_pickles} has the training pickles but no {test_file}: "
+                            "extract the whole python-version archive there, or pass --split val")
+    found = load_folder_split(key, root, split, cache, workers)
+    if found is None:
+        return None
+    return HeldOutSplit(key, *found)
+
+
+def _dataset_key(name: str) -> str:
+    """The canonical dataset key for ``name`` (aliases resolved), or `UserError`."""
+    key = name.strip().lower().replace("_", "-")
+    key = {"cifar-10": "cifar10", "cifar-100": "cifar100", "tinyimagenet": "tiny-imagenet"}.get(
+        key, key
+    )
+    if key not in DATASETS:
+        raise UserError(
+            f"unknown dataset {name!r}: pass --dataset with one of {', '.join(DATASETS)}"
+        )
+    return key
+
+
 def _check_dir(key: str, data_dir: str | Path | None) -> Path:
     if data_dir is None:
         raise UserError(
@@ -144,6 +219,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "Batches",
     "DataSplits",
+    "HeldOutSplit",
     "ImageSet",
     "cache_path",
     "channel_stats",
@@ -152,4 +228,5 @@ __all__ = [
     "default_cache_dir",
     "iterate_batches",
     "load_dataset",
+    "load_split",
 ]

@@ -106,33 +106,12 @@ def load_folders(
             "train/<class>/<image>; pass --data-dir pointing at such a folder"
         )
     classes = sorted(train_split)
-    expected = _EXPECTED_CLASSES.get(key)
-    if expected is not None and len(classes) != expected:
-        raise UserError(
-            f"{train_dir} has {len(classes)} class folders but {key} has {expected}: point "
-            "--data-dir at the right dataset or use --dataset imagefolder"
-        )
-    if len(classes) < 2:
-        raise UserError(f"{train_dir} has only one class folder: a classifier needs at least two")
-
-    test_split = _class_split(root / "test")
-    val_split = _class_split(root / "val") or _tiny_val_split(root / "val")
-    explicit_val_split = None
-    if test_split is None and val_split is not None:
-        test_split, val_split = val_split, None  # the only labelled held-out split is the test
-    elif test_split is not None and val_split is not None:
-        explicit_val_split = val_split
-
+    _check_classes(key, train_dir, classes)
+    explicit_val_split, test_split = _held_out_splits(root)
     splits = {"train": train_split, "val": explicit_val_split, "test": test_split}
     for split_name, split in splits.items():
-        if split is None or split_name == "train":
-            continue
-        unknown = sorted(set(split) - set(classes))
-        if unknown:
-            raise UserError(
-                f"{root}/{split_name} has classes not in train/: {', '.join(unknown[:5])}: make "
-                "its class folders match train/"
-            )
+        if split is not None and split_name != "train":
+            _check_known(root, split_name, split, classes)
 
     files: list[str] = []
     labels: list[int] = []
@@ -160,6 +139,78 @@ def load_folders(
     return train, part("val"), part("test"), classes
 
 
+def _check_classes(key: str, folder: Path, classes: list[str]) -> None:
+    expected = _EXPECTED_CLASSES.get(key)
+    if expected is not None and len(classes) != expected:
+        raise UserError(
+            f"{folder} has {len(classes)} class folders but {key} has {expected}: point "
+            "--data-dir at the right dataset or use --dataset imagefolder"
+        )
+    if len(classes) < 2:
+        raise UserError(f"{folder} has only one class folder: a classifier needs at least two")
+
+
+def _check_known(root: Path, split_name: str, split: dict[str, list[str]],
+                 classes: list[str]) -> None:
+    unknown = sorted(set(split) - set(classes))
+    if unknown:
+        raise UserError(
+            f"{root}/{split_name} has classes not in train/: {', '.join(unknown[:5])}: make "
+            "its class folders match train/"
+        )
+
+
+def _held_out_splits(
+    root: Path,
+) -> tuple[dict[str, list[str]] | None, dict[str, list[str]] | None]:
+    """(explicit val, test) class splits: ``val/`` is the val split only when ``test/`` exists
+    too; otherwise the one labelled held-out folder is the test split."""
+    test_split = _class_split(root / "test")
+    val_split = _class_split(root / "val") or _tiny_val_split(root / "val")
+    if test_split is None:
+        return None, val_split
+    return val_split, test_split
+
+
+def load_folder_split(
+    key: str, root: Path, split: str, cache_dir: Path, workers: int | None
+) -> tuple[ImageSet, list[str]] | None:
+    """One labelled held-out split (``test``, or an explicit ``val``) read on its own, with the
+    class names: ``rsst eval`` needs neither train/ images nor the other split.
+
+    Class indices come from ``train/``'s folder names when it is there (as in training), else
+    from the split's own sorted folder names, which must then be all of the dataset's classes.
+    None for ``val`` when the layout has no explicit val/ (the val split is then carved from
+    train/ and needs the whole dataset).
+    """
+    explicit_val, test = _held_out_splits(root)
+    chosen = test if split == "test" else explicit_val
+    if chosen is None:
+        if split == "val":
+            return None
+        raise UserError(
+            f"data dir {root} has no labelled test split (test/<class>/*.png|jpg, or val/<class>/ "
+            "when there is no test/): pass --split val, or a --data-dir that has one"
+        )
+    folder_name = "test" if split == "test" and _class_split(root / "test") else "val"
+    train_split = _class_split(root / "train")
+    if train_split is not None:
+        classes = sorted(train_split)
+        _check_classes(key, root / "train", classes)
+        _check_known(root, folder_name, chosen, classes)
+    else:
+        classes = sorted(chosen)
+        _check_classes(key, root / folder_name, classes)
+    index = {c: i for i, c in enumerate(classes)}
+    files: list[str] = []
+    labels: list[int] = []
+    for cls in sorted(chosen):
+        files.extend(chosen[cls])
+        labels.extend([index[cls]] * len(chosen[cls]))
+    images = _decode_cached(root, files, cache_dir, workers)
+    return ImageSet(images, torch.tensor(labels, dtype=torch.int64)), classes
+
+
 def _layout_hint(key: str, root: Path) -> str:
     """A pointer for the two common near-misses: CIFAR pickles under the wrong --dataset, and
     --data-dir pointing at train/ itself."""
@@ -169,6 +220,11 @@ def _layout_hint(key: str, root: Path) -> str:
     ):
         if name != key and ((root / marker).is_file() or (root / sub).is_dir()):
             return f" (it looks like {name} python pickles: pass --dataset {name})"
+    held_out = [name for name in ("test", "val") if (root / name).is_dir()]
+    if held_out:
+        return (f" (it has {' and '.join(f'{n}/' for n in held_out)} but no train/: training "
+                "and `rsst eval --split val` need train/<class>/; `rsst eval --split test` reads "
+                "the test split alone)")
     if _class_split(root) is not None:
         return f" (it holds class folders itself: pass its parent {root.parent} instead)"
     return ""
