@@ -6,8 +6,9 @@ The kill points come from the test seam `rsst.killpoint` (``RSST_TEST_KILL_AT``)
 deterministic: during setup (halfway through writing config.toml; after it, before the first
 checkpoint), mid-epoch, between a metrics line and its checkpoint, halfway through writing a
 checkpoint and the summary, after a state's files, during pruning, and between a state's
-checkpoint and its summary. Every kill after the first hits a ``--resume``, so resumes are
-killed too. Tiny: ResNet-20 on 64 8×8 images, 3 states × 2 epochs, one thread per process.
+checkpoint and its summary. Every kill after the two during setup hits a ``--resume``, so
+resumes are killed too. Tiny: ResNet-20 on 64 8×8 images, 3 states × 2 epochs, one thread
+per process.
 """
 
 from __future__ import annotations
