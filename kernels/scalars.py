@@ -21,16 +21,17 @@ class ScalarSlot(IntEnum):
     STEP = 5  # t: step index inside the ramp window
     WINDOW = 6  # T: ramp window length in steps
     FIRST_STEP = 7  # 1.0 on the first step of a state (buf ← d), else 0.0
+    RHO = 8  # ρ of the ADMM penalty ρ/2·‖w − a‖² (read only with the ADMM switch on)
 
 
 #: Slot names in order (the short names of SPEC §4/§5: ``t`` is the step, ``T`` the window).
 HYPER_SLOTS: tuple[str, ...] = (
-    "lr", "momentum", "weight_decay", "lam_max", "exponents", "t", "T", "first_step"
+    "lr", "momentum", "weight_decay", "lam_max", "exponents", "t", "T", "first_step", "rho"
 )
 
 
 def pack(*, lr: float, momentum: float, weight_decay: float, lam_max: float, exponents: float,
-         t: int, T: int, first_step: bool) -> list[float]:
+         t: int, T: int, first_step: bool, rho: float = 0.0) -> list[float]:
     """The values of one step, in slot order (what the ``hyper`` tensor holds)."""
     values = [0.0] * len(ScalarSlot)
     values[ScalarSlot.LR] = lr
@@ -41,6 +42,7 @@ def pack(*, lr: float, momentum: float, weight_decay: float, lam_max: float, exp
     values[ScalarSlot.STEP] = float(t)
     values[ScalarSlot.WINDOW] = float(T)
     values[ScalarSlot.FIRST_STEP] = 1.0 if first_step else 0.0
+    values[ScalarSlot.RHO] = rho
     return values
 
 

@@ -26,7 +26,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import nn
 
-from rsst_kernels.masks import ALIVE, PENDING
+from rsst_kernels.masks import ALIVE, ANCHORED, PENDING
 from rsst_kernels.scalars import ScalarSlot
 
 ALIGN = 16
@@ -144,6 +144,8 @@ class Arena:
         self._pointers = [(p, p.data_ptr(), p.grad.data_ptr()) for p in self.params]
         self.fresh_momentum = True
         self.has_pending = False
+        #: ADMM's flat anchor a = Z − U (`rsst.methods.admm`); allocated by `set_anchored` only
+        self.anchor: torch.Tensor | None = None
 
     @property
     def channels_last(self) -> bool:
@@ -197,6 +199,21 @@ class Arena:
             self.has_pending = False
         self.code.copy_(code)
         self.apply_hard_mask()
+
+    def anchor_buffer(self) -> torch.Tensor:
+        """The flat ADMM anchor, allocated (zero) on first use and kept at the same address
+        (a captured CUDA graph reads it)."""
+        if self.anchor is None:
+            self.anchor = torch.zeros_like(self.weight)
+        return self.anchor
+
+    def set_anchored(self, scope: torch.Tensor) -> torch.Tensor:
+        """Mark the alive elements of ``scope`` as anchored (ADMM's A), clearing the bit
+        elsewhere; returns `anchor_buffer`. `set_masks` clears the bit (a new mask means a new
+        ADMM problem)."""
+        inside = scope.to(device=self.device, dtype=torch.bool) & self.hard_mask
+        self.code.copy_((self.code & (0xFF ^ ANCHORED)) | inside.to(torch.uint8) * ANCHORED)
+        return self.anchor_buffer()
 
     def apply_hard_mask(self) -> None:
         """Zero weights, grads and momentum of elements dead in H."""

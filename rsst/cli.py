@@ -301,11 +301,12 @@ def _given_overrides(ctx: typer.Context, values: dict[str, Any]) -> dict[str, An
 
 
 def _run(ctx: typer.Context, **values: Any) -> None:
-    """Run iterative pruning (RSST, Refill, IMP) and write a run directory.
+    """Run a pruning method (RSST, Refill, IMP or a baseline) and write a run directory.
 
-    Each state trains, evaluates, prunes the smallest weights globally (--rate) and, for
-    refill/rsst, regroups them into whole channels / heads / neurons (--criteria). RSST fades the
-    weights it will drop with a growing L2 penalty (--schedule, --reg-granularity) before cutting.
+    Each state trains, evaluates, prunes the lowest-scoring weights globally (--rate, or at once
+    to --target-remain for the one-shot baselines) and, unless --structure none, regroups them
+    into whole channels / heads / neurons (--criteria). RSST fades the weights it will drop with a
+    growing L2 penalty (--schedule, --reg-granularity) before cutting. --method lists them all.
     Settings layer as defaults ← --config file ← --preset ← flags given here.
     """
     from rsst.config import build_config

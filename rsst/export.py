@@ -344,7 +344,7 @@ def export_model(run_dir: str | Path, out: str | Path, *, state: str | int = "la
     index, source = resolve_state(run_dir, state)
     tensors, meta = read_file(source)
     spec = model_spec(meta, source)
-    state_dict, masks = masked_state(tensors, source)
+    state_dict, masks = masked_state(_as_float32(tensors), source)
     dense = _build(spec, state_dict, None, source)
 
     plan = plan_compaction(dense, masks)

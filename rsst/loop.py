@@ -40,7 +40,7 @@ from rsst.killpoint import kill_point
 from rsst.log import block_table, state_table, training_progress
 from rsst.loggers import Loggers, check_loggers
 from rsst.methods import PruneContext, get_method
-from rsst.models import create_model, use_channels_last
+from rsst.models import create_model, load_pretrained, use_channels_last
 from rsst.pruning import FADE_THRESHOLD, fade_ratio, prune_lowest, refill
 from rsst.rundir import CHECKPOINT, RunLock
 from rsst.structure import build_structure
@@ -86,9 +86,12 @@ class PruningRun:
         self.model = create_model(config.arch, num_classes=self.data.num_classes,
                                   img_size=img_size, patch_size=config.patch_size,
                                   mean=self.data.mean, std=self.data.std).to(self.device)
+        if config.pretrained is not None:
+            load_pretrained(self.model, config.pretrained)
         self.arena = Arena(self.model,
                            channels_last=use_channels_last(config.memory_format, self.model))
-        self.structure = build_structure(self.model, self.arena, config.structure)
+        self.structure = build_structure(self.model, self.arena, config.structure,
+                                         config.prune_scope)
         if self.structure.note:
             console.print(f"[yellow]note:[/] {self.structure.note}")
         self.update_config = UpdateConfig(
@@ -126,6 +129,7 @@ class PruningRun:
         arena_state = self.arena.state_dict()  # canonical order: resumable in either layout
         tensors["arena.momentum"] = arena_state["momentum"]
         tensors["arena.code"] = arena_state["code"]
+        tensors.update({f"method.{k}": v for k, v in self.method.state_tensors(self.arena).items()})
         meta = {"position": json.dumps(position), "records": json.dumps(self.records),
                 "rsst.version": __version__}
         rundir.save_checkpoint(self.run_dir, tensors, meta)
@@ -166,6 +170,8 @@ class PruningRun:
             self.model.load_state_dict(model_state)
             self.arena.load_state_dict({"momentum": tensors["arena.momentum"],
                                         "code": tensors["arena.code"]})
+            self.method.load_state_tensors(self.arena, {
+                k[7:]: v for k, v in tensors.items() if k.startswith("method.")})
         except (KeyError, ValueError, RuntimeError) as exc:
             raise rundir.checkpoint_error(self.run_dir, exc) from None
         rewind = {k[7:]: v for k, v in tensors.items() if k.startswith("rewind.")}
@@ -187,7 +193,9 @@ class PruningRun:
         cfg = self.config
         steps = len(self.train_batches)
         ramp = steps * cfg.epochs if cfg.reg_ramp == "state" else steps
-        self.backend.config = dataclasses.replace(self.update_config, ramp_steps=ramp)
+        ctx = self._context(state)
+        self.backend.config = dataclasses.replace(self.update_config, ramp_steps=ramp,
+                                                  **self.method.begin_state(ctx, start_epoch))
         lr_at = lr_schedule(cfg.lr, cfg.lr_schedule, steps_per_epoch=steps, epochs=cfg.epochs,
                             warmup_epochs=cfg.warmup_epochs, milestones=cfg.milestones,
                             gamma=cfg.gamma)
@@ -219,6 +227,7 @@ class PruningRun:
                     self.console.print(f"[yellow]note:[/] {self.engine.graph_note}")
                     self.engine.graph_note = None
                 lam = result.lam if pending else 0.0
+                extra = self.method.after_epoch(ctx, epoch + 1)
                 val_acc, val_loss, test_acc = self._evaluate()
                 self._check_finite(state, epoch + 1, result.loss, val_loss, lam,
                                    lr_at(base + steps - 1))
@@ -226,7 +235,8 @@ class PruningRun:
                 record = {"kind": "epoch", "state": state, "epoch": epoch + 1,
                           "train_loss": result.loss, "train_acc": result.acc, "val_acc": val_acc,
                           "val_loss": val_loss, "test_acc": test_acc,
-                          "lr": lr_at(base + steps - 1), "reg_lambda": lam, "seconds": seconds}
+                          "lr": lr_at(base + steps - 1), "reg_lambda": lam, **extra,
+                          "seconds": seconds}
                 # with no val split the last epoch stands in for the best one
                 if (val_acc is None or "best_val_acc" not in best
                         or val_acc > best["best_val_acc"]):
@@ -401,8 +411,7 @@ class PruningRun:
         method, hard = self.method, self.arena.hard_mask
         prunable = self.structure.prunable
         self._seed_global_rng(state, -1)
-        ctx = PruneContext(self.model, self.arena, self.structure, self.config,
-                           lambda n: self._calibration_batches(state, n), state)
+        ctx = self._context(state)
         count = method.removal_count(int((hard & prunable).sum()), int(prunable.sum()),
                                      self.config)
         unstructured = prune_lowest(method.score(ctx), hard, prunable, count)
@@ -411,11 +420,15 @@ class PruningRun:
             scores = group_scores(self.config.criteria, self.model, self.structure, self.arena,
                                   unstructured, ctx.batches(self.config.criteria_batches))
             unstructured = refill(self.structure, unstructured, hard, scores,
-                                  self.config.fillback_rate)
+                                  self.config.fillback_rate, self.config.refill_scope)
         if method.soft:  # the dropped elements fade during the next state
             self.arena.set_masks(hard, hard & ~unstructured)
         else:
             self.arena.set_masks(unstructured)
+
+    def _context(self, state: int) -> PruneContext:
+        return PruneContext(self.model, self.arena, self.structure, self.config,
+                            lambda n: self._calibration_batches(state, n), state)
 
     def _calibration_batches(self, state: int, count: int) -> list[Any]:
         """The first ``count`` calibration batches of ``state``'s draw (-1 counts as 0)."""

@@ -5,6 +5,9 @@
 - ``eager``: the straightforward per-parameter loop with ``torch.optim.SGD`` (the oracle).
 
 All three agree to float32 rounding and all leave the gradient zeroed for the next backward.
+With ``UpdateConfig.rho > 0`` each also adds the ADMM penalty gradient ρ·(w − a) to the alive
+anchored elements (code bit `ANCHORED`), ``a`` being ``arena.anchor`` (Z − U of
+`rsst.methods.admm`).
 The functional `step` drives any backend on plain tensors; `make_backend` gives the object whose
 ``step(arena, lr, t)`` ends every training step. Every arena-level backend implements the one
 protocol `UpdateBackend` (defined next to `Arena.step`, which calls it; re-exported here).
@@ -21,7 +24,7 @@ from rsst.arena import Arena, UpdateBackend
 from rsst.errors import UserError
 from rsst.schedules import lam_at, schedule_code
 from rsst_kernels import fused_update, fused_update_reference, triton_available
-from rsst_kernels.masks import ALIVE, PENDING
+from rsst_kernels.masks import ALIVE, ANCHORED, PENDING
 from rsst_kernels.scalars import pack
 
 BACKENDS: tuple[str, ...] = ("triton", "torch", "eager")
@@ -39,6 +42,13 @@ class UpdateConfig:
     ramp_steps: int = 1
     lam_max: float = 1.0
     exponents: float = 4.0
+    #: ρ of the ADMM penalty ρ/2‖w − a‖² on anchored elements; 0 switches the term off
+    rho: float = 0.0
+
+    @property
+    def admm(self) -> bool:
+        """Whether the update adds the ADMM term (and reads the anchor buffer)."""
+        return self.rho != 0.0
 
     def lam(self, t: int) -> float:
         return lam_at(self.schedule, t, self.ramp_steps, self.lam_max, self.exponents)
@@ -47,12 +57,12 @@ class UpdateConfig:
         """Values for the kernel's ``hyper`` tensor, in the order of its `ScalarSlot`."""
         return pack(lr=lr, momentum=self.momentum, weight_decay=self.weight_decay,
                     lam_max=self.lam_max, exponents=self.exponents, t=t, T=self.ramp_steps,
-                    first_step=first_step)
+                    first_step=first_step, rho=self.rho)
 
     @property
     def switches(self) -> tuple[Hashable, ...]:
         """The values a kernel launch takes as compile-time constants."""
-        return (self.schedule, self.nesterov, self.block_loss_grad)
+        return (self.schedule, self.nesterov, self.block_loss_grad, self.admm)
 
 
 def resolve_backend(name: str, device: torch.device | str) -> str:
@@ -81,6 +91,8 @@ def _eager_update(
     lam: float,
     block_loss_grad: bool,
     first_step: bool,
+    anchors: Sequence[torch.Tensor] | None = None,
+    rho: float = 0.0,
 ) -> None:
     """Mask and penalise each gradient, ``optimizer.step()``, re-mask, zero the gradients.
 
@@ -88,17 +100,23 @@ def _eager_update(
     the first step so that SGD's ``buf·μ + d`` equals its first-step ``buf ← d``). At μ = 0
     ``torch.optim.SGD`` keeps no buffer, so ``buf ← d`` is written here, as SPEC §5 and the
     other backends do (a checkpoint's momentum then does not depend on the backend).
+    ``anchors`` (one per parameter) with ``rho`` add the ADMM term ρ·(w − a) to alive
+    anchored elements.
     """
     settings = optimizer.param_groups[0]
     no_momentum = settings["momentum"] == 0
     alive_masks = []
-    for p, buf, code in zip(params, buffers, codes, strict=True):
+    admm = anchors is not None and rho != 0.0
+    for i, (p, buf, code) in enumerate(zip(params, buffers, codes, strict=True)):
         alive = (code & ALIVE) != 0
         pending = (code & PENDING) != 0
         grad = p.grad
         grad.masked_fill_(~alive, 0.0)
         penalty = p.detach() * lam
         grad.copy_(torch.where(pending, penalty if block_loss_grad else grad + penalty, grad))
+        if admm:
+            anchored = alive & ((code & ANCHORED) != 0)
+            grad.add_(torch.where(anchored, p.detach() - anchors[i], 0.0), alpha=rho)
         if no_momentum:
             with torch.no_grad():
                 torch.add(grad, p, alpha=settings["weight_decay"], out=buf)  # d = g + wd·w
@@ -146,12 +164,19 @@ def step(
     T: int = 1,
     lam_max: float = 1.0,
     exponents: float = 4.0,
+    anchor: torch.Tensor | None = None,
+    rho: float = 0.0,
 ) -> float:
     """One update of SPEC §5 on flat tensors, in place; returns the λ used.
 
     ``w``, ``g``, ``buf``: 1-D float32 of one length; ``code``: 1-D uint8 (bit 0 alive, bit 1
-    pending). ``w`` and ``buf`` are updated, ``g`` is left zeroed for the next backward.
+    pending, bit 2 anchored). ``w`` and ``buf`` are updated, ``g`` is left zeroed for the next
+    backward. ``anchor`` (1-D float32, same length) with ``rho > 0`` adds the ADMM term
+    ρ·(w − anchor) to the gradient of alive anchored elements, after the RSST penalty and before
+    weight decay; without an anchor ``rho`` must stay 0.
     """
+    if rho != 0.0 and anchor is None:
+        raise ValueError("rho > 0 needs an anchor (the ADMM term's a = Z − U)")
     config = UpdateConfig(
         momentum=momentum,
         weight_decay=weight_decay,
@@ -161,7 +186,9 @@ def step(
         ramp_steps=T,
         lam_max=lam_max,
         exponents=exponents,
+        rho=rho if anchor is not None else 0.0,
     )
+    anchor = anchor if config.admm else None
     lam = config.lam(t)
     if backend == "triton":
         if not triton_available(w.device):
@@ -176,6 +203,7 @@ def step(
             schedule=schedule_code(schedule),
             nesterov=nesterov,
             block_loss_grad=block_loss_grad,
+            anchor=anchor,
         )
     elif backend == "torch":
         schedule_code(schedule)
@@ -191,6 +219,8 @@ def step(
             nesterov=nesterov,
             block_loss_grad=block_loss_grad,
             first_step=first_step,
+            anchor=anchor,
+            rho=config.rho,
         )
     elif backend == "eager":
         param = torch.nn.Parameter(w)
@@ -204,6 +234,8 @@ def step(
             lam=lam,
             block_loss_grad=block_loss_grad,
             first_step=first_step,
+            anchors=None if anchor is None else [anchor],
+            rho=config.rho,
         )
     else:
         raise UserError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
@@ -241,12 +273,23 @@ class TritonBackend(UpdateBackend):
         """The kernel over the whole arena with the scalars `prepare` wrote."""
         config = self.config
         args = (arena.weight, arena.grad, arena.momentum, arena.code, arena.scalars)
+        anchor = _anchor(arena, config)
         if torch.compiler.is_compiling():
             torch.ops.rsst.fused_update(*args, schedule_code(config.schedule), config.nesterov,
-                                        config.block_loss_grad)
+                                        config.block_loss_grad, anchor)
             return
         fused_update(*args, schedule=schedule_code(config.schedule), nesterov=config.nesterov,
-                     block_loss_grad=config.block_loss_grad)
+                     block_loss_grad=config.block_loss_grad, anchor=anchor)
+
+
+def _anchor(arena: Arena, config: UpdateConfig) -> torch.Tensor | None:
+    """The arena's ADMM anchor when the config switches the term on (None when off)."""
+    if not config.admm:
+        return None
+    if arena.anchor is None:
+        raise RuntimeError("the update's ADMM term is on (rho > 0) but the arena has no anchor: "
+                           "Arena.set_anchored allocates it")
+    return arena.anchor
 
 
 @dataclass(frozen=True)
@@ -313,6 +356,8 @@ class TorchBackend(_HostScalarsBackend):
             nesterov=config.nesterov,
             block_loss_grad=config.block_loss_grad and arena.has_pending,
             first_step=prepared.first_step,
+            anchor=_anchor(arena, config),
+            rho=config.rho,
         )
 
 
@@ -338,6 +383,7 @@ class EagerBackend(_HostScalarsBackend):
             self._optimizer = _sgd(list(arena.params), self._config)
             self._buffers = [arena.view(n, "momentum") for n in arena.names]
             self._codes = [arena.view(n, "code") for n in arena.names]
+        anchor = _anchor(arena, self._config)
         _eager_update(
             arena.params,
             self._buffers,
@@ -347,6 +393,8 @@ class EagerBackend(_HostScalarsBackend):
             lam=prepared.lam,
             block_loss_grad=self._config.block_loss_grad,
             first_step=prepared.first_step,
+            anchors=None if anchor is None else [arena.view(n, "anchor") for n in arena.names],
+            rho=self._config.rho,
         )
 
 

@@ -98,6 +98,15 @@ def test_half_precision_export_evaluates(tmp_path: Path, dtype: torch.dtype,
     assert evaluate_file(half_state, split="test", device="cpu")["n"] == got["n"]
 
 
+def test_export_of_a_half_precision_state_file(tmp_path: Path) -> None:
+    """`rsst export` widens a state file converted to fp16 like `load_model` does."""
+    state = write_state(tmp_path / "run", RunConfig(), img_size=32)
+    converted(state, state, torch.float16)
+    result = export_model(tmp_path / "run", tmp_path / "model.safetensors", form="compact")
+    tensors, _ = read_file(result.path)
+    assert all(v.dtype == torch.float32 for v in tensors.values() if v.is_floating_point())
+
+
 # -- a folder holding only the split evaluated --------------------------------------------------
 
 
