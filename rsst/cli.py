@@ -397,14 +397,13 @@ def evaluate(
                                   "JSON only."),
 ) -> None:
     """Accuracy and loss of an exported model on a dataset."""
-    import json
-
+    from rsst.atomic import json_text
     from rsst.export import evaluate_file
 
     result = evaluate_file(file, dataset=dataset, data_dir=data_dir, split=split,
                            batch_size=batch_size, device=device.value, cache_dir=cache_dir)
     if json_out:
-        print(json.dumps({k: result[k] for k in ("accuracy", "loss", "n")}))
+        print(json_text({k: result[k] for k in ("accuracy", "loss", "n")}))
         return
     console.print(f"{file} ({result['form']}) on {result['dataset']} {result['split']}: "
                   f"accuracy {100 * result['accuracy']:.2f} %, loss {result['loss']:.4f}, "
@@ -507,14 +506,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     stderr and exit code 2; bugs keep their traceback."""
     try:
         code = app(args=argv, prog_name="rsst", standalone_mode=False)
-    except UserError as exc:
+    except UserError as exc:  # exit 2; 3 when training diverged (rsst.errors)
         from rich.markup import escape
 
         if is_shown(exc):  # under torchrun: rank 0, or an error of this rank alone
             # escaped: a message such as "pip install 'rsst[plot]'" is text, not rich markup
             err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False,
                               soft_wrap=True)
-        sys.exit(2)
+        sys.exit(exc.exit_code)
     except UsageError as exc:
         err_console.print(f"[bold red]error:[/] {_usage_line(exc)}", highlight=False,
                           soft_wrap=True, markup=True)

@@ -194,6 +194,10 @@ class RunConfig:
                             help="λ ramp window.")
     block_loss_grad: bool = setting(False, panel="Schedule/penalty",
                                     help="Pending weights get the penalty gradient only.")
+    fade_epochs: int = setting(0, panel="Schedule/penalty", low=0,
+                               help="RSST: before a cut, up to N extra epochs (λ doubling each) "
+                               "until the pending weights have faded (fade_ratio < 0.1); 0: cut "
+                               "when the state ends, with a warning if they have not.")
     # ADMM penalty (--method admm)
     admm_rho: float = setting(1e-2, panel="Schedule/penalty", low=0.0, low_open=True,
                               help="ρ of the ADMM penalty ρ/2‖W − Z + U‖² (--method admm).")

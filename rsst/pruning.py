@@ -110,3 +110,26 @@ def refill_global(structure: Structure, unstructured: torch.Tensor, hard_mask: t
             structured[unit.member_index] = kept[unit.member_group]
             start += unit.num_groups
     return structured
+
+
+#: `fade_ratio` above which an RSST cut removes weights the network still uses (warned; the
+#: ``--fade-epochs`` mode trains on until the ratio is below it)
+FADE_THRESHOLD = 0.1
+
+
+def fade_ratio(weight: torch.Tensor, hard_mask: torch.Tensor, pending: torch.Tensor,
+               prunable: torch.Tensor) -> float | None:
+    """rms of the pending prunable weights / rms of the live ones (alive, not pending, prunable).
+
+    How far the RSST penalty faded what the cut is about to remove, relative to what stays:
+    ≈ 1 means the cut is as abrupt as Refill's. None when either set is empty or the live
+    weights are all zero.
+    """
+    faded = pending & prunable
+    live = hard_mask & ~pending & prunable
+    if not bool(faded.any()) or not bool(live.any()):
+        return None
+    live_rms = float(weight[live].double().pow(2).mean().sqrt())
+    if live_rms == 0.0:
+        return None
+    return float(weight[faded].double().pow(2).mean().sqrt()) / live_rms
