@@ -22,6 +22,7 @@ from typing import Any
 
 from rsst.atomic import atomic_write_text
 from rsst.errors import UserError
+from rsst.rundir import read_metrics
 
 LOGGERS = ("tensorboard", "wandb", "csv")
 _PACKAGE = {"tensorboard": "tensorboard", "wandb": "wandb"}
@@ -130,28 +131,27 @@ class WandbLogger:
 
 
 class CsvLogger:
-    """``RUN_DIR/epochs.csv`` and ``RUN_DIR/states.csv``: one row per record, one column per
-    flattened field (rewritten atomically as columns appear: state records grow fields)."""
+    """``RUN_DIR/epochs.csv`` and ``RUN_DIR/states.csv``: one row per metrics.jsonl record, one
+    column per flattened field. Each write rebuilds the file from metrics.jsonl (atomically), so
+    a resumed run's CSVs hold the rows from before the resume too, and never a trimmed one."""
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir
-        self.rows: dict[str, list[dict[str, float]]] = {"epochs": [], "states": []}
 
-    def _write(self, name: str, row: dict[str, float]) -> None:
-        rows = self.rows[name]
-        rows.append(row)
+    def _write(self, kind: str) -> None:
+        rows = [flatten(kind, r) for r in read_metrics(self.run_dir) if r.get("kind") == kind]
         columns = list(dict.fromkeys(key for r in rows for key in r))
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
-        atomic_write_text(self.run_dir / f"{name}.csv", buffer.getvalue())
+        atomic_write_text(self.run_dir / f"{kind}s.csv", buffer.getvalue())
 
     def log_epoch(self, record: dict[str, Any]) -> None:
-        self._write("epochs", flatten("epoch", record))
+        self._write("epoch")
 
     def log_state(self, record: dict[str, Any]) -> None:
-        self._write("states", flatten("state", record))
+        self._write("state")
 
     def close(self) -> None:
         pass

@@ -176,6 +176,20 @@ def has_metrics(run_dir: Path) -> bool:
     return path.is_file() and path.read_text().strip() != ""
 
 
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """Every whole line of metrics.jsonl, in order (a torn last line is skipped)."""
+    path = Path(run_dir) / METRICS
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
 def trim_metrics(run_dir: Path, state: int, epoch: int) -> None:
     """Keep only the lines up to checkpoint position (state, epoch): a run killed between a line
     and its checkpoint wrote lines that its resume writes again. Torn lines are dropped."""

@@ -171,3 +171,21 @@ def test_failing_logger_warns_once_and_the_run_goes_on(tmp_path, monkeypatch):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert [r["state"] for r in summary["states"]] == [0, 1]
     assert not (run_dir / "states.csv").exists()
+
+
+def test_csv_after_a_resume_keeps_the_rows_written_before_it(tmp_path):
+    """A resumed run's CsvLogger is new, but its CSVs hold every metrics.jsonl record."""
+    from rsst.loggers import CsvLogger
+    from rsst.rundir import append_metrics
+
+    epochs = [{"kind": "epoch", "state": 0, "epoch": e, "train_loss": 2.0 - e / 10,
+               "val_acc": 0.1 * e} for e in (1, 2, 3)]
+    for record in epochs[:2]:  # written before the kill
+        append_metrics(tmp_path, record)
+    logger = CsvLogger(tmp_path)  # the resumed process
+    append_metrics(tmp_path, epochs[2])
+    logger.log_epoch(epochs[2])
+    with open(tmp_path / "epochs.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [float(r["epoch/train_loss"]) for r in rows] == [r["train_loss"] for r in epochs]
+    assert [float(r["epoch/val_acc"]) for r in rows] == [r["val_acc"] for r in epochs]
