@@ -2,7 +2,9 @@
 
 The run directory's own files (metrics.jsonl, summary.json) stay the record of a run; a logger
 mirrors the same records elsewhere. Every epoch record (train loss/acc, val/test acc, lr, λ, ...)
-goes under ``epoch/<field>`` at step ``state * epochs + epoch``; every state record under
+goes under ``epoch/<field>`` at step ``state * epochs + epoch`` (``epochs`` counts a state's
+--fade-epochs too, so extra fade epochs never share a step with the next state); every state
+record under
 ``state/<field>`` at step ``state`` (nested fields as ``state/<field>/<key>``), and the structure
 the state delivers as ``structure/<layer>`` (groups alive). A logger that is asked for but not
 installed is a `UserError` naming its extra before any training; a logger that fails during the

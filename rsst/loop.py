@@ -600,7 +600,8 @@ def run(config: RunConfig, *, out: Path | None = None, resume: Path | None = Non
                       f"{ranks})")
         if loggers and world.is_main:  # --logger: after the run directory exists, before training
             pruning.loggers = Loggers(
-                loggers, run_dir, config.to_dict(), config.epochs,
+                # fade epochs (--fade-epochs) get step numbers of their own
+                loggers, run_dir, config.to_dict(), config.epochs + config.fade_epochs,
                 lambda line: console.print(f"[yellow]warning:[/] {escape(line)}",
                                            highlight=False),
                 **(logger_options or {}))
