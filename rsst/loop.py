@@ -566,6 +566,8 @@ def run(config: RunConfig, *, out: Path | None = None, resume: Path | None = Non
             raise UserError(f"{run_dir} is not an rsst run directory (no config.toml); pass the "
                             "directory `rsst run` printed")
         config = load_config(run_dir / rundir.CONFIG)
+        if (run_dir / CHECKPOINT).is_file():  # it holds the weights --pretrained gave at start
+            config = dataclasses.replace(config, pretrained=None)
         action = "--resume"
         rundir.check_writable(run_dir, "--resume")
     else:

@@ -280,3 +280,17 @@ def test_pretrained_run_starts_from_the_file(tmp_path):
     run = loop.PruningRun(config, tmp_path / "run", QUIET)
     for k, v in source.state_dict().items():
         assert torch.equal(run.model.state_dict()[k], v), k
+
+
+@pytest.mark.usefixtures("tiny_data")
+def test_resume_does_not_need_the_pretrained_file_again(tmp_path):
+    """The first checkpoint holds the --pretrained weights: a resume works after the file moved,
+    and continues from the checkpoint, not from the file."""
+    source = create_model("resnet20", img_size=8)
+    weights = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(weights))
+    config = tiny(method="imp", states=1, structure="none", pretrained=str(weights))
+    run_dir = loop.run(config, out=tmp_path / "run", console=QUIET)
+    weights.unlink()
+    loop.run(RunConfig(), resume=run_dir, console=QUIET)  # finished: nothing left to train
+    assert json.loads((run_dir / "summary.json").read_text())["states"][0]["state"] == 0
