@@ -73,6 +73,40 @@ if triton is not None:
     _FIRST_STEP = tl.constexpr(int(ScalarSlot.FIRST_STEP))
 
     @triton.jit
+    def schedule_lambda(hyper_ptr, SCHEDULE: tl.constexpr):
+        """λ(u), u = (t + 1) / T: the closed forms of schedules.lam_of_code (SPEC §4)."""
+        lam_max = tl.load(hyper_ptr + _LAM_MAX)
+        p = tl.load(hyper_ptr + _EXPONENTS)
+        t = tl.load(hyper_ptr + _STEP)
+        T = tl.load(hyper_ptr + _WINDOW)
+        u = tl.minimum((t + 1.0) / tl.maximum(T, 1.0), 1.0)
+        if SCHEDULE == _LINEAR:
+            shape = u
+        elif SCHEDULE == _SQUARE:
+            shape = u * u
+        elif SCHEDULE == _CUBE:
+            shape = u * u * u
+        elif SCHEDULE == _EXP:
+            shape = (tl.exp(u) - 1.0) / _E_MINUS_1
+        else:  # EXP_CUSTOM_EXPONENTS: e^(u^p), u^p as e^(p·ln u)
+            shape = (tl.exp(tl.exp(p * tl.log(u))) - 1.0) / _E_MINUS_1
+        return lam_max * shape
+
+    @triton.jit
+    def penalised_gradient(g, w, alive, pending, lam, BLOCK_LOSS_GRAD: tl.constexpr):
+        """The gradient every optimizer of the family steps with (SPEC §5, first two lines).
+
+        ``H·g``, then ``+ λ·w`` on pending elements (``λ·w`` alone with block_loss_grad). One
+        more optional term (e.g. ADMM's ρ·(w − anchor)) is one more constexpr switch here.
+        """
+        g = tl.where(alive, g, 0.0)
+        if BLOCK_LOSS_GRAD:
+            g = tl.where(pending, lam * w, g)
+        else:
+            g = tl.where(pending, g + lam * w, g)
+        return g
+
+    @triton.jit
     def _fused_update_kernel(
         w_ptr,
         g_ptr,
@@ -92,25 +126,8 @@ if triton is not None:
         lr = tl.load(hyper_ptr + _LR)
         mu = tl.load(hyper_ptr + _MOMENTUM)
         wd = tl.load(hyper_ptr + _WEIGHT_DECAY)
-        lam_max = tl.load(hyper_ptr + _LAM_MAX)
-        p = tl.load(hyper_ptr + _EXPONENTS)
-        t = tl.load(hyper_ptr + _STEP)
-        T = tl.load(hyper_ptr + _WINDOW)
         first = tl.load(hyper_ptr + _FIRST_STEP)
-
-        # λ(u), u = (t + 1) / T: the closed forms of schedules.lam_of_code (SPEC §4).
-        u = tl.minimum((t + 1.0) / tl.maximum(T, 1.0), 1.0)
-        if SCHEDULE == _LINEAR:
-            shape = u
-        elif SCHEDULE == _SQUARE:
-            shape = u * u
-        elif SCHEDULE == _CUBE:
-            shape = u * u * u
-        elif SCHEDULE == _EXP:
-            shape = (tl.exp(u) - 1.0) / _E_MINUS_1
-        else:  # EXP_CUSTOM_EXPONENTS: e^(u^p), u^p as e^(p·ln u)
-            shape = (tl.exp(tl.exp(p * tl.log(u))) - 1.0) / _E_MINUS_1
-        lam = lam_max * shape
+        lam = schedule_lambda(hyper_ptr, SCHEDULE)
 
         w = tl.load(w_ptr + offs, mask=in_range, other=0.0)
         g = tl.load(g_ptr + offs, mask=in_range, other=0.0)
@@ -119,11 +136,7 @@ if triton is not None:
         alive = (code & _ALIVE) != 0
         pending = (code & _PENDING) != 0
 
-        g = tl.where(alive, g, 0.0)
-        if BLOCK_LOSS_GRAD:
-            g = tl.where(pending, lam * w, g)
-        else:
-            g = tl.where(pending, g + lam * w, g)
+        g = penalised_gradient(g, w, alive, pending, lam, BLOCK_LOSS_GRAD)
         d = g + wd * w
         buf = tl.where(first != 0.0, d, mu * buf + d)
         if NESTEROV:
@@ -186,6 +199,23 @@ def fused_update(
     )
 
 
+def penalise_gradient_(w: torch.Tensor, g: torch.Tensor, code: torch.Tensor, *, lam: float,
+                       block_loss_grad: bool) -> torch.Tensor:
+    """``g ← H·g``, then ``+ λ·w`` on pending elements (``λ·w`` alone with block_loss_grad), in
+    place: the gradient every torch twin steps with. Returns the dead mask (for the re-mask).
+
+    With ``lam == 0`` and no ``block_loss_grad`` the pending bit changes nothing and is not read.
+    """
+    dead = (code & ALIVE) == 0
+    g.masked_fill_(dead, 0.0)
+    if lam != 0.0 or block_loss_grad:
+        pending = (code & PENDING) != 0
+        if block_loss_grad:
+            g.masked_fill_(pending, 0.0)
+        g.addcmul_(w, pending.to(w.dtype), value=lam)
+    return dead
+
+
 def fused_update_reference(
     w: torch.Tensor,
     g: torch.Tensor,
@@ -207,13 +237,7 @@ def fused_update_reference(
     d and the step (so the ops make no full-size float temporaries) and is left zeroed. With
     ``lam == 0`` and no ``block_loss_grad`` the pending bit changes nothing and is not read.
     """
-    dead = (code & ALIVE) == 0
-    g.masked_fill_(dead, 0.0)
-    if lam != 0.0 or block_loss_grad:
-        pending = (code & PENDING) != 0
-        if block_loss_grad:
-            g.masked_fill_(pending, 0.0)
-        g.addcmul_(w, pending.to(w.dtype), value=lam)
+    dead = penalise_gradient_(w, g, code, lam=lam, block_loss_grad=block_loss_grad)
     if weight_decay != 0.0:
         g.add_(w, alpha=weight_decay)  # g now holds d
     if first_step:
@@ -289,5 +313,6 @@ __all__ = [
     "fused_update",
     "fused_update_op",
     "fused_update_reference",
+    "penalise_gradient_",
     "triton_available",
 ]

@@ -155,6 +155,10 @@ def run(
     momentum: float | None = typer.Option(None, help="SGD momentum."),
     weight_decay: float | None = typer.Option(None, help="Weight decay."),
     nesterov: bool | None = typer.Option(None, "--nesterov/--no-nesterov", help="Nesterov."),
+    optimizer: str | None = typer.Option(None, help="sgd | adamw."),
+    beta1: float | None = typer.Option(None, help="AdamW β1."),
+    beta2: float | None = typer.Option(None, help="AdamW β2."),
+    eps: float | None = typer.Option(None, help="AdamW ε."),
     lr_schedule: str | None = typer.Option(None, help="multistep | cosine | constant."),
     warmup_epochs: float | None = typer.Option(None, help="Linear warm-up epochs per state."),
     milestones: str | None = typer.Option(None, help="Multistep decay epochs, e.g. 80,120."),
@@ -163,8 +167,8 @@ def run(
     train_subset: int | None = typer.Option(None, help="Keep N training images (quick runs)."),
     val_split: int | None = typer.Option(None, help="Validation images carved from train."),
     seed: int | None = typer.Option(None, help="Seed of everything random."),
-    backend: str | None = typer.Option(None, help="Update backend: auto | triton | torch | "
-                                       "eager."),
+    backend: str | None = typer.Option(None, help="Update backend: auto | triton | compiled | "
+                                       "torch | eager."),
     device: str | None = typer.Option(None, help="auto | cpu | cuda."),
     compile: bool | None = typer.Option(None, "--compile/--no-compile",
                                         help="Wrap the model in torch.compile."),

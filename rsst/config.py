@@ -24,7 +24,7 @@ CRITERIA = ("remain", "magnitude", "l1", "l2", "saliency")
 STRUCTURES = ("auto", "channel", "head", "neuron", "head+neuron", "none")
 REG_RAMPS = ("state", "epoch")
 LR_SCHEDULES = ("multistep", "cosine", "constant")
-OPTIMIZERS = ("sgd",)
+OPTIMIZERS = ("sgd", "adamw")
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 
 
@@ -59,7 +59,10 @@ class RunConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     nesterov: bool = False
-    optimizer: str = "sgd"
+    optimizer: str = "sgd"  # sgd | adamw (the fused update implements both)
+    beta1: float = 0.9  # AdamW's β1 (momentum and nesterov are SGD's)
+    beta2: float = 0.999  # AdamW's β2
+    eps: float = 1e-8  # AdamW's ε
     lr_schedule: str = "cosine"
     warmup_epochs: float = 0.0
     milestones: list[int] = field(default_factory=list)
@@ -128,6 +131,20 @@ PRESETS: dict[str, dict[str, Any]] = {
         nesterov=True, weight_decay=1e-4, lr_schedule="cosine", warmup_epochs=5.0,
         label_smoothing=0.1, rewind="init",
     ),
+    # DeiT-style AdamW for the same ViTs: lr 1e-3 scaled by batch/512, weight decay 0.05,
+    # warm-up + cosine, label smoothing 0.1
+    "cifar10-vit_tiny-adamw": dict(
+        dataset="cifar10", arch="vit_tiny", patch_size=4, structure="head+neuron", states=10,
+        rate=0.2, criteria="l1", epochs=100, batch_size=128, optimizer="adamw",
+        lr=1e-3 * 128 / 512, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.05,
+        lr_schedule="cosine", warmup_epochs=5.0, label_smoothing=0.1, rewind="init",
+    ),
+    "cifar10-vit_small-adamw": dict(
+        dataset="cifar10", arch="vit_small", patch_size=4, structure="head+neuron", states=10,
+        rate=0.2, criteria="l1", epochs=100, batch_size=128, optimizer="adamw",
+        lr=1e-3 * 128 / 512, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.05,
+        lr_schedule="cosine", warmup_epochs=5.0, label_smoothing=0.1, rewind="init",
+    ),
     # the research code's own recipe (main_imp_fillback.py defaults)
     "cifar10-resnet20-research": dict(
         dataset="cifar10", arch="resnet20", states=20, rate=0.2, criteria="l1", epochs=182,
@@ -153,7 +170,7 @@ def validate(config: RunConfig) -> RunConfig:
     _choice("reg_ramp", config.reg_ramp, REG_RAMPS)
     _choice("lr_schedule", config.lr_schedule, LR_SCHEDULES)
     _choice("optimizer", config.optimizer, OPTIMIZERS)
-    _choice("backend", config.backend, ("auto", "triton", "torch", "eager"))
+    _choice("backend", config.backend, ("auto", "triton", "compiled", "torch", "eager"))
     _choice("device", config.device, ("auto", "cpu", "cuda"))
     _choice("memory_format", config.memory_format, MEMORY_FORMATS)
     if not 0.0 < config.rate < 1.0:
@@ -171,6 +188,11 @@ def validate(config: RunConfig) -> RunConfig:
         raise UserError(f"--label-smoothing must be in [0, 1) (got {config.label_smoothing})")
     if config.momentum < 0 or config.weight_decay < 0:
         raise UserError("--momentum and --weight-decay must be ≥ 0")
+    for name in ("beta1", "beta2"):
+        if not 0.0 <= getattr(config, name) < 1.0:
+            raise UserError(f"--{name} must be in [0, 1) (got {getattr(config, name)})")
+    if config.eps <= 0:
+        raise UserError(f"--eps must be positive (got {config.eps})")
     if config.lr <= 0:
         raise UserError(f"--lr must be positive (got {config.lr})")
     if config.reg_granularity < 0:

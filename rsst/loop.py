@@ -95,7 +95,8 @@ class PruningRun:
             momentum=config.momentum, weight_decay=config.weight_decay,
             nesterov=config.nesterov, block_loss_grad=config.block_loss_grad,
             schedule=config.schedule, lam_max=config.reg_granularity,
-            exponents=config.exponents,
+            exponents=config.exponents, optimizer=config.optimizer, beta1=config.beta1,
+            beta2=config.beta2, eps=config.eps,
         )
         self.backend = make_backend(self.backend_name, self.device, self.update_config)
         self.engine = Engine(self.model, self.arena, self.backend, self.device, amp=config.amp,
@@ -125,8 +126,7 @@ class PruningRun:
         if self.rewind_point is not None:
             tensors.update({f"rewind.{k}": v for k, v in self.rewind_point.items()})
         arena_state = self.arena.state_dict()  # canonical order: resumable in either layout
-        tensors["arena.momentum"] = arena_state["momentum"]
-        tensors["arena.code"] = arena_state["code"]
+        tensors.update({f"arena.{k}": v for k, v in arena_state.items()})
         meta = {"position": json.dumps(position), "records": json.dumps(self.records),
                 "rsst.version": __version__}
         _save_tensors(self.run_dir / CHECKPOINT, tensors, meta)
@@ -144,8 +144,8 @@ class PruningRun:
             records = json.loads(meta["records"])
             model_state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
             self.model.load_state_dict(model_state)
-            self.arena.load_state_dict({"momentum": tensors["arena.momentum"],
-                                        "code": tensors["arena.code"]})
+            self.arena.load_state_dict({k[6:]: v for k, v in tensors.items()
+                                        if k.startswith("arena.")})
         except (SafetensorError, OSError, KeyError, ValueError, RuntimeError) as exc:
             raise UserError(f"checkpoint {path} is corrupt or from another model "
                             f"({type(exc).__name__}); {fix}") from None

@@ -212,7 +212,7 @@ def op_inputs(n: int = 1000, seed: int = 0) -> tuple[torch.Tensor, ...]:
 def hyper(lr: float, t: int, T: int, *, first: bool = False) -> torch.Tensor:
     values = {"lr": lr, "momentum": 0.9, "weight_decay": 1e-4, "lam_max": 0.5, "exponents": 4.0,
               "t": float(t), "T": float(T), "first_step": 1.0 if first else 0.0}
-    return torch.tensor([values[k] for k in HYPER_SLOTS], dtype=torch.float32)
+    return torch.tensor([values.get(k, 0.0) for k in HYPER_SLOTS], dtype=torch.float32)
 
 
 @pytest.mark.parametrize("kernel", [True, False], ids=["triton", "twin"])

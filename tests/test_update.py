@@ -190,9 +190,14 @@ def test_kernel_lambda_matches_python(schedule):
 def test_scalars_are_packed_in_their_named_slots():
     """The order the kernel reads (the test above: a literal hyper) is the order `pack` writes."""
     values = pack(lr=0.1, momentum=0.9, weight_decay=5e-4, lam_max=0.7, exponents=3.0, t=4, T=9,
-                  first_step=True)
-    assert values == [0.1, 0.9, 5e-4, 0.7, 3.0, 4.0, 9.0, 1.0]
+                  first_step=True, beta1=0.8, beta2=0.99, eps=1e-6, bias_correction1=0.2,
+                  bias_correction2_sqrt=0.1)
+    assert values == [0.1, 0.9, 5e-4, 0.7, 3.0, 4.0, 9.0, 1.0, 0.8, 0.99, 1e-6, 0.2, 0.1]
     assert values[ScalarSlot.STEP] == 4.0 and values[ScalarSlot.WINDOW] == 9.0
+    assert values[ScalarSlot.BETA2] == 0.99 and values[ScalarSlot.BIAS_CORRECTION1] == 0.2
     assert len(HYPER_SLOTS) == len(ScalarSlot) == len(values)
     assert unpack(values) == {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "lam_max": 0.7,
-                              "exponents": 3.0, "t": 4.0, "T": 9.0, "first_step": 1.0}
+                              "exponents": 3.0, "t": 4.0, "T": 9.0, "first_step": 1.0,
+                              "beta1": 0.8, "beta2": 0.99, "eps": 1e-6, "bias_correction1": 0.2,
+                              "bias_correction2_sqrt": 0.1}
+    assert unpack(values[:8])["first_step"] == 1.0  # the SGD slots alone still read by name
