@@ -12,9 +12,8 @@ and the length is dynamic — so one compiled function serves every step, every 
 arena (no recompiles as lr, λ or t change). Inductor caches the generated code on disk, so a second
 run pays only the trace (seconds), not the C++ compile.
 
-The uint8 code is widened to int32 before its bits are tested: Inductor's CPU vectorizer handles
-uint8 masks through a slow per-lane path (measured 5–10× slower on a 2-core EPYC), int32 ones at
-memory speed.
+The uint8 code is widened to int32 before its bits are tested: Inductor's CPU vectorizer handled
+uint8 masks several times slower than int32 ones when this was written (torch 2.14, x86 AVX2).
 
 Where compiling fails (typically: no working C++ compiler), `CompiledPass` says so in one warning
 line and reports the failure to its caller, which runs the torch twin instead.
