@@ -182,13 +182,30 @@ def render_table(console: Console, title: str, records: list[dict[str, Any]],
         console.width = width
 
 
+def _finite_or_null(value: Any) -> Any:
+    """NaN/Infinity are not JSON: a non-finite number becomes null (no measurement)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite_or_null(v) for v in value]
+    return value
+
+
+def json_document(env: dict[str, Any], records: list[dict[str, Any]]) -> str:
+    """``{"env": ..., "results": [...]}`` as strict JSON text (what --json and --json-out give)."""
+    doc = _finite_or_null({"env": env, "results": records})
+    return json.dumps(doc, indent=2, allow_nan=False) + "\n"
+
+
 def write_json(path: Path, env: dict[str, Any], records: list[dict[str, Any]]) -> None:
     """Write ``{"env": ..., "results": [...]}`` atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"env": env, "results": records}, indent=2) + "\n")
-    os.replace(tmp, path)
+    from rsst.atomic import atomic_write_text
+
+    atomic_write_text(path, json_document(env, records))
 
 
 def run_suites(

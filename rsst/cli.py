@@ -2,26 +2,82 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+import os
 import sys
+import typing
+from collections.abc import Callable, Sequence
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
+from typer.core import TyperCommand, TyperGroup
+
+try:  # typer >= 0.2x runs on its own copy of click, older typer on click itself
+    from typer._click.exceptions import ClickException, UsageError
+except ImportError:  # pragma: no cover - depends on the installed typer
+    from click.exceptions import ClickException, UsageError
 
 from rsst import __version__
+from rsst.config import PANELS, RunConfig, Setting, field_types
 from rsst.errors import UserError
+
+#: Width of output that goes to a pipe or a file: wide enough that no table cell is cut.
+LOG_WIDTH = 200
+
+
+def make_console(*, stderr: bool = False) -> Console:
+    """A rich console that, off a terminal and without $COLUMNS, is LOG_WIDTH wide.
+
+    Rich falls back to 80 columns when the output is not a terminal and then shortens table
+    cells to ``100.…``; a log or a pipe must keep every number whole.
+    """
+    probe = Console(stderr=stderr)
+    if probe.is_terminal or os.environ.get("COLUMNS"):
+        return probe
+    return Console(stderr=stderr, width=LOG_WIDTH)
+
+
+def _shown_type(metavar: str | None) -> Callable[[Any], str | None]:
+    return lambda ctx: metavar
+
+
+class _NoBoolMetavar:
+    """Flags (``--x/--no-x``, ``--help``) take no value, so help shows no ``<bool>`` for them;
+    an option's own metavar (``--milestones EPOCH,EPOCH``) is shown instead of its type."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params = super().get_params(ctx)  # type: ignore[misc]
+        for param in params:
+            if getattr(param, "is_flag", False):
+                param.metavar = ""
+            if param.metavar is not None and hasattr(param, "display_type_rich"):
+                param.display_type_rich = _shown_type(param.metavar or None)
+        return params
+
+
+class RsstGroup(_NoBoolMetavar, TyperGroup):
+    pass
+
+
+class RsstCommand(_NoBoolMetavar, TyperCommand):
+    pass
+
 
 app = typer.Typer(
     name="rsst",
     help="Structured lottery-ticket pruning (RSST, Refill, IMP and baselines) for image "
     "classifiers, with a fused Triton update.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     rich_markup_mode="rich",
+    cls=RsstGroup,
 )
-console = Console()
-err_console = Console(stderr=True)
+console = make_console()
+err_console = make_console(stderr=True)
 
 
 class Suite(str, Enum):
@@ -59,12 +115,13 @@ def _fail(message: str) -> None:
 
 
 @app.command(
+    cls=RsstCommand,
     epilog="Examples:\n\n"
     "  rsst bench --suite update                       # per-step update, every backend\n\n"
-    "  rsst bench --suite update --device cuda --json update.json\n\n"
+    "  rsst bench --suite update --device cuda --json-out update.json\n\n"
     "  rsst bench --suite update --models resnet20,vit_small --quick\n\n"
     "  rsst bench --suite step --device cuda --plot step.png   # RSST overhead over dense\n\n"
-    "  rsst bench --suite all --device cpu --json bench_cpu.json",
+    "  rsst bench --suite all --device cpu --json > bench_cpu.json   # tables go to stderr",
 )
 def bench(
     suite: Suite = typer.Option(Suite.update, help="Which suite to run."),
@@ -76,7 +133,10 @@ def bench(
     model: Path | None = typer.Option(None, "--model", help="inference suite: an export "
                                       "(.safetensors) or a run directory to time dense vs "
                                       "compact."),
-    json_path: Path | None = typer.Option(None, "--json", help="Write results as JSON here."),
+    json_stdout: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout "
+                                     "(the tables go to stderr)."),
+    json_path: Path | None = typer.Option(None, "--json-out", help="Also write the results as "
+                                          "JSON to this file."),
     plot: Path | None = typer.Option(None, help="Write a bar chart (PNG; needs matplotlib)."),
     quick: bool = typer.Option(False, help="Fewer repeats, for a smoke test."),
 ) -> None:
@@ -97,8 +157,13 @@ def bench(
         if not model.exists():
             _fail(f"--model {model} does not exist: pass an export file or a run directory")
         model_list = [str(model), *(model_list or [])]
-    run_suites(chosen, resolve_device(device.value), models=model_list, json_path=json_path,
-               console=console, quick=quick, plot_path=plot)
+    doc = run_suites(chosen, resolve_device(device.value), models=model_list,
+                     json_path=json_path, console=err_console if json_stdout else console,
+                     quick=quick, plot_path=plot)
+    if json_stdout:
+        from rsst_bench.common import json_document
+
+        print(json_document(doc["env"], doc["results"]), end="")
 
 
 RUN_EPILOG = """Examples:
@@ -115,105 +180,169 @@ RUN_EPILOG = """Examples:
 """
 
 
-@app.command(epilog=RUN_EPILOG)
-def run(
-    config: Path | None = typer.Option(None, "--config", help="A config.toml (from a run dir)."),
-    preset: str | None = typer.Option(None, help="A research recipe: cifar10-resnet20, "
-                                      "cifar100-resnet20, cifar10-resnet18, "
-                                      "cifar10-resnet20-research, cifar10-vit_tiny, "
-                                      "cifar10-vit_small."),
-    method: str | None = typer.Option(None, help="rsst | refill | imp."),
-    arch: str | None = typer.Option(None, help="resnet20/32/56/110, resnet18/50, vgg16_bn, "
-                                    "mobilenet, vit_tiny/small/base, timm:<name>."),
-    dataset: str | None = typer.Option(None, help="synthetic | cifar10 | cifar100 | imagefolder."),
-    data_dir: str | None = typer.Option(None, help="Folder of the dataset (pickles or class "
-                                        "folders)."),
-    cache_dir: str | None = typer.Option(None, help="Where decoded images are cached."),
-    states: int | None = typer.Option(None, help="Number of pruning states (research: 20)."),
-    epochs: int | None = typer.Option(None, help="Epochs per state."),
-    rate: float | None = typer.Option(None, help="Fraction of the remaining weights pruned per "
-                                      "state, in (0, 1)."),
-    criteria: str | None = typer.Option(None, help="Group score: remain | magnitude | l1 | l2 | "
-                                        "saliency."),
-    criteria_batches: int | None = typer.Option(None, help="Calibration batches for l1/l2/"
-                                                "saliency."),
-    fillback_rate: float | None = typer.Option(None, help="Extra groups refilled, in [0, 1]."),
-    schedule: str | None = typer.Option(None, help="λ schedule: x | x^2 | x^3 | exp | "
-                                        "exp_custom_exponents."),
-    reg_granularity: float | None = typer.Option(None, help="λ_max, the penalty at the end of "
-                                                 "the ramp."),
-    exponents: float | None = typer.Option(None, help="p of exp_custom_exponents."),
-    reg_ramp: str | None = typer.Option(None, help="λ ramp window: state | epoch."),
-    block_loss_grad: bool | None = typer.Option(None, "--block-loss-grad/--no-block-loss-grad",
-                                                help="Pending weights get the penalty gradient "
-                                                "only."),
-    rewind: str | None = typer.Option(None, help="init | epoch:K | none."),
-    structure: str | None = typer.Option(None, help="auto | channel | head | neuron | "
-                                         "head+neuron | none."),
-    batch_size: int | None = typer.Option(None, help="Training batch size."),
-    lr: float | None = typer.Option(None, help="Peak learning rate."),
-    momentum: float | None = typer.Option(None, help="SGD momentum."),
-    weight_decay: float | None = typer.Option(None, help="Weight decay."),
-    nesterov: bool | None = typer.Option(None, "--nesterov/--no-nesterov", help="Nesterov."),
-    optimizer: str | None = typer.Option(None, help="sgd | adamw."),
-    beta1: float | None = typer.Option(None, help="AdamW β1."),
-    beta2: float | None = typer.Option(None, help="AdamW β2."),
-    eps: float | None = typer.Option(None, help="AdamW ε."),
-    lr_schedule: str | None = typer.Option(None, help="multistep | cosine | constant."),
-    warmup_epochs: float | None = typer.Option(None, help="Linear warm-up epochs per state."),
-    milestones: str | None = typer.Option(None, help="Multistep decay epochs, e.g. 80,120."),
-    gamma: float | None = typer.Option(None, help="Multistep decay factor."),
-    label_smoothing: float | None = typer.Option(None, help="Label smoothing."),
-    train_subset: int | None = typer.Option(None, help="Keep N training images (quick runs)."),
-    val_split: int | None = typer.Option(None, help="Validation images carved from train."),
-    seed: int | None = typer.Option(None, help="Seed of everything random."),
-    backend: str | None = typer.Option(None, help="Update backend: auto | triton | compiled | "
-                                       "torch | eager."),
-    device: str | None = typer.Option(None, help="auto | cpu | cuda."),
-    compile: bool | None = typer.Option(None, "--compile/--no-compile",
-                                        help="Wrap the model in torch.compile."),
-    memory_format: str | None = typer.Option(None, help="auto | channels_last | contiguous "
-                                             "(auto: channels_last for CNNs)."),
-    cuda_graph: bool | None = typer.Option(None, "--cuda-graph/--no-cuda-graph",
-                                           help="Capture each training step (forward, backward,"
-                                           " fused update) as one CUDA graph; triton backend."),
-    img_size: int | None = typer.Option(None, help="Input size (ViTs)."),
-    patch_size: int | None = typer.Option(None, help="ViT patch size (default 4)."),
-    out: Path | None = typer.Option(None, help="Run directory (default runs/<method>-<arch>-"
-                                    "<dataset>-<time>)."),
-    resume: Path | None = typer.Option(None, help="Continue the run in this directory."),
-    overwrite: bool = typer.Option(False, help="Replace an existing run directory."),
-) -> None:
+#: Fields the `run` command handles itself rather than as config overrides.
+_RUN_SPECIAL = ("out", "preset")
+_RUN_PANEL = "Run directory"
+#: Longer choice lists would be folded mid-name in the type column of the help.
+_LONGEST_CHOICE_COLUMN = 40
+
+
+def _choice_enum(name: str, choices: Sequence[str]) -> type[Enum]:
+    """A str Enum of the choices: typer turns it into a ``click.Choice`` (help and completion)."""
+    return Enum(f"{name.title().replace('_', '')}Choice", {c: c for c in choices}, type=str)
+
+
+def _option_help(meta: Setting) -> str:
+    span = meta.range_text()
+    if not span:
+        return meta.help
+    return f"{meta.help.rstrip('.')}; {'in ' if span[0] in '([' else ''}{span}."
+
+
+def _config_option(f: dataclasses.Field, annotation: Any) -> inspect.Parameter:
+    """The `rsst run` option of one `RunConfig` field, built from its `Setting`."""
+    meta: Setting = f.metadata["setting"]
+    default = f.default if f.default is not dataclasses.MISSING else None
+    flag = "--" + f.name.replace("_", "-")
+    kwargs: dict[str, Any] = dict(help=_option_help(meta), rich_help_panel=meta.panel)
+    if default is None and meta.shown_default is not None:
+        kwargs["show_default"] = meta.shown_default
+    choices = meta.choice_list()
+    optional = type(None) in typing.get_args(annotation)
+    base = next(a for a in typing.get_args(annotation) if a is not type(None)) if optional \
+        else annotation
+    if choices is not None:
+        kind: Any = _choice_enum(f.name, choices)
+        default = None if default is None else kind(default)
+        decls = [flag]
+        if len("|".join(choices)) > _LONGEST_CHOICE_COLUMN:  # listed in the help, which wraps
+            kwargs["metavar"] = f"<{f.name}>"
+            kwargs["help"] += " One of: " + ", ".join(choices) + "."
+    elif base is bool:
+        kind, decls = bool, [f"{flag}/--no-{flag[2:]}"]
+    elif typing.get_origin(base) is list:  # milestones: "80,120"
+        kind, decls = str, [flag]
+        kwargs["metavar"] = "EPOCH,EPOCH"
+    else:
+        kind, decls = base, [flag]
+    option = typer.Option(default, *decls, **kwargs)
+    return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option,
+                             annotation=kind if default is not None else kind | None)
+
+
+def _run_parameters() -> list[inspect.Parameter]:
+    """One option per `RunConfig` field plus --config, --resume and --overwrite, ordered by
+    help panel (`PANELS`) so ``--help`` shows the panels in that order."""
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    hints = field_types()
+    options = [(_RUN_PANEL, inspect.Parameter("config", keyword, annotation=Path | None,
+                                              default=typer.Option(
+        None, "--config", help="A config.toml (from a run dir); flags given beside it override "
+        "it.", rich_help_panel=_RUN_PANEL, dir_okay=False, show_default="none")))]
+    options += [(f.metadata["setting"].panel, _config_option(f, hints[f.name]))
+                for f in dataclasses.fields(RunConfig)]
+    options += [
+        (_RUN_PANEL, inspect.Parameter("resume", keyword, annotation=Path | None,
+                                       default=typer.Option(
+            None, help="Continue the run in this directory.", rich_help_panel=_RUN_PANEL,
+            show_default="none"))),
+        (_RUN_PANEL, inspect.Parameter("overwrite", keyword, annotation=bool,
+                                       default=typer.Option(
+            False, help="Replace an existing run directory.", rich_help_panel=_RUN_PANEL))),
+        *((_RUN_PANEL, p) for p in _logger_parameters()),
+    ]
+    options.sort(key=lambda item: PANELS.index(item[0]))  # stable: field order within a panel
+    ctx = inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                            annotation=typer.Context)
+    return [ctx, *(param for _, param in options)]
+
+
+def _logger_parameters() -> list[inspect.Parameter]:
+    """--logger (repeatable) and the W&B names: run options that are not config fields."""
+    keyword = inspect.Parameter.KEYWORD_ONLY
+
+    def option(name: str, annotation: Any, *decls: str, **kw: Any) -> inspect.Parameter:
+        return inspect.Parameter(name, keyword, annotation=annotation, default=typer.Option(
+            None, *decls, rich_help_panel=_RUN_PANEL, show_default="none", **kw))
+
+    return [
+        option("logger", list[str] | None, "--logger", help="Also log to tensorboard | wandb | "
+               "csv (repeatable; extras rsst\\[tensorboard], rsst\\[wandb])."),
+        option("wandb_project", str | None, "--wandb-project", help="W&B project (default "
+               "rsst)."),
+        option("wandb_entity", str | None, "--wandb-entity", help="W&B entity (team or user)."),
+        option("wandb_name", str | None, "--wandb-name", help="W&B run name (default: the run "
+               "directory's name)."),
+    ]
+
+
+def _parse_milestones(text: str) -> list[int]:
+    try:
+        return [int(m) for m in text.split(",") if m.strip()]
+    except ValueError:
+        raise UserError(f"--milestones {text!r}: give comma-separated epochs, e.g. 80,120"
+                        ) from None
+
+
+def _given_overrides(ctx: typer.Context, values: dict[str, Any]) -> dict[str, Any]:
+    """The config fields whose flag was given on the command line (defaults do not count)."""
+    given: dict[str, Any] = {}
+    for f in dataclasses.fields(RunConfig):
+        source = ctx.get_parameter_source(f.name)
+        if f.name in _RUN_SPECIAL or source is None or source.name in ("DEFAULT", "DEFAULT_MAP"):
+            continue
+        value = values[f.name]
+        if isinstance(value, Enum):
+            value = value.value
+        if f.name == "milestones" and value is not None:
+            value = _parse_milestones(value)
+        given[f.name] = value
+    return given
+
+
+def _run(ctx: typer.Context, **values: Any) -> None:
     """Run iterative pruning (RSST, Refill, IMP) and write a run directory.
 
     Each state trains, evaluates, prunes the smallest weights globally (--rate) and, for
     refill/rsst, regroups them into whole channels / heads / neurons (--criteria). RSST fades the
     weights it will drop with a growing L2 penalty (--schedule, --reg-granularity) before cutting.
+    Settings layer as defaults ← --config file ← --preset ← flags given here.
     """
     from rsst.config import build_config
     from rsst.loop import run as run_loop
 
-    given = {k: v for k, v in locals().items()
-             if v is not None and k not in ("config", "preset", "resume", "overwrite",
-                                            "build_config", "run_loop", "out")}
-    if milestones is not None:
-        try:
-            given["milestones"] = [int(m) for m in milestones.split(",") if m.strip()]
-        except ValueError:
-            _fail(f"--milestones {milestones!r}: give comma-separated epochs, e.g. 80,120")
+    given = _given_overrides(ctx, values)
+    config, resume, out = values["config"], values["resume"], values["out"]
+    preset = values["preset"].value if values["preset"] is not None else None
+    logging = {"loggers": values["logger"] or [], "logger_options": {
+        k: values[k] for k in ("wandb_project", "wandb_entity", "wandb_name")}}
     if resume is not None:
         if given or config is not None or preset is not None:
             _fail("--resume continues a run with its saved config.toml; drop the other flags")
-        run_loop(build_config(overrides={}), resume=resume, console=console)
+        run_loop(build_config(overrides={}), resume=resume, console=console, **logging)
         return
     run_config = build_config(config_file=config, preset=preset, overrides=given)
-    run_loop(run_config, out=out, overwrite=overwrite, console=console)
+    run_loop(run_config, out=Path(out) if out is not None else None,
+             overwrite=values["overwrite"], console=console, **logging)
+
+
+def _with_signature(fn: Callable[..., Any], params: list[inspect.Parameter]) -> Callable[..., Any]:
+    """Give ``fn(**values)`` the signature typer reads its options from."""
+    fn.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    fn.__annotations__ = {p.name: p.annotation for p in params} | {"return": None}
+    return fn
+
+
+run = app.command(name="run", cls=RsstCommand, epilog=RUN_EPILOG)(
+    _with_signature(_run, _run_parameters()))
 
 
 @app.command(
+    cls=RsstCommand,
     epilog="Examples:\n\n"
     "  rsst export runs/my-run --state last --compact -o model.safetensors\n\n"
-    "  rsst export runs/my-run --state best --masked -o masked.safetensors",
+    "  rsst export runs/my-run --state best --masked -o masked.safetensors\n\n"
+    "  rsst export runs/my-vit --form timm -o vit.safetensors   # loads with timm alone",
 )
 def export(
     run_dir: Path = typer.Argument(..., help="A run directory written by `rsst run`."),
@@ -222,6 +351,9 @@ def export(
                               "accuracy)."),
     compact: bool = typer.Option(True, "--compact/--masked", help="Physically remove pruned "
                                  "channels/heads/neurons, or keep dense shapes plus masks."),
+    form: str | None = typer.Option(None, help="masked | compact | timm (stock timm keys and "
+                                    "create_model arguments: loads without rsst; ViTs and "
+                                    "timm:<name>). Overrides --compact/--masked."),
 ) -> None:
     """Export a pruned state as safetensors (masked or physically compacted).
 
@@ -229,11 +361,15 @@ def export(
     """
     from rsst.export import export_model, export_table
 
-    result = export_model(run_dir, out, state=state, form="compact" if compact else "masked")
+    chosen = form or ("compact" if compact else "masked")
+    result = export_model(run_dir, out, state=state, form=chosen)
     console.print(export_table(result))
     for note in result.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
-    if result.params["compact"] == result.params["dense"]:
+    if chosen == "timm":
+        console.print("load without rsst: see the file's timm.usage metadata or README "
+                      "(Export and eval)", highlight=False)
+    elif result.params["compact"] == result.params["dense"]:
         console.print("[yellow]note:[/] nothing was removable: compaction needs whole channels/"
                       "heads/neurons pruned with their BatchNorm γ/β or biases zeroed (refill/"
                       "rsst); imp prunes single weights, so its export stays dense")
@@ -243,6 +379,7 @@ def export(
 
 @app.command(
     name="eval",
+    cls=RsstCommand,
     epilog="Examples:\n\n  rsst eval model.safetensors --dataset cifar10 --data-dir ~/data/cifar10",
 )
 def evaluate(
@@ -273,10 +410,118 @@ def evaluate(
                   f"n = {result['n']}", highlight=False)
 
 
-def main() -> None:
-    """Console entry point: user mistakes become one line on stderr and exit code 2."""
+@app.command(
+    cls=RsstCommand,
+    epilog="Examples:\n\n"
+    "  rsst compare runs/*                                # every run under runs/\n\n"
+    "  rsst compare runs/rsst-* runs/refill-* --x macs --plot compare.png\n\n"
+    "  rsst compare runs --metric val_after_cut --json > compare.json",
+)
+def compare(
+    run_dirs: list[str] = typer.Argument(..., help="Run directories, globs, or folders "
+                                         "holding runs."),
+    x: str = typer.Option("remain", "--x", help="x axis: remain (fraction of weights alive) | "
+                          "sparsity (groups removed) | macs | params (compacted, vs dense)."),
+    metric: str = typer.Option("val", help="val | test | val_after_cut (the network each "
+                               "state delivers; RSST states otherwise show before and after "
+                               "the cut)."),
+    plot: Path | None = typer.Option(None, help="Write the accuracy-vs-sparsity plot here "
+                                     "(.png or .svg; needs rsst\\[plot])."),
+    json_out: bool = typer.Option(False, "--json", help="Print the comparison as JSON only."),
+    json_path: Path | None = typer.Option(None, "--json-out", help="Also write the comparison "
+                                          "as JSON to this file."),
+    force: bool = typer.Option(False, help="Compare runs on different datasets anyway."),
+) -> None:
+    """Accuracy against sparsity across runs, grouped by method / arch / dataset (seeds: mean ±
+    std), with each group's winning ticket: its sparsest state within 0.5 point of dense."""
+    from rich.markup import escape
+
+    from rsst.compare import compare_runs, comparison_tables, find_runs, to_json
+    from rsst.plots import check_plot_path, plot_comparison, pyplot
+
+    if plot is not None:
+        check_plot_path(plot)
+        pyplot()  # a missing extra fails before any work
+    runs = find_runs(run_dirs, warn=lambda line: err_console.print(
+        f"[yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True))
+    result = compare_runs(runs, x=x, metric=metric, force=force)
+    if plot is not None:
+        plot_comparison(result, plot)
+    if json_path is not None:
+        from rsst.atomic import atomic_write_text
+
+        atomic_write_text(json_path, to_json(result) + "\n")
+    if json_out:
+        print(to_json(result))
+        return
+    for table in comparison_tables(result):
+        console.print(table)
+    if plot is not None:
+        console.print(f"wrote {plot}")
+
+
+@app.command(
+    cls=RsstCommand,
+    epilog="Examples:\n\n  rsst report runs/my-run                 # table + runs/my-run/report.png"
+    "\n\n  rsst report runs/my-run --plot my-run.svg",
+)
+def report(
+    run_dir: Path = typer.Argument(..., help="A run directory written by `rsst run`."),
+    plot: Path | None = typer.Option(None, help="Where to write the plot (.png or .svg; default "
+                                     "RUN_DIR/report.png; needs rsst\\[plot])."),
+) -> None:
+    """One run: the per-state table, accuracy per state and the groups left per layer."""
+    from rich.markup import escape
+
+    from rsst.compare import load_single_run, run_kinds
+    from rsst.log import state_table
+    from rsst.plots import check_plot_path, plot_report, pyplot
+
+    if plot is not None:
+        check_plot_path(plot)
+        pyplot()
+    run = load_single_run(run_dir)
+    console.print(state_table(run.records, run_kinds(run)))
+    if plot is None:
+        try:
+            pyplot()
+        except UserError as exc:
+            err_console.print(f"[yellow]note:[/] no plot written: {escape(str(exc))}",
+                              highlight=False)
+            return
+    target = plot_report(run.records, f"{run.method} · {run.arch} · {run.dataset} · {run_dir}",
+                         plot or Path(run_dir) / "report.png")
+    console.print(f"wrote {target}")
+
+
+def _usage_line(exc: UsageError) -> str:
+    """Click's usage error (and its "did you mean" hint) as one line, naming where help is."""
+    message = " ".join(exc.format_message().replace("Value error, ", "").split())
+    where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+    return message + where
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console entry point: user mistakes, Click's usage errors included, become one line on
+    stderr and exit code 2; bugs keep their traceback."""
     try:
-        app()
+        code = app(args=argv, prog_name="rsst", standalone_mode=False)
     except UserError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        from rich.markup import escape
+
+        # escaped: a message such as "pip install 'rsst[plot]'" is text, not rich markup
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False,
+                          soft_wrap=True)
         sys.exit(2)
+    except UsageError as exc:
+        err_console.print(f"[bold red]error:[/] {_usage_line(exc)}", highlight=False,
+                          soft_wrap=True, markup=True)
+        sys.exit(exc.exit_code)
+    except ClickException as exc:
+        err_console.print(f"[bold red]error:[/] {' '.join(exc.format_message().split())}",
+                          highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        err_console.print("aborted", highlight=False)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -5,13 +5,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import sys
+import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from rsst import atomic
 from rsst.errors import UserError
+from rsst.methods import method_names
 from rsst.schedules import SCHEDULES
 
 if sys.version_info >= (3, 11):
@@ -19,73 +22,195 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-METHODS = ("rsst", "refill", "imp")
+METHODS = method_names()  # the registered pruning methods (rsst.methods)
 CRITERIA = ("remain", "magnitude", "l1", "l2", "saliency")
 STRUCTURES = ("auto", "channel", "head", "neuron", "head+neuron", "none")
 REG_RAMPS = ("state", "epoch")
 LR_SCHEDULES = ("multistep", "cosine", "constant")
 OPTIMIZERS = ("sgd", "adamw")
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
+BACKENDS = ("auto", "triton", "compiled", "torch", "eager")
+DEVICES = ("auto", "cpu", "cuda")
+
+#: Help panels of `rsst run --help`, in the order they are shown.
+PANELS = ("Method", "Schedule/penalty", "Training", "Data", "Model", "Run directory", "Speed")
+
+Choices = tuple[str, ...] | Callable[[], tuple[str, ...]]
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What the CLI and `validate` know about one `RunConfig` field (its ``metadata``).
+
+    ``choices`` is a tuple or a function returning one (a registry's names), so each choice list
+    exists once. ``low``/``high`` bound a number (``*_open`` excludes the bound); every float must
+    be finite unless ``finite`` is False. ``shown_default`` is what ``--help`` prints when the
+    default is None; ``hint`` follows a range error.
+    """
+
+    help: str
+    panel: str
+    choices: Choices | None = None
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    finite: bool = True
+    shown_default: str | None = None
+    hint: str = ""
+
+    def choice_list(self) -> tuple[str, ...] | None:
+        if self.choices is None:
+            return None
+        return tuple(self.choices() if callable(self.choices) else self.choices)
+
+    def range_text(self) -> str:
+        """The allowed interval in words, e.g. ``(0, 1)``, ``> 0``, ``≥ 1``; '' if unbounded."""
+        if self.low is not None and self.high is not None:
+            return (f"{'(' if self.low_open else '['}{_num(self.low)}, {_num(self.high)}"
+                    f"{')' if self.high_open else ']'}")
+        if self.low is not None:
+            return f"{'>' if self.low_open else '≥'} {_num(self.low)}"
+        if self.high is not None:
+            return f"{'<' if self.high_open else '≤'} {_num(self.high)}"
+        return ""
+
+    def in_range(self, value: float) -> bool:
+        """False for NaN too: every comparison is written so that NaN fails it."""
+        if self.low is not None and not (value > self.low or (not self.low_open
+                                                              and value == self.low)):
+            return False
+        return self.high is None or value < self.high or (not self.high_open
+                                                          and value == self.high)
+
+
+def _num(x: float) -> str:
+    if isinstance(x, int) and x >= 2**32 and x & (x - 1) == 0:
+        return f"2^{x.bit_length() - 1}"
+    if isinstance(x, float) and x.is_integer() and abs(x) < 1e15:
+        return str(int(x))
+    return f"{x:g}" if isinstance(x, float) else str(x)
+
+
+def setting(default: Any = None, *, help: str, panel: str, default_factory: Any = None,
+            **meta: Any) -> Any:
+    """A dataclass field carrying its `Setting` (help, panel, choices, range) as metadata."""
+    if panel not in PANELS:
+        raise ValueError(f"unknown panel {panel!r}")
+    metadata = {"setting": Setting(help=help, panel=panel, **meta)}
+    if default_factory is not None:
+        return field(default_factory=default_factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def _preset_names() -> tuple[str, ...]:
+    return tuple(PRESETS)
 
 
 @dataclass
 class RunConfig:
-    """Everything that defines a run. Field names are the CLI flags with ``-`` → ``_``."""
+    """Everything that defines a run. Field names are the CLI flags with ``-`` → ``_``;
+    each field's `Setting` (``metadata["setting"]``) drives its flag, its help and `validate`."""
 
     # what
-    method: str = "rsst"
-    arch: str = "resnet20"
-    dataset: str = "synthetic"
-    data_dir: str | None = None
-    cache_dir: str | None = None
+    method: str = setting("rsst", panel="Method", choices=method_names,
+                          help="Pruning method: rsst fades the weights it will cut with a growing "
+                          "penalty; refill regroups a magnitude cut into whole units; imp prunes "
+                          "single weights.")
+    arch: str = setting("resnet20", panel="Model",
+                        help="resnet20/32/56/110, resnet18/50, vgg16_bn, mobilenet, "
+                        "vit_tiny/small/base, timm:<name>.")
+    dataset: str = setting("synthetic", panel="Data",
+                           help="synthetic | cifar10 | cifar100 | imagefolder.")
+    data_dir: str | None = setting(None, panel="Data", shown_default="none",
+                                   help="Folder of the dataset (pickles or class folders).")
+    cache_dir: str | None = setting(None, panel="Data", shown_default="$RSST_CACHE or "
+                                    "~/.cache/rsst", help="Where decoded images are cached.")
     # pruning
-    states: int = 3
-    rate: float = 0.3
-    criteria: str = "l1"
-    criteria_batches: int = 1
-    fillback_rate: float = 0.0
-    structure: str = "auto"
-    rewind: str = "init"
+    states: int = setting(3, panel="Method", low=1, help="Number of pruning states "
+                          "(research: 20).")
+    rate: float = setting(0.3, panel="Method", low=0.0, high=1.0, low_open=True, high_open=True,
+                          hint="it is the fraction of the remaining weights pruned per state, "
+                          "e.g. 0.2", help="Fraction of the remaining weights pruned per state.")
+    criteria: str = setting("l1", panel="Method", choices=CRITERIA,
+                            help="Group score that picks the channels/heads/neurons to keep.")
+    criteria_batches: int = setting(1, panel="Method", low=1,
+                                    help="Calibration batches for l1/l2/saliency.")
+    fillback_rate: float = setting(0.0, panel="Method", low=0.0, high=1.0,
+                                   help="Extra groups refilled.")
+    structure: str = setting("auto", panel="Method", choices=STRUCTURES,
+                             help="Which units are pruned (auto: channels for CNNs, heads and "
+                             "neurons for ViTs).")
+    rewind: str = setting("init", panel="Method",
+                          help="Weights each state restarts from: init | epoch:K | none.")
     # RSST penalty
-    schedule: str = "x"
-    reg_granularity: float = 2.0
-    exponents: float = 4.0
-    reg_ramp: str = "state"
-    block_loss_grad: bool = False
+    schedule: str = setting("x", panel="Schedule/penalty", choices=SCHEDULES,
+                            help="λ schedule of the RSST penalty.")
+    reg_granularity: float = setting(2.0, panel="Schedule/penalty", low=0.0,
+                                     help="λ_max, the penalty at the end of the ramp.")
+    exponents: float = setting(4.0, panel="Schedule/penalty", low=0.0, low_open=True,
+                               help="p of exp_custom_exponents.")
+    reg_ramp: str = setting("state", panel="Schedule/penalty", choices=REG_RAMPS,
+                            help="λ ramp window.")
+    block_loss_grad: bool = setting(False, panel="Schedule/penalty",
+                                    help="Pending weights get the penalty gradient only.")
     # training
-    epochs: int = 2
-    batch_size: int = 128
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    nesterov: bool = False
-    optimizer: str = "sgd"  # sgd | adamw (the fused update implements both)
-    beta1: float = 0.9  # AdamW's β1 (momentum and nesterov are SGD's)
-    beta2: float = 0.999  # AdamW's β2
-    eps: float = 1e-8  # AdamW's ε
-    lr_schedule: str = "cosine"
-    warmup_epochs: float = 0.0
-    milestones: list[int] = field(default_factory=list)
-    gamma: float = 0.1
-    label_smoothing: float = 0.0
+    epochs: int = setting(2, panel="Training", low=1, help="Epochs per state.")
+    batch_size: int = setting(128, panel="Training", low=1, help="Training batch size.")
+    lr: float = setting(0.05, panel="Training", low=0.0, low_open=True,
+                        help="Peak learning rate.")
+    momentum: float = setting(0.9, panel="Training", low=0.0, help="SGD momentum.")
+    weight_decay: float = setting(5e-4, panel="Training", low=0.0, help="Weight decay.")
+    nesterov: bool = setting(False, panel="Training", help="Nesterov momentum.")
+    optimizer: str = setting("sgd", panel="Training", choices=OPTIMIZERS,
+                             help="Optimizer; the fused update implements both (momentum and "
+                             "nesterov are SGD's, beta1/beta2/eps AdamW's).")
+    beta1: float = setting(0.9, panel="Training", low=0.0, high=1.0, high_open=True,
+                           help="AdamW β1.")
+    beta2: float = setting(0.999, panel="Training", low=0.0, high=1.0, high_open=True,
+                           help="AdamW β2.")
+    eps: float = setting(1e-8, panel="Training", low=0.0, low_open=True, help="AdamW ε.")
+    lr_schedule: str = setting("cosine", panel="Training", choices=LR_SCHEDULES,
+                               help="Learning-rate schedule, restarted each state.")
+    warmup_epochs: float = setting(0.0, panel="Training", low=0.0,
+                                   help="Linear warm-up epochs per state.")
+    milestones: list[int] = setting(panel="Training", default_factory=list, shown_default="none",
+                                    help="Multistep decay epochs, e.g. 80,120.")
+    gamma: float = setting(0.1, panel="Training", low=0.0, low_open=True,
+                           help="Multistep decay factor.")
+    label_smoothing: float = setting(0.0, panel="Training", low=0.0, high=1.0, high_open=True,
+                                     help="Label smoothing.")
     # data
-    train_subset: int | None = None
-    val_split: int | None = None
-    eval_batch_size: int = 512
-    seed: int = 0
+    train_subset: int | None = setting(None, panel="Data", low=1, shown_default="all",
+                                       help="Keep N training images (quick runs).")
+    val_split: int | None = setting(None, panel="Data", low=0, shown_default="5000 if ≥ 20k "
+                                    "images, 1000 for synthetic, else 10 %",
+                                    help="Validation images carved from train.")
+    eval_batch_size: int = setting(512, panel="Data", low=1, help="Evaluation batch size.")
+    seed: int = setting(0, panel="Training", low=0, high=2**63, high_open=True,
+                        help="Seed of everything random.")
     # execution
-    backend: str = "auto"
-    device: str = "auto"
-    compile: bool = False
-    amp: bool = True
-    memory_format: str = "auto"  # auto: channels_last for CNNs
-    cuda_graph: bool = False  # capture each training step as a CUDA graph (triton backend)
+    backend: str = setting("auto", panel="Speed", choices=BACKENDS, help="Update backend.")
+    device: str = setting("auto", panel="Speed", choices=DEVICES, help="Device to train on.")
+    compile: bool = setting(False, panel="Speed", help="Wrap the model in torch.compile.")
+    amp: bool = setting(True, panel="Speed",
+                        help="Mixed-precision autocast on CUDA (ignored on CPU).")
+    memory_format: str = setting("auto", panel="Speed", choices=MEMORY_FORMATS,
+                                 help="Activation layout (auto: channels_last for CNNs).")
+    cuda_graph: bool = setting(False, panel="Speed", help="Capture each training step (forward, "
+                               "backward, fused update) as one CUDA graph; triton backend.")
     # model shape (ViTs; CNNs ignore patch_size)
-    img_size: int | None = None
-    patch_size: int | None = None
+    img_size: int | None = setting(None, panel="Model", low=8, shown_default="the dataset's",
+                                   help="Input size (ViTs).")
+    patch_size: int | None = setting(None, panel="Model", low=1, shown_default="4",
+                                     help="ViT patch size.")
     # output
-    out: str | None = None
-    preset: str | None = None
+    out: str | None = setting(None, panel="Run directory",
+                              shown_default="runs/<method>-<arch>-<dataset>-<time>",
+                              help="Run directory.")
+    preset: str | None = setting(None, panel="Run directory", choices=_preset_names,
+                                 shown_default="none", help="A research recipe (SPEC §8); "
+                                 "flags given beside it override it.")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -155,54 +280,95 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def _choice(name: str, value: str, options: tuple[str, ...]) -> None:
-    if value not in options:
+def settings() -> dict[str, Setting]:
+    """Each `RunConfig` field's `Setting`, in field order."""
+    return {f.name: f.metadata["setting"] for f in fields(RunConfig)}
+
+
+def field_types() -> dict[str, Any]:
+    """Each `RunConfig` field's type (resolved: the module uses postponed annotations)."""
+    return typing.get_type_hints(RunConfig)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _type_word(hint: Any) -> str:
+    if typing.get_origin(hint) is list:
+        return "a list of integers like [80, 120]"
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return _TYPE_WORDS[args[0] if args else hint]
+
+
+def coerce(name: str, value: Any, hint: Any) -> Any:
+    """``value`` as field ``name`` of type ``hint`` holds it, or TypeError naming the expected type.
+
+    Ints are accepted for floats (and become floats); bools are not ints here, although
+    Python says they are, because ``states = true`` is a mistake, not a 1.
+    """
+    args = typing.get_args(hint)
+    if type(None) in args:
+        if value is None:
+            return None
+        hint = next(a for a in args if a is not type(None))
+    if typing.get_origin(hint) is list:
+        if isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool)
+                                           for v in value):
+            return list(value)
+    elif hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(value, hint):
+        return value
+    shown = json.dumps(value) if isinstance(value, bool | str) else repr(value)
+    raise TypeError(f"{name} must be {_type_word(hint)}, not {shown}")
+
+
+def _check_setting(name: str, value: Any, meta: Setting) -> None:
+    flag = _flag(name)
+    choices = meta.choice_list()
+    if choices is not None and value is not None and value not in choices:
         raise UserError(f"unknown {name.replace('_', '-')} {value!r}: choose one of "
-                        f"{', '.join(options)} (--{name.replace('_', '-')})")
+                        f"{', '.join(choices)} ({flag})")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return
+    if isinstance(value, float) and meta.finite and not math.isfinite(value):
+        span = meta.range_text()
+        raise UserError(f"{flag} {value} is not a finite number: give one"
+                        + (f" in {span}" if span.startswith(("(", "[")) else
+                           f" {span}" if span else ""))
+    if not meta.in_range(value):
+        span = meta.range_text()
+        if span.startswith(("(", "[")):
+            raise UserError(f"{flag} {value} is outside {span}"
+                            + (f": {meta.hint}" if meta.hint else ""))
+        raise UserError(f"{flag} must be {span} (got {value})"
+                        + (f": {meta.hint}" if meta.hint else ""))
 
 
 def validate(config: RunConfig) -> RunConfig:
-    """Raise `UserError` naming the flag and its valid range for any bad value."""
-    _choice("method", config.method, METHODS)
-    _choice("criteria", config.criteria, CRITERIA)
-    _choice("structure", config.structure, STRUCTURES)
-    _choice("schedule", config.schedule, SCHEDULES)
-    _choice("reg_ramp", config.reg_ramp, REG_RAMPS)
-    _choice("lr_schedule", config.lr_schedule, LR_SCHEDULES)
-    _choice("optimizer", config.optimizer, OPTIMIZERS)
-    _choice("backend", config.backend, ("auto", "triton", "compiled", "torch", "eager"))
-    _choice("device", config.device, ("auto", "cpu", "cuda"))
-    _choice("memory_format", config.memory_format, MEMORY_FORMATS)
-    if not 0.0 < config.rate < 1.0:
-        raise UserError(f"--rate {config.rate} is outside (0, 1): it is the fraction of the "
-                        "remaining weights pruned per state, e.g. 0.2")
-    if not 0.0 <= config.fillback_rate <= 1.0:
-        raise UserError(f"--fillback-rate {config.fillback_rate} is outside [0, 1]")
-    positive = {"states": config.states, "epochs": config.epochs, "batch_size": config.batch_size,
-                "criteria_batches": config.criteria_batches,
-                "eval_batch_size": config.eval_batch_size}
-    for name, value in positive.items():
-        if value < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be at least 1 (got {value})")
-    if not 0.0 <= config.label_smoothing < 1.0:
-        raise UserError(f"--label-smoothing must be in [0, 1) (got {config.label_smoothing})")
-    if config.momentum < 0 or config.weight_decay < 0:
-        raise UserError("--momentum and --weight-decay must be ≥ 0")
-    for name in ("beta1", "beta2"):
-        if not 0.0 <= getattr(config, name) < 1.0:
-            raise UserError(f"--{name} must be in [0, 1) (got {getattr(config, name)})")
-    if config.eps <= 0:
-        raise UserError(f"--eps must be positive (got {config.eps})")
-    if config.lr <= 0:
-        raise UserError(f"--lr must be positive (got {config.lr})")
-    if config.reg_granularity < 0:
-        raise UserError(f"--reg-granularity must be ≥ 0 (got {config.reg_granularity})")
-    if config.exponents <= 0:
-        raise UserError(f"--exponents must be positive (got {config.exponents})")
-    if config.train_subset is not None and config.train_subset < 1:
-        raise UserError(f"--train-subset must be at least 1 (got {config.train_subset})")
-    if config.val_split is not None and config.val_split < 0:
-        raise UserError(f"--val-split must be ≥ 0 (got {config.val_split})")
+    """Raise `UserError` naming the flag and its valid range for any bad value.
+
+    Types, choices, ranges and finiteness come from each field's `Setting`; the checks that
+    involve several fields or a format (``--rewind epoch:K``) are written out below.
+    """
+    hints = field_types()
+    for name, meta in settings().items():
+        value = getattr(config, name)
+        try:
+            coerce(name, value, hints[name])
+        except TypeError as exc:
+            raise UserError(f"{_flag(name)}: {exc}") from None
+        _check_setting(name, value, meta)
+    if any(m < 0 for m in config.milestones):
+        raise UserError(f"--milestones {config.milestones}: epochs must be ≥ 0, e.g. 80,120")
     if not (config.rewind in ("init", "none") or config.rewind.startswith("epoch:")):
         raise UserError(f"--rewind {config.rewind!r}: use init, none or epoch:K (e.g. epoch:8)")
     if config.rewind.startswith("epoch:"):
@@ -218,7 +384,7 @@ def validate(config: RunConfig) -> RunConfig:
 
 def apply_preset(config: RunConfig, name: str) -> RunConfig:
     if name not in PRESETS:
-        raise UserError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
+        raise UserError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)} (--preset)")
     return dataclasses.replace(config, **PRESETS[name], preset=name)
 
 
@@ -239,25 +405,36 @@ def build_config(
 
 
 def load_config(path: Path) -> RunConfig:
-    """Read a run's config.toml (top-level keys or a ``[run]`` table)."""
+    """Read a run's config.toml (top-level keys or a ``[run]`` table), each value type-checked."""
     try:
         data = tomllib.loads(Path(path).read_text())
     except FileNotFoundError:
         raise UserError(f"config file {path} does not exist; pass a config.toml from a run "
                         "directory or one you wrote") from None
+    except IsADirectoryError:
+        raise UserError(f"config file {path} is a directory; pass the config.toml inside it "
+                        f"(--config {Path(path) / 'config.toml'})") from None
+    except OSError as exc:
+        raise UserError(f"config file {path} cannot be read ({exc.strerror}); check its "
+                        "permissions") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"config file {path} is not valid TOML ({exc}); fix or regenerate it"
                         ) from None
     data = data.get("run", data)
-    known = {f.name for f in fields(RunConfig)}
-    unknown = set(data) - known
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path}: [run] must be a table of settings")
+    hints = field_types()
+    unknown = set(data) - set(hints)
     if unknown:
         raise UserError(f"config file {path} has unknown key(s) {', '.join(sorted(unknown))}; "
                         f"valid keys are the `rsst run` flags with - → _")
-    try:
-        return RunConfig(**data)
-    except TypeError as exc:  # pragma: no cover - dataclass rejects nothing else here
-        raise UserError(f"config file {path}: {exc}") from None
+    values = {}
+    for key, value in data.items():
+        try:
+            values[key] = coerce(key, value, hints[key])
+        except TypeError as exc:
+            raise UserError(f"config file {path}: {exc}") from None
+    return RunConfig(**values)
 
 
 def _toml_value(value: Any) -> str:
@@ -287,6 +464,4 @@ def save_config(config: RunConfig, path: Path) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic.atomic_write_text(path, text)

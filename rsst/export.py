@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
+import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,10 +33,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from rsst import rundir
 from rsst.errors import UserError
+from rsst.rundir import FORMAT_VERSION
 
-FORMAT_VERSION = 1
-FORMS = ("masked", "compact")
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+FORMS = ("masked", "compact", "timm")  # timm: stock keys, see rsst.export_timm
 _REEXPORT = "re-export it with `rsst export RUN_DIR -o FILE.safetensors`"
 
 
@@ -177,20 +184,40 @@ def masked_state(tensors: dict[str, torch.Tensor], path: Path | str
     return state, masks
 
 
+def _as_float32(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Floating tensors in float32 (masks and integer buffers as they are).
+
+    A file converted to float16 / bfloat16 (or float64) is a legitimate export; widening it is
+    exact for half precision, and it keeps the model in one dtype with the float32 inputs rsst
+    feeds it (a half model would fail on them, and on CPU many half kernels are missing).
+    """
+    return {k: v.float() if v.is_floating_point() and v.dtype != torch.float32 else v
+            for k, v in tensors.items()}
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild the runnable model stored in an rsst export (or a run's state file), in eval mode.
 
     Architecture from the metadata (registry or ``timm:`` name), compacted shapes from the
-    ``rsst.compact`` plan, weights from the tensors. The model carries ``rsst_arch``,
-    ``rsst_num_classes``, ``rsst_input_size``, ``rsst_patch_size`` and ``rsst_metadata``.
+    ``rsst.compact`` plan, weights from the tensors, in float32 whatever precision the file
+    holds (call ``.half()`` on the result for half-precision inference). The model carries
+    ``rsst_arch``, ``rsst_num_classes``, ``rsst_input_size``, ``rsst_patch_size`` and
+    ``rsst_metadata``.
     """
     path = Path(path)
     tensors, meta = read_file(path)
+    tensors = _as_float32(tensors)
     spec = model_spec(meta, path)
     form = meta.get("rsst.form", "masked")
     if form not in FORMS:
-        raise UserError(f"{path}: rsst.form={form!r} is neither masked nor compact; {_REEXPORT}")
+        raise UserError(f"{path}: rsst.form={form!r} is not masked, compact or timm; {_REEXPORT}")
     plan_modules = None
+    if form == "timm":
+        from rsst.export_timm import load_timm_export
+
+        model = load_timm_export(path, tensors, spec, _build).to(device)
+        model.rsst_metadata = meta
+        return model
     if form == "compact":
         try:
             plan = json.loads(meta["rsst.compact"])
@@ -234,8 +261,7 @@ def resolve_state(run_dir: str | Path, state: str | int = "last") -> tuple[int, 
     if not run_dir.is_dir():
         raise UserError(f"run directory {run_dir} does not exist: pass the directory `rsst run` "
                         "printed")
-    states = sorted(int(p.parent.name[6:]) for p in run_dir.glob("state_*/weights.safetensors")
-                    if p.parent.name[6:].isdigit())
+    states = rundir.finished_states(run_dir)
     if not states:
         raise UserError(f"{run_dir} has no finished state (no state_XX/weights.safetensors): "
                         "pass an rsst run directory, or let the run finish a state first")
@@ -245,9 +271,8 @@ def resolve_state(run_dir: str | Path, state: str | int = "last") -> tuple[int, 
     elif choice == "best":
         scored = []
         for s in states:
-            try:
-                record = json.loads((run_dir / f"state_{s:02d}" / "state.json").read_text())
-            except (OSError, json.JSONDecodeError):
+            record = rundir.read_state_record(run_dir, s)
+            if record is None:
                 continue
             metric = _state_metric(record)
             if metric is not None:
@@ -265,7 +290,7 @@ def resolve_state(run_dir: str | Path, state: str | int = "last") -> tuple[int, 
             have = ", ".join(str(s) for s in states)
             raise UserError(f"state {index} is not in {run_dir} (finished states: {have}); pass "
                             "--state with one of them, last or best")
-    return index, run_dir / f"state_{index:02d}" / "weights.safetensors"
+    return index, rundir.state_weights(run_dir, index)
 
 
 @dataclass
@@ -294,19 +319,11 @@ def check_output_path(out: str | Path) -> Path:
 
 def _safe_write(out: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> int:
     """Write to a temp file beside ``out`` and rename it over; remove the temp file on failure."""
-    from safetensors.torch import save_file
-
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
-        save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(tmp),
-                  metadata=meta)
-        os.replace(tmp, out)
+        rundir.save_tensors(out, tensors, meta)
     except OSError as exc:
         raise UserError(f"cannot write {out} ({exc.strerror or exc}); pick a writable -o "
                         "path") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return out.stat().st_size
 
 
@@ -322,12 +339,12 @@ def export_model(run_dir: str | Path, out: str | Path, *, state: str | int = "la
     )
 
     if form not in FORMS:
-        raise UserError(f"form {form!r}: pass --masked or --compact")
+        raise UserError(f"form {form!r}: pass --form masked, compact or timm")
     out = check_output_path(out)
     index, source = resolve_state(run_dir, state)
     tensors, meta = read_file(source)
     spec = model_spec(meta, source)
-    state_dict, masks = masked_state(tensors, source)
+    state_dict, masks = masked_state(_as_float32(tensors), source)
     dense = _build(spec, state_dict, None, source)
 
     plan = plan_compaction(dense, masks)
@@ -370,10 +387,24 @@ def export_model(run_dir: str | Path, out: str | Path, *, state: str | int = "la
         out_meta.setdefault(key, default)
     if form == "compact":
         body = compact_sd
+    elif form == "timm":
+        from rsst.export_timm import timm_export_body
+
+        body, timm_meta = timm_export_body(dense, state_dict, spec.arch, spec.num_classes,
+                                           spec.input_size, spec.mean, spec.std)
+        out_meta.update(timm_meta)
     else:
         body = dict(state_dict)
         body.update({f"{k}.mask": (v != 0).to(torch.uint8) for k, v in masks.items()})
+    # the model card (rsst.model_card): embedded, and written beside the file as FILE.md
+    from rsst.model_card import model_card, write_card_beside
+
+    card = model_card(out_meta, rundir.read_state_record(Path(run_dir), index), form=form,
+                      export_command=f"rsst export {Path(run_dir)} --state {index} --form {form}"
+                      f" -o {out.name}", units=plan.units, params=params, macs=flops)
+    out_meta["rsst.model_card"] = card
     size = _safe_write(out, body, out_meta)
+    write_card_beside(out, card)
     return ExportResult(out, form, index, rows, plan.notes, params, flops, diff, size)
 
 
@@ -387,11 +418,14 @@ def evaluate_file(path: str | Path, *, dataset: str | None = None, data_dir: str
                   cache_dir: str | None = None) -> dict[str, Any]:
     """Accuracy and mean cross-entropy of an export on a dataset split.
 
-    Without ``dataset`` / ``data_dir`` the run's own (from ``rsst.config``) are used; when the
-    dataset is the run's, so are its ``val_split`` and ``seed``, so ``split="val"`` is exactly the
-    images the run validated on.
+    Without ``dataset`` the run's (from ``rsst.config``) is used; when the dataset is the run's,
+    so are its ``val_split`` and ``seed``, so ``split="val"`` is exactly the images the run
+    validated on. Without ``data_dir`` the run's data folder is used only when the file's run
+    directory vouches for it (`trusted_run_data`); otherwise a dataset read from disk needs
+    ``data_dir``. ``split="test"`` (and an explicit ``val/`` folder) is read on its own, without
+    the training images.
     """
-    from rsst.data import Batches, load_dataset
+    from rsst.data import Batches, load_dataset, load_split
 
     if split not in ("val", "test"):
         raise UserError(f"--split {split!r}: pass val or test")
@@ -413,13 +447,26 @@ def evaluate_file(path: str | Path, *, dataset: str | None = None, data_dir: str
     run_dataset = config.get("dataset")
     name = dataset or run_dataset or "synthetic"
     same = run_dataset is not None and _norm(name) == _norm(run_dataset)
-    folder = data_dir if data_dir is not None else (config.get("data_dir") if same else None)
-    data = load_dataset(
-        name, folder, seed=int(config.get("seed", 0)) if same else 0,
-        val_split=config.get("val_split") if same else None,
-        cache_dir=cache_dir if cache_dir is not None else (config.get("cache_dir") if same
-                                                           else None),
-    )
+    folder, cache = data_dir, cache_dir
+    if same and (data_dir is None or cache_dir is None):
+        trusted = trusted_run_data(Path(path), meta, config)
+        if data_dir is None and trusted is not None:
+            folder = trusted.get("data_dir")
+        if cache_dir is None and trusted is not None:
+            cache = trusted.get("cache_dir")
+        if folder is None and config.get("data_dir") is not None and _norm(name) != "synthetic":
+            raise UserError(
+                f"{path} names the data folder {config['data_dir']} in its metadata, but the "
+                "file is not inside the run directory that trained it, so rsst does not follow "
+                f"a path from a model file: pass --data-dir (the {name} folder to evaluate on)")
+    held_out = load_split(name, folder, split, cache_dir=cache)
+    if held_out is not None:
+        data: Any = held_out
+        images = held_out.images
+    else:
+        data = load_dataset(name, folder, seed=int(config.get("seed", 0)) if same else 0,
+                            val_split=config.get("val_split") if same else None, cache_dir=cache)
+        images = data.val if split == "val" else data.test
     if data.num_classes != model.rsst_num_classes:
         raise UserError(f"dataset {name} has {data.num_classes} classes but the model predicts "
                         f"{model.rsst_num_classes}: pass the --dataset / --data-dir it was "
@@ -428,7 +475,6 @@ def evaluate_file(path: str | Path, *, dataset: str | None = None, data_dir: str
         raise UserError(f"dataset {name} has {data.input_size[1]}x{data.input_size[2]} images but "
                         f"the model takes {model.rsst_input_size[1]}x{model.rsst_input_size[2]}: "
                         "pass the dataset it was trained on")
-    images = data.val if split == "val" else data.test
     if images is None or len(images) == 0:
         other = "test" if split == "val" else "val"
         raise UserError(f"dataset {name} has no {split} split here: pass --split {other}"
@@ -442,6 +488,36 @@ def evaluate_file(path: str | Path, *, dataset: str | None = None, data_dir: str
             seen += int(y.shape[0])
     return {"accuracy": correct / seen, "loss": loss_sum / seen, "n": seen, "split": split,
             "dataset": data.name, "form": meta.get("rsst.form", "masked")}
+
+
+def trusted_run_data(path: Path, meta: dict[str, str],
+                     config: dict[str, Any]) -> dict[str, str] | None:
+    """The run's ``data_dir`` / ``cache_dir`` when the run directory on disk vouches for them.
+
+    A model file's metadata is whatever its author wrote, so its ``data_dir`` alone would let a
+    downloaded file steer `rsst eval` to any folder (and its ``cache_dir`` to write anywhere).
+    They are used only when the file is a run's own ``state_XX/weights.safetensors``, or an export
+    whose ``rsst.source`` is one, and that run directory's ``config.toml`` names the same dataset
+    and data folder; None otherwise.
+    """
+    candidates = [path]
+    if meta.get("rsst.source"):
+        candidates.append(Path(meta["rsst.source"]))
+    for weights in candidates:
+        if weights.name != "weights.safetensors" or not re.fullmatch(r"state_\d+",
+                                                                       weights.parent.name):
+            continue
+        try:
+            run = tomllib.loads((weights.parent.parent / "config.toml").read_text())
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+            continue
+        run = run.get("run", run)
+        if not isinstance(run, dict):
+            continue
+        if (run.get("data_dir") == config.get("data_dir")
+                and _norm(str(run.get("dataset", ""))) == _norm(str(config.get("dataset", "")))):
+            return {k: str(run[k]) for k in ("data_dir", "cache_dir") if run.get(k) is not None}
+    return None
 
 
 def _norm(name: str) -> str:

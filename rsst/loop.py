@@ -12,20 +12,21 @@ function of (seed, state, epoch).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import shutil
 import time
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import torch
 from rich.console import Console
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from rich.markup import escape
 
-from rsst import __version__
+from rsst import __version__, rundir
 from rsst.arena import Arena
 from rsst.compact import compact_cost
 from rsst.config import RunConfig, load_config, save_config
@@ -33,13 +34,16 @@ from rsst.criteria import group_scores
 from rsst.data import Batches, load_dataset
 from rsst.engine import Engine, lr_schedule
 from rsst.errors import UserError
-from rsst.log import append_jsonl, block_table, state_table, training_progress, write_json
+from rsst.log import block_table, state_table, training_progress
+from rsst.loggers import Loggers, check_loggers
+from rsst.methods import PruneContext, get_method
 from rsst.models import create_model, use_channels_last
-from rsst.pruning import magnitude_prune, refill
+from rsst.pruning import prune_lowest, refill
+from rsst.rundir import CHECKPOINT, RunLock
 from rsst.structure import build_structure
 from rsst.update import UpdateConfig, make_backend, resolve_backend
 
-CHECKPOINT = "checkpoint.safetensors"
+__all__ = ["CHECKPOINT", "PruningRun", "default_run_dir", "resolve_device", "run"]
 
 
 def default_run_dir(config: RunConfig) -> Path:
@@ -57,14 +61,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """safetensors, written atomically; tensors are cloned so no two share storage."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.detach().to("cpu").clone().contiguous() for k, v in tensors.items()},
-              str(tmp), metadata=metadata)
-    tmp.replace(path)
-
-
 class PruningRun:
     """One run of SPEC §2 in one run directory."""
 
@@ -72,6 +68,7 @@ class PruningRun:
         self.config = config
         self.run_dir = run_dir
         self.console = console
+        self.method = get_method(config.method)
         self.device = resolve_device(config.device)
         self.backend_name = resolve_backend(config.backend, self.device)
         torch.manual_seed(config.seed)
@@ -93,10 +90,8 @@ class PruningRun:
             console.print(f"[yellow]note:[/] {self.structure.note}")
         self.update_config = UpdateConfig(
             momentum=config.momentum, weight_decay=config.weight_decay,
-            nesterov=config.nesterov, block_loss_grad=config.block_loss_grad,
-            schedule=config.schedule, lam_max=config.reg_granularity,
-            exponents=config.exponents, optimizer=config.optimizer, beta1=config.beta1,
-            beta2=config.beta2, eps=config.eps,
+            nesterov=config.nesterov, optimizer=config.optimizer, beta1=config.beta1,
+            beta2=config.beta2, eps=config.eps, **self.method.update_terms(config),
         )
         self.backend = make_backend(self.backend_name, self.device, self.update_config)
         self.engine = Engine(self.model, self.arena, self.backend, self.device, amp=config.amp,
@@ -116,6 +111,7 @@ class PruningRun:
                              if self.data.test is not None and len(self.data.test) else None)
         self.rewind_point: dict[str, torch.Tensor] | None = None
         self.records: list[dict[str, Any]] = []
+        self.loggers: Any = None  # rsst.loggers.Loggers (--logger), set by run()
 
     # -- checkpoints -------------------------------------------------------------------------
     def _snapshot(self) -> dict[str, torch.Tensor]:
@@ -129,26 +125,22 @@ class PruningRun:
         tensors.update({f"arena.{k}": v for k, v in arena_state.items()})
         meta = {"position": json.dumps(position), "records": json.dumps(self.records),
                 "rsst.version": __version__}
-        _save_tensors(self.run_dir / CHECKPOINT, tensors, meta)
+        rundir.save_checkpoint(self.run_dir, tensors, meta)
 
     def load_checkpoint(self) -> dict[str, Any]:
-        path = self.run_dir / CHECKPOINT
-        if not path.exists():
+        saved = rundir.load_checkpoint(self.run_dir, self.device)
+        if saved is None:
             return {"state": 0, "epoch": 0}
-        fix = f"start over with `rsst run --config {self.run_dir / 'config.toml'} --overwrite`"
+        tensors, meta = saved
         try:
-            tensors = load_file(str(path), device=str(self.device))
-            with safe_open(str(path), "pt") as f:
-                meta = f.metadata() or {}
             position = json.loads(meta["position"])
             records = json.loads(meta["records"])
             model_state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
             self.model.load_state_dict(model_state)
             self.arena.load_state_dict({k[6:]: v for k, v in tensors.items()
                                         if k.startswith("arena.")})
-        except (SafetensorError, OSError, KeyError, ValueError, RuntimeError) as exc:
-            raise UserError(f"checkpoint {path} is corrupt or from another model "
-                            f"({type(exc).__name__}); {fix}") from None
+        except (KeyError, ValueError, RuntimeError) as exc:
+            raise rundir.checkpoint_error(self.run_dir, exc) from None
         rewind = {k[7:]: v for k, v in tensors.items() if k.startswith("rewind.")}
         self.rewind_point = rewind or None
         self.records = records
@@ -219,7 +211,9 @@ class PruningRun:
                     self.rewind_point = self._snapshot()
                 # the line first: a kill between the two leaves a line that resume trims,
                 # never a checkpointed epoch without its line
-                append_jsonl(self.run_dir / "metrics.jsonl", record)
+                rundir.append_metrics(self.run_dir, record)
+                if self.loggers is not None:  # --logger: mirrors the metrics.jsonl line
+                    self.loggers.log_epoch(record)
                 self.save_checkpoint({"state": state, "epoch": epoch + 1, "partial": best,
                                       "fresh_momentum": False})
         return best
@@ -243,7 +237,7 @@ class PruningRun:
             "memory_format": "channels_last" if self.arena.channels_last else "contiguous",
             "cuda_graph": self.engine.capture is not None,
         }
-        if cfg.method == "rsst" and self.arena.has_pending:
+        if self.method.cuts_pending(cfg) and self.arena.has_pending:
             pending = self.arena.pending
             # how far λ faded the pending weights before they are cut
             record["pending_weight_rms"] = float(
@@ -259,42 +253,41 @@ class PruningRun:
         record["groups"] = self.structure.per_unit(self.arena.hard_mask)
         record.update(compact_cost(self.model, tuple(self.data.input_size)))
         self.save_state_files(state, record)
-        if state + 1 < cfg.states:
-            self.prune_for_next_state(state)
+        if self.method.prunes_after_state(state, cfg):
+            self.prune(state)
         record["seconds"] = best.get("seconds", 0.0) + time.perf_counter() - t0
         return record
 
-    def prune_for_next_state(self, state: int) -> None:
-        cfg = self.config
-        hard = self.arena.hard_mask
-        unstructured = magnitude_prune(self.arena.weight, hard, self.structure.prunable, cfg.rate)
-        if cfg.method == "imp" or not self.structure.units:
-            if cfg.method == "rsst":
-                self.arena.set_masks(hard, hard & ~unstructured)
-            else:
-                self.arena.set_masks(unstructured)
-            return
-        batches = []
-        for i, batch in enumerate(self.calibration.iter_epoch(state)):
-            if i >= cfg.criteria_batches:
-                break
-            batches.append(batch)
-        scores = group_scores(cfg.criteria, self.model, self.structure, self.arena,
-                              unstructured, batches)
-        structured = refill(self.structure, unstructured, hard, scores, cfg.fillback_rate)
-        if cfg.method == "refill":
-            self.arena.set_masks(structured)
-        else:  # rsst: the dropped elements fade during the next state
-            self.arena.set_masks(hard, hard & ~structured)
+    def prune(self, state: int) -> None:
+        """The next masks (SPEC §2): the method's scores give U, refilled into R if the method
+        refills; applied hard (H ← R) or soft (P ← H ∧ ¬R). ``state`` -1: at initialization."""
+        method, hard = self.method, self.arena.hard_mask
+        prunable = self.structure.prunable
+        ctx = PruneContext(self.model, self.arena, self.structure, self.config,
+                           lambda n: self._calibration_batches(state, n), state)
+        count = method.removal_count(int((hard & prunable).sum()), int(prunable.sum()),
+                                     self.config)
+        unstructured = prune_lowest(method.score(ctx), hard, prunable, count)
+        if method.refill and self.structure.units:
+            scores = group_scores(self.config.criteria, self.model, self.structure, self.arena,
+                                  unstructured, ctx.batches(self.config.criteria_batches))
+            unstructured = refill(self.structure, unstructured, hard, scores,
+                                  self.config.fillback_rate)
+        if method.soft:  # the dropped elements fade during the next state
+            self.arena.set_masks(hard, hard & ~unstructured)
+        else:
+            self.arena.set_masks(unstructured)
+
+    def _calibration_batches(self, state: int, count: int) -> list[Any]:
+        """The first ``count`` calibration batches of ``state``'s draw (-1 counts as 0)."""
+        return list(itertools.islice(self.calibration.iter_epoch(max(state, 0)), count))
 
     def save_state_files(self, state: int, record: dict[str, Any]) -> None:
-        folder = self.run_dir / f"state_{state:02d}"
-        folder.mkdir(exist_ok=True)
         tensors = dict(self.model.state_dict())
         for name in self.structure.prunable_names:
             tensors[f"{name}.mask"] = self.arena.view(name, "code") & 1
         meta = {
-            "rsst.format_version": "1", "rsst.arch": self.config.arch,
+            "rsst.format_version": str(rundir.FORMAT_VERSION), "rsst.arch": self.config.arch,
             "rsst.num_classes": str(self.data.num_classes),
             "rsst.input_size": json.dumps(list(self.data.input_size)),
             "rsst.patch_size": json.dumps(self.config.patch_size),
@@ -306,15 +299,14 @@ class PruningRun:
             "rsst.structure": json.dumps(self.structure.per_unit(self.arena.hard_mask)),
             "rsst.config": json.dumps(self.config.to_dict()),
         }
-        _save_tensors(folder / "weights.safetensors", tensors, meta)
-        write_json(folder / "state.json", record)
+        rundir.write_state(self.run_dir, state, tensors, meta, record)
 
     # -- the whole run -----------------------------------------------------------------------
     def run(self, resume: bool) -> list[dict[str, Any]]:
         cfg = self.config
         position = self.load_checkpoint() if resume else {"state": 0, "epoch": 0}
         if resume:
-            self._trim_metrics(position)
+            rundir.trim_metrics(self.run_dir, position["state"], position["epoch"])
         if not resume and cfg.rewind_epoch() == 0:
             self.rewind_point = self._snapshot()
         kinds = self.structure.kinds
@@ -325,12 +317,17 @@ class PruningRun:
                 if state > 0 and self.rewind_point is not None:
                     self.model.load_state_dict(self.rewind_point)
                     self.arena.apply_hard_mask()
+                if state == 0 and self.method.prunes_at_init(cfg):
+                    self.prune(-1)
+                    self.arena.apply_hard_mask()
                 self.arena.reset_momentum()
             if start_epoch < cfg.epochs:
                 partial = self.train_state(state, start_epoch, partial)
             record = self.finish_state(state, partial)
             self.records.append(record)
-            append_jsonl(self.run_dir / "metrics.jsonl", record)
+            rundir.append_metrics(self.run_dir, record)
+            if self.loggers is not None:  # --logger: mirrors the metrics.jsonl line
+                self.loggers.log_state(record)
             self.save_checkpoint({"state": state + 1, "epoch": 0, "fresh_momentum": True})
             self.write_summary()
             self.console.print(state_table(self.records, kinds))
@@ -338,27 +335,8 @@ class PruningRun:
                 self.console.print(block_table(record))
         return self.records
 
-    def _trim_metrics(self, position: dict[str, Any]) -> None:
-        """Drop metric lines written after the checkpoint (a run killed between the two)."""
-        path = self.run_dir / "metrics.jsonl"
-        if not path.exists():
-            return
-        keep = []
-        for line in path.read_text().splitlines():
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if r["kind"] == "state" and r["state"] < position["state"] or (
-                    r["kind"] == "epoch" and (r["state"], r["epoch"])
-                    <= (position["state"], position["epoch"])):
-                keep.append(line)
-        tmp = path.with_name(".metrics.jsonl.tmp")
-        tmp.write_text("".join(line + "\n" for line in keep))
-        tmp.replace(path)
-
     def write_summary(self) -> None:
-        write_json(self.run_dir / "summary.json", {
+        rundir.write_summary(self.run_dir, {
             "rsst_version": __version__, "run_dir": str(self.run_dir),
             "method": self.config.method, "arch": self.config.arch,
             "dataset": self.config.dataset, "backend": self.backend_name,
@@ -368,31 +346,84 @@ class PruningRun:
 
 
 def run(config: RunConfig, *, out: Path | None = None, resume: Path | None = None,
-        overwrite: bool = False, console: Console | None = None) -> Path:
-    """Run (or resume) the pruning loop; returns the run directory."""
+        overwrite: bool = False, console: Console | None = None,
+        loggers: Sequence[str] = (), logger_options: dict[str, Any] | None = None) -> Path:
+    """Run (or resume) the pruning loop; returns the run directory.
+
+    The run directory is locked (`rundir.RunLock`) before anything in it is changed and until
+    the run ends, so a second run, an overwrite or a resume of a live run is refused.
+    ``loggers``: names of `rsst.loggers` (tensorboard, wandb, csv), checked before anything else.
+    """
     console = console or Console()
+    check_loggers(loggers)  # a missing extra fails before any training
     if resume is not None:
         run_dir = Path(resume)
-        if not (run_dir / "config.toml").is_file():
+        if not (run_dir / rundir.CONFIG).is_file():
             raise UserError(f"{run_dir} is not an rsst run directory (no config.toml); pass the "
                             "directory `rsst run` printed")
-        config = load_config(run_dir / "config.toml")
+        config = load_config(run_dir / rundir.CONFIG)
+        action = "--resume"
     else:
         run_dir = Path(out or config.out or default_run_dir(config))
-        if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
-            raise UserError(f"run directory {run_dir} already exists: pass --resume {run_dir}"
-                            " to continue it, --overwrite to replace it, or another --out")
-    pruning = PruningRun(config, run_dir, console)  # data and model errors surface before any write
-    if resume is None:
-        if run_dir.exists() and any(run_dir.iterdir()):
-            if not (run_dir / "config.toml").is_file():
-                raise UserError(f"--overwrite refuses to delete {run_dir}: it is not an rsst run "
-                                "directory (no config.toml); choose another --out")
-            shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(dataclasses.replace(config, out=str(run_dir)), run_dir / "config.toml")
-    console.print(f"run directory: [bold]{run_dir}[/]  ({config.method} · {config.arch} · "
-                  f"{config.dataset} · backend {pruning.backend_name} on {pruning.device})")
-    pruning.run(resume=resume is not None)
+        action = "--overwrite" if overwrite else "a second run in it"
+        if overwrite and _in_use(run_dir) and not (run_dir / rundir.CONFIG).is_file():
+            raise UserError(f"--overwrite refuses to delete {run_dir}: it is not an rsst run "
+                            "directory (no config.toml); choose another --out")
+    lock = RunLock(run_dir)
+    try:
+        if (run_dir / rundir.CONFIG).is_file() or (run_dir / rundir.LOCK).exists():
+            lock.acquire(action)  # refused, naming the holder, while another run is live
+        if resume is None and _in_use(run_dir) and not overwrite:
+            raise _exists(run_dir)
+        pruning = PruningRun(config, run_dir, console)  # data and model errors before any write
+        if resume is None:
+            _prepare_fresh(run_dir, lock, config, action, overwrite)
+        console.print(f"run directory: [bold]{run_dir}[/]  ({config.method} · {config.arch} · "
+                      f"{config.dataset} · backend {pruning.backend_name} on {pruning.device})")
+        if loggers:  # --logger: after the run directory exists, before training
+            pruning.loggers = Loggers(
+                loggers, run_dir, config.to_dict(), config.epochs,
+                lambda line: console.print(f"[yellow]warning:[/] {escape(line)}",
+                                           highlight=False),
+                **(logger_options or {}))
+        try:
+            pruning.run(resume=resume is not None)
+        finally:
+            if pruning.loggers is not None:
+                pruning.loggers.close()
+    finally:
+        lock.release()
     console.print(f"done: {run_dir}")
     return run_dir
+
+
+def _exists(run_dir: Path) -> UserError:
+    return UserError(f"run directory {run_dir} already exists: pass --resume {run_dir} to "
+                     "continue it, --overwrite to replace it, or another --out")
+
+
+def _in_use(run_dir: Path) -> bool:
+    """The directory exists and holds something besides a lock file."""
+    return run_dir.is_dir() and any(p.name != rundir.LOCK for p in run_dir.iterdir())
+
+
+def _prepare_fresh(run_dir: Path, lock: RunLock, config: RunConfig, action: str,
+                   overwrite: bool) -> None:
+    """Create or (``--overwrite``) empty the run directory under the lock; write config.toml."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not lock.held:
+        lock.acquire(action)
+    if _in_use(run_dir):
+        if not overwrite:  # another run filled it between our first look and our lock
+            raise _exists(run_dir)
+        if not (run_dir / rundir.CONFIG).is_file():
+            raise UserError(f"--overwrite refuses to delete {run_dir}: it is not an rsst run "
+                            "directory (no config.toml); choose another --out")
+        for child in run_dir.iterdir():  # everything but the lock we hold
+            if child.name == rundir.LOCK:
+                continue
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+    save_config(dataclasses.replace(config, out=str(run_dir)), run_dir / rundir.CONFIG)

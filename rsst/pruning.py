@@ -9,23 +9,30 @@ import torch
 from rsst.structure import Structure
 
 
-def magnitude_prune(weight: torch.Tensor, hard_mask: torch.Tensor, prunable: torch.Tensor,
-                    rate: float) -> torch.Tensor:
-    """U: remove ``round(rate · alive)`` alive prunable weights of smallest |w|, jointly ranked.
+def prune_lowest(scores: torch.Tensor, hard_mask: torch.Tensor, prunable: torch.Tensor,
+                 count: int) -> torch.Tensor:
+    """U: remove the ``count`` alive prunable elements of lowest score, jointly ranked.
 
-    Elements outside the prunable scope keep their ``hard_mask`` value. Ties break by lower
-    flat index (stable sort), so the result is deterministic.
+    Elements outside the prunable scope keep their ``hard_mask`` value; ``count`` is capped at
+    the number of alive prunable elements. Ties break by lower flat index (stable sort), so the
+    result is deterministic.
     """
     candidates = hard_mask & prunable
-    alive = int(candidates.sum())
-    k = int(round(rate * alive))
     unstructured = hard_mask.clone()
-    if k == 0:
+    count = min(count, int(candidates.sum()))
+    if count <= 0:
         return unstructured
-    magnitude = torch.where(candidates, weight.abs(), torch.full_like(weight, math.inf))
-    order = torch.argsort(magnitude, stable=True)
-    unstructured[order[:k]] = False
+    ranked = torch.where(candidates, scores, torch.full_like(scores, math.inf))
+    order = torch.argsort(ranked, stable=True)
+    unstructured[order[:count]] = False
     return unstructured
+
+
+def magnitude_prune(weight: torch.Tensor, hard_mask: torch.Tensor, prunable: torch.Tensor,
+                    rate: float) -> torch.Tensor:
+    """U: remove ``round(rate · alive)`` alive prunable weights of smallest |w|, jointly ranked."""
+    alive = int((hard_mask & prunable).sum())
+    return prune_lowest(weight.abs(), hard_mask, prunable, int(round(rate * alive)))
 
 
 def kept_groups(density: float, num_groups: int, alive_groups: int, fillback_rate: float) -> int:

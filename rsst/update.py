@@ -162,11 +162,18 @@ def _eager_update(
     """Mask and penalise each gradient, ``optimizer.step()``, re-mask, zero the gradients.
 
     ``buffers`` are the momentum buffers the optimizer must use (seeded into its state, zeroed on
-    the first step so that SGD's ``buf·μ + d`` equals its first-step ``buf ← d``).
+    the first step so that SGD's ``buf·μ + d`` equals its first-step ``buf ← d``). At μ = 0
+    ``torch.optim.SGD`` keeps no buffer, so ``buf ← d`` is written here, as SPEC §5 and the
+    other backends do (a checkpoint's momentum then does not depend on the backend).
     """
+    settings = optimizer.param_groups[0]
+    no_momentum = settings["momentum"] == 0
     alive_masks = _penalise(params, codes, lam=lam, block_loss_grad=block_loss_grad)
     for p, buf in zip(params, buffers, strict=True):
-        if first_step:
+        if no_momentum:
+            with torch.no_grad():
+                torch.add(p.grad, p, alpha=settings["weight_decay"], out=buf)  # d = g + wd·w
+        elif first_step:
             buf.zero_()
         optimizer.state[p]["momentum_buffer"] = buf
     for group in optimizer.param_groups:
@@ -204,7 +211,7 @@ def _sgd(params: list[torch.nn.Parameter], config: UpdateConfig) -> torch.optim.
         lr=0.0,
         momentum=config.momentum,
         dampening=0.0,
-        nesterov=config.nesterov,
+        nesterov=config.nesterov and config.momentum != 0,  # at μ = 0 Nesterov is plain SGD
         weight_decay=config.weight_decay,
     )
 

@@ -232,8 +232,8 @@ def test_cli_step_json_and_plot(tmp_path, monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(step_suite.StepSettings, "for_device", staticmethod(lambda d, q: tiny))
     out, png = tmp_path / "bench.json", tmp_path / "step.png"
     result = CliRunner().invoke(app, ["bench", "--suite", "step", "--device", "cpu", "--models",
-                                      "resnet20", "--quick", "--json", str(out), "--plot",
-                                      str(png)])
+                                      "resnet20", "--quick", "--json-out", str(out),
+                                      "--plot", str(png)])
     assert result.exit_code == 0, result.output
     doc = json.loads(out.read_text())
     assert set(doc) == {"env", "results"}

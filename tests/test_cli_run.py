@@ -62,25 +62,48 @@ def assert_user_error(result: subprocess.CompletedProcess, *phrases: str) -> str
 
 @pytest.mark.parametrize(("args", "phrases"), [
     (["--arch", "resnet999"], ["unknown model 'resnet999'", "--arch"]),
-    (["--method", "lottery"], ["unknown method 'lottery'", "rsst, refill, imp"]),
-    (["--schedule", "x^9"], ["unknown schedule 'x^9'", "exp_custom_exponents"]),
-    (["--criteria", "l3"], ["unknown criteria 'l3'", "saliency"]),
+    (["--method", "lottery"], ["'--method'", "'lottery' is not one of 'rsst', 'refill', 'imp'",
+                               "rsst run --help"]),
+    (["--schedule", "x^9"], ["'--schedule'", "'x^9' is not one of", "'exp_custom_exponents'"]),
+    (["--criteria", "l3"], ["'--criteria'", "'l3' is not one of", "'saliency'"]),
     (["--rate", "1.5"], ["--rate 1.5", "(0, 1)"]),
     (["--rate", "0"], ["--rate 0.0"]),
     (["--dataset", "mnist"], ["--data-dir"]),
     (["--structure", "head"], ["--structure head", "CNN"]),
     (["--rewind", "epoch:x"], ["--rewind 'epoch:x'"]),
-    (["--memory-format", "nhwc"], ["unknown memory-format 'nhwc'", "channels_last"]),
+    (["--memory-format", "nhwc"], ["'--memory-format'", "'nhwc' is not one of", "channels_last"]),
+    (["--lr", "nan"], ["--lr nan", "finite", "> 0"]),
+    (["--lr", "inf"], ["--lr inf", "finite"]),
+    (["--lr", "-inf"], ["--lr -inf", "finite"]),
+    (["--weight-decay", "nan"], ["--weight-decay nan", "finite"]),
+    (["--momentum", "nan"], ["--momentum nan", "finite"]),
+    (["--reg-granularity", "inf"], ["--reg-granularity inf", "finite"]),
+    (["--exponents", "nan"], ["--exponents nan", "finite"]),
+    (["--label-smoothing", "nan"], ["--label-smoothing nan", "finite"]),
+    (["--warmup-epochs", "-5"], ["--warmup-epochs must be ≥ 0", "-5"]),
+    (["--gamma", "-1"], ["--gamma must be > 0", "-1"]),
+    (["--gamma", "0"], ["--gamma must be > 0"]),
+    (["--seed", str(2**63)], [f"--seed {2**63} is outside [0, 2^63)"]),
+    (["--seed", "-1"], ["--seed -1 is outside [0, 2^63)"]),
+    (["--label-smoothing", "1"], ["--label-smoothing 1.0 is outside [0, 1)"]),
+    (["--milestones", "80,x"], ["--milestones '80,x'", "80,120"]),
+    (["--milestones", "-3"], ["--milestones [-3]", "≥ 0"]),
+    (["--epochs", "abc"], ["Invalid value for '--epochs'", "integer", "rsst run --help"]),
+    (["--epoch", "3"], ["No such option: --epoch", "--epochs"]),
+    (["--preset", "nope"], ["'--preset'", "'nope' is not one of", "'cifar10-resnet20'"]),
 ], ids=["arch", "method", "schedule", "criteria", "rate-1.5", "rate-0", "dataset", "structure",
-        "rewind", "memory-format"])
+        "rewind", "memory-format", "lr-nan", "lr-inf", "lr-minus-inf", "wd-nan", "momentum-nan",
+        "reg-inf", "exponents-nan", "smoothing-nan", "warmup-negative", "gamma-negative",
+        "gamma-zero", "seed-huge", "seed-negative", "smoothing-1", "milestones-text",
+        "milestones-negative", "epochs-text", "unknown-flag", "preset"])
 def test_bad_flags(tmp_path, monkeypatch, capsys, args, phrases):
     """In process through `rsst.cli.main` (what the console script calls), to save start-ups."""
     from rsst.cli import main
 
     out = tmp_path / "run"
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["rsst", "run", *args, "--out", str(out), "--train-subset",
-                                      "64", "--states", "1", "--epochs", "1", "--device", "cpu"])
+    monkeypatch.setattr(sys, "argv", ["rsst", "run", "--out", str(out), "--train-subset", "64",
+                                      "--states", "1", "--epochs", "1", "--device", "cpu", *args])
     with pytest.raises(SystemExit) as exit_info:
         main()
     captured = capsys.readouterr()

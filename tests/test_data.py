@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-import rsst.data as data_mod
+import rsst.data.folders as folders_mod
 from rsst.data import (
     CIFAR10_CLASSES,
     Batches,
@@ -263,7 +263,7 @@ def test_decoded_images_are_cached_and_reused(tmp_path: Path, monkeypatch) -> No
     def no_decode(*args, **kwargs):
         raise AssertionError("decoded again although the cache is valid")
 
-    monkeypatch.setattr(data_mod, "decode_images", no_decode)
+    monkeypatch.setattr(folders_mod, "decode_images", no_decode)
     second = load_dataset("imagefolder", tmp_path / "d", val_split=1, cache_dir=cache)
     assert torch.equal(first.train.images, second.train.images)
     assert list(cache.iterdir()) == files and files[0].stat().st_mtime_ns == mtime
@@ -287,13 +287,13 @@ def test_parallel_decode_matches_serial(tmp_path: Path) -> None:
         p = tmp_path / f"{i}.png"
         _save_image(p, 10 * i)
         paths.append(p)
-    serial = data_mod.decode_images(paths, workers=1)
-    old = data_mod._PARALLEL_DECODE_MIN
-    data_mod._PARALLEL_DECODE_MIN = 1
+    serial = folders_mod.decode_images(paths, workers=1)
+    old = folders_mod._PARALLEL_DECODE_MIN
+    folders_mod._PARALLEL_DECODE_MIN = 1
     try:
-        parallel = data_mod.decode_images(paths, workers=2)
+        parallel = folders_mod.decode_images(paths, workers=2)
     finally:
-        data_mod._PARALLEL_DECODE_MIN = old
+        folders_mod._PARALLEL_DECODE_MIN = old
     assert serial.shape == (12, 3, 8, 8) and np.array_equal(serial, parallel)
     assert serial[:, 0, 0, 0].tolist() == [10 * i for i in range(12)]
 

@@ -101,7 +101,7 @@ def test_bench_inference_on_an_export(fake_run: Path, tmp_path: Path,
     assert invoke(monkeypatch, capsys, "export", str(fake_run), "--masked", "-o", str(out))[0] == 0
     js = tmp_path / "bench.json"
     code, _, err = invoke(monkeypatch, capsys, "bench", "--suite", "inference", "--model",
-                          str(out), "--device", "cpu", "--quick", "--json", str(js))
+                          str(out), "--device", "cpu", "--quick", "--json-out", str(js))
     assert code == 0, err
     records = json.loads(js.read_text())["results"]
     assert {r["path"] for r in records} == {"dense", "compact"}

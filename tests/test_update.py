@@ -72,11 +72,12 @@ def available(backend: str) -> bool:
     return backend != "triton" or triton_available("cpu")
 
 
-def check(backend, n, codes, schedule, nesterov, wd, block, first, t=3, T=10, seed=0):
+def check(backend, n, codes, schedule, nesterov, wd, block, first, t=3, T=10, seed=0,
+          momentum=0.9):
     if not available(backend):
         pytest.skip("triton not installed")
     w, g, buf, code = make_inputs(n, codes, seed)
-    hp = dict(lr=0.05, momentum=0.9, wd=wd, nesterov=nesterov, block=block, first=first)
+    hp = dict(lr=0.05, momentum=momentum, wd=wd, nesterov=nesterov, block=block, first=first)
     lam_max, p = 0.8, 3.0
     lam = reference_lam(schedule, t, T, lam_max, p)
     w_ref, buf_ref = reference_step(w, g, buf, code, lam=lam, **hp)
@@ -87,7 +88,7 @@ def check(backend, n, codes, schedule, nesterov, wd, block, first, t=3, T=10, se
         buf,
         code,
         lr=0.05,
-        momentum=0.9,
+        momentum=momentum,
         weight_decay=wd,
         nesterov=nesterov,
         block_loss_grad=block,
@@ -126,6 +127,17 @@ def test_matches_reference_special_codes(backend, codes, block, n):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "nesterov,wd,block,first",
+    list(itertools.product([False, True], [0.0, 5e-4], [False, True], [False, True])),
+)
+def test_matches_reference_without_momentum(backend, nesterov, wd, block, first):
+    """μ = 0: the step is d and the buffer holds d (not the stale random buffer make_inputs
+    gives), for every backend, Nesterov or not (at μ = 0 Nesterov's step is d too)."""
+    check(backend, 4097, "mixed", "x", nesterov, wd, block, first, momentum=0.0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_empty_buffers(backend):
     if not available(backend):
         pytest.skip("triton not installed")
@@ -147,15 +159,16 @@ def test_pruned_stay_zero_over_many_steps(backend):
         assert torch.all(w[dead] == 0) and torch.all(buf[dead] == 0)
 
 
-def test_backends_agree_over_a_trajectory():
+@pytest.mark.parametrize("momentum,nesterov", [(0.9, False), (0.0, False), (0.0, True)])
+def test_backends_agree_over_a_trajectory(momentum, nesterov):
     runs = {}
     for backend in [b for b in BACKENDS if available(b)]:
         w, _, buf, code = make_inputs(2000, "mixed", 3)
         gen = torch.Generator().manual_seed(4)
         for t in range(10):
             g = torch.randn(2000, generator=gen)
-            step(backend, w, g, buf, code, lr=0.1, weight_decay=1e-4, first_step=t == 0,
-                 t=t, T=10)
+            step(backend, w, g, buf, code, lr=0.1, momentum=momentum, nesterov=nesterov,
+                 weight_decay=1e-4, first_step=t == 0, t=t, T=10)
         runs[backend] = (w, buf)
     base_w, base_buf = runs["eager"]
     for backend, (w, buf) in runs.items():
@@ -201,3 +214,38 @@ def test_scalars_are_packed_in_their_named_slots():
                               "beta1": 0.8, "beta2": 0.99, "eps": 1e-6, "bias_correction1": 0.2,
                               "bias_correction2_sqrt": 0.1}
     assert unpack(values[:8])["first_step"] == 1.0  # the SGD slots alone still read by name
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_arena_backends_agree_without_momentum(nesterov):
+    """What ``--backend X --momentum 0 [--nesterov]`` runs: every arena backend leaves the same
+    weights and the same momentum buffer (= the last step's d, SPEC §5), so checkpoints agree."""
+    from torch import nn
+
+    from rsst.arena import Arena
+    from rsst.update import UpdateConfig, make_backend
+
+    gen = torch.Generator().manual_seed(5)
+    data = [(torch.randn(6, 4, generator=gen), torch.randint(0, 3, (6,), generator=gen))
+            for _ in range(4)]
+    config = UpdateConfig(momentum=0.0, weight_decay=1e-3, nesterov=nesterov)
+    results = {}
+    for backend in [b for b in BACKENDS if available(b)]:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3))
+        arena = Arena(model)
+        arena.momentum[arena.hard_mask] = 3.0  # stale: μ = 0 must overwrite it, not keep it
+        update = make_backend(backend, "cpu", config)
+        for t, (x, y) in enumerate(data):
+            nn.functional.cross_entropy(model(x), y).backward()
+            if t == len(data) - 1:
+                alive = arena.hard_mask
+                d = arena.grad.double() + 1e-3 * arena.weight.double()  # last step's d
+            arena.step(update, 0.1, t)
+        torch.testing.assert_close(arena.momentum.double(), torch.where(alive, d, 0.0),
+                                   rtol=1e-5, atol=1e-6, msg=backend)
+        results[backend] = (arena.weight.clone(), arena.momentum.clone())
+    base_w, base_buf = results["torch"]
+    for backend, (w, buf) in results.items():
+        torch.testing.assert_close(w, base_w, rtol=1e-5, atol=1e-6, msg=backend)
+        torch.testing.assert_close(buf, base_buf, rtol=1e-5, atol=1e-6, msg=backend)

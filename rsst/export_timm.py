@@ -1,0 +1,95 @@
+"""``rsst export --form timm``: a file that stock timm loads, with no rsst installed.
+
+rsst wraps a timm model as ``TimmWrapper(normalize, net)``, so its state_dict keys carry a
+``net.`` prefix, a masked export adds ``<param>.mask`` tensors, and the input normalization is
+two buffers. The timm form writes exactly the stock keys (pruned weights already zero, dense
+shapes: stock timm cannot hold a different head count per block), and the metadata holds the
+``timm.create_model`` arguments and the mean/std to apply (`USAGE`). Export checks that the stock
+model built from those arguments gives the rsst model's logits before it writes anything.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from rsst.errors import UserError
+
+USAGE = """\
+import json, timm, torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+meta = safe_open(FILE, "pt").metadata()
+model = timm.create_model(**json.loads(meta["timm.create_model"])).eval()
+model.load_state_dict(load_file(FILE))
+mean, std = (torch.tensor(json.loads(meta[k])).view(1, 3, 1, 1) for k in ("timm.mean", "timm.std"))
+logits = model((x - mean) / std)  # x: images in [0, 1], shape (N, 3, H, W)"""
+
+
+def _stock_model(args: dict[str, Any]) -> nn.Module:
+    import timm
+
+    return timm.create_model(**args)
+
+
+def timm_create_args(wrapper: nn.Module, num_classes: int, input_size: tuple[int, int, int],
+                     mean: tuple[float, ...], std: tuple[float, ...]) -> dict[str, Any]:
+    """The keyword arguments of ``timm.create_model`` that rebuild ``wrapper.net``; the
+    pretrained_cfg overlay makes ``timm.data.resolve_data_config`` report rsst's mean/std."""
+    net = wrapper.net
+    cfg = getattr(net, "pretrained_cfg", None) or getattr(net, "default_cfg", None) or {}
+    name = cfg.get("architecture")
+    if not name:
+        raise UserError("this timm model does not name its architecture (no pretrained_cfg); "
+                        "export --masked and load it with rsst.load")
+    args: dict[str, Any] = {"model_name": name, "pretrained": False, "num_classes": num_classes}
+    patch = getattr(getattr(net, "patch_embed", None), "patch_size", None)
+    if patch is not None:
+        args["img_size"] = int(input_size[1])
+        args["patch_size"] = int(patch[0] if isinstance(patch, tuple | list) else patch)
+    args["pretrained_cfg_overlay"] = {"mean": list(mean), "std": list(std),
+                                      "input_size": list(input_size), "num_classes": num_classes}
+    return args
+
+
+def timm_export_body(dense: nn.Module, state_dict: dict[str, torch.Tensor], arch: str,
+                     num_classes: int, input_size: tuple[int, int, int],
+                     mean: tuple[float, ...], std: tuple[float, ...]
+                     ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(stock state_dict, ``timm.*`` metadata) of a masked rsst timm model, checked: the stock
+    model built from the metadata alone gives the same logits on normalized input."""
+    if not (hasattr(dense, "net") and hasattr(dense, "normalize")):
+        raise UserError(f"--form timm needs a timm architecture (vit_tiny / vit_small / vit_base "
+                        f"or timm:<name>); {arch} is rsst's own model: export --masked or "
+                        "--compact and load it with rsst.load")
+    stock = {k[len("net."):]: v for k, v in state_dict.items() if k.startswith("net.")}
+    args = timm_create_args(dense, num_classes, input_size, mean, std)
+    model = _stock_model(args).eval()
+    model.load_state_dict(stock, strict=True)
+    mean_t = torch.tensor(mean).view(1, -1, 1, 1)
+    std_t = torch.tensor(std).view(1, -1, 1, 1)
+    with torch.no_grad():
+        x = torch.rand(2, *input_size, generator=torch.Generator().manual_seed(0))
+        ref, got = dense(x), model((x - mean_t) / std_t)
+    diff = float((ref - got).abs().max())
+    if not diff <= 1e-4 * max(float(ref.abs().max()), 1.0):
+        raise RuntimeError(f"the stock timm model differs from the rsst model by {diff:.3g} in "
+                           "its logits: this is a bug in rsst.export_timm, please report it")
+    meta = {"timm.create_model": json.dumps(args), "timm.mean": json.dumps(list(mean)),
+            "timm.std": json.dumps(list(std)), "timm.input_size": json.dumps(list(input_size)),
+            "timm.usage": USAGE, "timm.check": json.dumps({"max_abs_logit_diff": diff})}
+    return stock, meta
+
+
+def load_timm_export(path: str | Path, tensors: dict[str, torch.Tensor], spec: Any,
+                     build: Any) -> nn.Module:
+    """The rsst module (normalization in front) of a timm-form export, for `rsst.load`."""
+    state = {f"net.{k}": v for k, v in tensors.items()}
+    state["normalize.mean"] = torch.tensor(list(spec.mean), dtype=torch.float32).view(1, -1, 1, 1)
+    state["normalize.std"] = torch.tensor(list(spec.std), dtype=torch.float32).view(1, -1, 1, 1)
+    return build(spec, state, None, path)

@@ -1,0 +1,183 @@
+"""matplotlib drawings of `rsst compare` / `rsst report` results (extra ``rsst[plot]``).
+
+matplotlib is imported only here and only when a plot is asked for; its absence is a
+`UserError` naming the extra. Files are written to a temporary name and renamed.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from rsst.errors import UserError
+
+FORMATS = {".png": "png", ".svg": "svg"}
+DPI = 100
+COMPARE_SIZE = (7.0, 4.5)  # inches: 700 x 450 pixels
+
+
+def check_plot_path(path: str | Path) -> tuple[Path, str]:
+    """(path, format) of a --plot FILE; the suffix picks PNG or SVG."""
+    path = Path(path)
+    fmt = FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise UserError(f"--plot {path}: name a .png or .svg file")
+    if path.is_dir():
+        raise UserError(f"--plot {path} is a folder: pass a file name such as {path / 'out.png'}")
+    if not path.parent.is_dir():
+        raise UserError(f"the folder of --plot {path} does not exist: create {path.parent} first")
+    return path, fmt
+
+
+def pyplot(flag: str = "--plot") -> Any:
+    """matplotlib.pyplot on the file-only Agg backend, or a `UserError` saying how to get it."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise UserError(f"{flag} needs matplotlib, which is not installed: "
+                        "pip install 'rsst[plot]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path, fmt: str) -> None:
+    from rsst.atomic import atomic_write
+
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=DPI))
+    except OSError as exc:
+        raise UserError(f"cannot write {path} ({exc.strerror or exc}); pick a writable path"
+                        ) from None
+
+
+def _x_axis(ax: Any, x: str, values: list[float]) -> None:
+    """Remaining fractions on a log scale, falling to the right (lottery-ticket papers);
+    structured sparsity on a linear one, growing to the right."""
+    if x == "sparsity":
+        ax.set_xlim(-2, 102)
+        return
+    ax.set_xscale("log")
+    lo = min([v for v in values if v > 0], default=1.0)
+    ax.set_xlim(105, max(lo * 0.8, 0.01))
+    ticks = [t for t in (100, 70, 50, 30, 20, 10, 5, 2, 1, 0.5, 0.2, 0.1) if t >= lo * 0.8]
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([f"{t:g}" for t in ticks])
+    ax.minorticks_off()
+
+
+def plot_comparison(result: dict[str, Any], path: str | Path) -> Path:
+    """One line per group (mean ± std band over seeds), RSST before-cut points hollow and joined
+    to their after-cut point, dense accuracy dashed, the winning ticket starred."""
+    path, fmt = check_plot_path(path)
+    plt = pyplot()
+    x = result["x"]
+    fig, ax = plt.subplots(figsize=COMPARE_SIZE, layout="constrained")
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    every_x: list[float] = []
+    dense_drawn: set[float] = set()
+    shared_dense = len({round(g["dense_acc"], 6) for g in result["groups"]
+                        if g["dense_acc"] is not None}) == 1
+    for i, g in enumerate(result["groups"]):
+        color = colors[i % len(colors)]
+        line = [p for p in g["points"] if p["delivered"] and p["x"] is not None
+                and p["acc"] is not None]
+        xs = [100 * p["x"] for p in line]
+        ys = [100 * p["acc"] for p in line]
+        every_x += xs
+        label = g["label"] + (f" ({g['n_runs']} runs)" if g["n_runs"] > 1 else "")
+        ax.plot(xs, ys, "o-", color=color, label=label, markersize=4)
+        if g["n_runs"] > 1:
+            sd = [100 * (p["acc_std"] or 0.0) for p in line]
+            lo = [y - s for y, s in zip(ys, sd, strict=True)]
+            hi = [y + s for y, s in zip(ys, sd, strict=True)]
+            ax.fill_between(xs, lo, hi, color=color, alpha=0.2, linewidth=0)
+        before = [p for p in g["points"] if p["phase"] == "before_cut" and p["x"] is not None
+                  and p["acc"] is not None]
+        if before:
+            after = {p["state"]: p for p in line if p["phase"] == "after_cut"}
+            ax.plot([100 * p["x"] for p in before], [100 * p["acc"] for p in before], "o",
+                    mfc="none", color=color, markersize=6, label=f"{g['label']} before cut")
+            for p in before:
+                a = after.get(p["state"])
+                if a is not None:
+                    ax.plot([100 * p["x"], 100 * a["x"]], [100 * p["acc"], 100 * a["acc"]], ":",
+                            color=color, linewidth=1)
+            every_x += [100 * p["x"] for p in before]
+        dense = g["dense_acc"]
+        if dense is not None and round(dense, 6) not in dense_drawn:
+            dense_drawn.add(round(dense, 6))
+            ax.axhline(100 * dense, linestyle="--", color=color, linewidth=1,
+                       label="dense" if shared_dense else f"dense ({g['label']})")
+        ticket = g["winning_ticket"]
+        if ticket is not None and ticket["state"] > 0:
+            ax.plot([100 * ticket["x"]], [100 * ticket["acc"]], "*", color=color, markersize=12)
+    _x_axis(ax, x, every_x)
+    ax.set_xlabel(result["x_label"])
+    ax.set_ylabel(f"{result['metric'].replace('_', ' ')} accuracy (%)")
+    ax.set_title("accuracy vs sparsity  (★ sparsest state within "
+                 f"{result['winning_ticket_points']:g} pt of dense)", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, path, fmt)
+    plt.close(fig)
+    return path
+
+
+def plot_report(records: list[dict[str, Any]], title: str, path: str | Path) -> Path:
+    """One run: accuracy per state against remaining weights, and the alive fraction of every
+    layer's groups (channels / heads / neurons) per state."""
+    path, fmt = check_plot_path(path)
+    plt = pyplot()
+    fig, (acc_ax, layer_ax) = plt.subplots(1, 2, figsize=(12, 4.5), layout="constrained",
+                                           gridspec_kw={"width_ratios": [1, 1.6]})
+    drawn = False
+    for key, style, label in (("val_acc", "o-", "val"), ("val_acc_after_cut", "s--",
+                                                           "val after cut"),
+                              ("last_test_acc", "^-", "test")):
+        pts = [(r["state"], 100 * r[key]) for r in records
+               if isinstance(r.get(key), int | float) and math.isfinite(r[key])]
+        if pts:
+            acc_ax.plot(*zip(*pts, strict=True), style, label=label, markersize=4)
+            drawn = True
+    states = [r["state"] for r in records]
+    acc_ax.set_xticks(states)
+    acc_ax.set_xticklabels([f"{r['state']}\n{_remain_text(r)}" for r in records], fontsize=7)
+    acc_ax.set_xlabel("state (remaining weights %)")
+    acc_ax.set_ylabel("accuracy (%)")
+    acc_ax.grid(True, alpha=0.3)
+    if drawn:
+        acc_ax.legend(fontsize=8)
+    acc_ax.set_title("accuracy per state", fontsize=10)
+
+    layers: list[str] = []
+    for r in records:
+        for name in r.get("groups") or {}:
+            if name not in layers:
+                layers.append(name)
+    cmap = plt.get_cmap("viridis")
+    for i, r in enumerate(records):
+        groups = r.get("groups") or {}
+        ys = [100 * groups[n]["alive"] / groups[n]["total"] if n in groups
+              and groups[n].get("total") else float("nan") for n in layers]
+        layer_ax.plot(range(len(layers)), ys, "o-", markersize=3,
+                      color=cmap(i / max(len(records) - 1, 1)), label=f"state {r['state']}")
+    layer_ax.set_xticks(range(len(layers)))
+    layer_ax.set_xticklabels(layers, rotation=90, fontsize=6)
+    layer_ax.set_ylabel("groups alive (%)")
+    layer_ax.set_ylim(-3, 103)
+    layer_ax.grid(True, alpha=0.3)
+    if layers:
+        layer_ax.legend(fontsize=7, ncol=2)
+    layer_ax.set_title("channels / heads / neurons left per layer", fontsize=10)
+    fig.suptitle(title, fontsize=11)
+    _save(fig, path, fmt)
+    plt.close(fig)
+    return path
+
+
+def _remain_text(record: dict[str, Any]) -> str:
+    remain = record.get("remain_weight_after_cut", record.get("remain_weight"))
+    return f"{100 * remain:.3g}%" if isinstance(remain, int | float) else ""

@@ -1,0 +1,200 @@
+"""The run directory: its file names, format version, and every read and write of its files.
+
+```
+RUN_DIR/
+  config.toml              the resolved config (`rsst run --config` reruns it)
+  metrics.jsonl            one JSON line per epoch and per state
+  state_XX/
+    weights.safetensors    the state's masked weights + ``<param>.mask`` (a masked export)
+    state.json             the state's record
+  summary.json             {"states": [records], ...}
+  checkpoint.safetensors   model, momentum, masks, rewind point and position (for --resume)
+  .lock                    held (flock) by the process running in the directory
+```
+
+Whole files are written atomically (`rsst.atomic`); metric lines are appended and flushed, and
+`trim_metrics` drops the lines a killed run wrote after its last checkpoint. `loop` and `export`
+read and write run directories only through this module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rsst.atomic import append_line, atomic_write, atomic_write_json, atomic_write_text
+from rsst.errors import UserError
+
+__all__ = [
+    "CHECKPOINT", "CONFIG", "FORMAT_VERSION", "LOCK", "METRICS", "STATE_RECORD", "STATE_WEIGHTS",
+    "SUMMARY", "RunLock", "append_line", "append_metrics", "atomic_write", "atomic_write_json",
+    "atomic_write_text", "finished_states", "load_checkpoint", "read_state_record",
+    "save_checkpoint", "save_tensors", "state_dir", "state_weights", "trim_metrics",
+    "write_state", "write_summary",
+]
+
+#: Version of the safetensors layout of state files and exports (``rsst.format_version``).
+FORMAT_VERSION = 1
+
+CONFIG = "config.toml"
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+CHECKPOINT = "checkpoint.safetensors"
+STATE_WEIGHTS = "weights.safetensors"
+STATE_RECORD = "state.json"
+LOCK = ".lock"
+
+
+# -- names ----------------------------------------------------------------------------------------
+def state_dir(run_dir: Path, state: int) -> Path:
+    return Path(run_dir) / f"state_{state:02d}"
+
+
+def state_weights(run_dir: Path, state: int) -> Path:
+    return state_dir(run_dir, state) / STATE_WEIGHTS
+
+
+def finished_states(run_dir: Path) -> list[int]:
+    """Indices of the states whose weights file exists, ascending."""
+    return sorted(int(p.parent.name[6:]) for p in Path(run_dir).glob(f"state_*/{STATE_WEIGHTS}")
+                  if p.parent.name[6:].isdigit())
+
+
+# -- tensors --------------------------------------------------------------------------------------
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """safetensors, written atomically; tensors are copied to the CPU so no two share storage."""
+    from safetensors.torch import save_file
+
+    body = {k: v.detach().to("cpu").clone().contiguous() for k, v in tensors.items()}
+    atomic_write(path, lambda tmp: save_file(body, str(tmp), metadata=metadata))
+
+
+# -- per-state files ------------------------------------------------------------------------------
+def write_state(run_dir: Path, state: int, tensors: dict[str, torch.Tensor],
+                metadata: dict[str, str], record: dict[str, Any]) -> None:
+    """``state_XX/weights.safetensors`` then ``state_XX/state.json``."""
+    folder = state_dir(run_dir, state)
+    folder.mkdir(exist_ok=True)
+    save_tensors(folder / STATE_WEIGHTS, tensors, metadata)
+    atomic_write_json(folder / STATE_RECORD, record)
+
+
+def read_state_record(run_dir: Path, state: int) -> dict[str, Any] | None:
+    """A state's record, or None when it is missing or unreadable."""
+    try:
+        return json.loads((state_dir(run_dir, state) / STATE_RECORD).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+# -- checkpoint -----------------------------------------------------------------------------------
+def save_checkpoint(run_dir: Path, tensors: dict[str, torch.Tensor],
+                    metadata: dict[str, str]) -> None:
+    save_tensors(Path(run_dir) / CHECKPOINT, tensors, metadata)
+
+
+def load_checkpoint(run_dir: Path, device: str | torch.device
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, str]] | None:
+    """(tensors, metadata) of the checkpoint, None when there is none; unreadable → UserError."""
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    path = Path(run_dir) / CHECKPOINT
+    if not path.exists():
+        return None
+    try:
+        tensors = load_file(str(path), device=str(device))
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise checkpoint_error(run_dir, exc) from None
+    return tensors, meta
+
+
+def checkpoint_error(run_dir: Path, exc: BaseException) -> UserError:
+    return UserError(f"checkpoint {Path(run_dir) / CHECKPOINT} is corrupt or from another model "
+                     f"({type(exc).__name__}); start over with "
+                     f"`rsst run --config {Path(run_dir) / CONFIG} --overwrite`")
+
+
+# -- metrics and summary --------------------------------------------------------------------------
+def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
+    """Append one JSON line and flush it to disk (a line is either whole or absent)."""
+    append_line(Path(run_dir) / METRICS, json.dumps(record))
+
+
+def trim_metrics(run_dir: Path, state: int, epoch: int) -> None:
+    """Keep only the lines up to checkpoint position (state, epoch): a run killed between a line
+    and its checkpoint wrote lines that its resume writes again. Torn lines are dropped."""
+    path = Path(run_dir) / METRICS
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if r["kind"] == "state" and r["state"] < state or (
+                r["kind"] == "epoch" and (r["state"], r["epoch"]) <= (state, epoch)):
+            keep.append(line)
+    atomic_write_text(path, "".join(line + "\n" for line in keep))
+
+
+def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
+    atomic_write_json(Path(run_dir) / SUMMARY, summary)
+
+
+# -- the lock -------------------------------------------------------------------------------------
+class RunLock:
+    """An exclusive ``flock`` on ``RUN_DIR/.lock`` for the lifetime of the process's run.
+
+    The kernel drops the lock when its process dies, so a lock file left by a killed run
+    blocks nothing; the file holds the holder's pid only to name it in the refusal.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / LOCK
+        self._fd: int | None = None
+
+    def acquire(self, what: str) -> None:
+        """Take the lock or raise a UserError naming the holding process (``what`` is the
+        refused action, e.g. "--resume")."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise
+            holder = self._holder()
+            raise UserError(f"{self.path.parent} is in use by a running rsst (pid {holder}): "
+                            f"{what} refused; wait for it to finish, stop it, or pass another "
+                            "--out") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def _holder(self) -> str:
+        try:
+            return self.path.read_text().strip() or "unknown"
+        except OSError:
+            return "unknown"
+
+    def release(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, 0)
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None

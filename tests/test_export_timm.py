@@ -1,0 +1,146 @@
+"""Exports a user without rsst can load (``--form timm``), and the model card of every export.
+
+The stock-timm check runs the recipe stored in the file (``timm.usage``) verbatim, with timm and
+safetensors only, and compares its logits with `rsst.load` of the masked export of the same state.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+import rsst
+from rsst.compact import random_prune
+from rsst.errors import UserError
+from rsst.export import export_model
+from rsst.model_card import MAC_CONVENTION, run_command
+from rsst.models import create_model
+
+MEAN, STD = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
+
+
+def write_run(folder: Path, arch: str, **kw) -> tuple[Path, nn.Module]:
+    """A run directory with one randomly group-pruned state in `save_state_files`' layout."""
+    torch.manual_seed(0)
+    model = create_model(arch, num_classes=5, mean=MEAN, std=STD, **kw).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Linear) and m.bias is not None:
+                m.bias.normal_(0, 0.1)
+    masks = random_prune(model, 0.4, seed=0)
+    sub = folder / "state_02"
+    sub.mkdir(parents=True)
+    tensors = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    tensors.update({f"{k}.mask": v.clone() for k, v in masks.items()})
+    config = {"method": "rsst", "arch": arch, "states": 4, "epochs": 1, "seed": 7}
+    meta = {
+        "rsst.format_version": "1", "rsst.arch": arch, "rsst.num_classes": "5",
+        "rsst.input_size": json.dumps(list(model.rsst_input_size)),
+        "rsst.patch_size": json.dumps(model.rsst_patch_size),
+        "rsst.mean": json.dumps(list(MEAN)), "rsst.std": json.dumps(list(STD)),
+        "rsst.method": "rsst", "rsst.state": "2",
+        "rsst.sparsity": json.dumps({"remain_weight": 0.55, "head": 0.4}),
+        "rsst.structure": "{}", "rsst.config": json.dumps(config),
+    }
+    save_file(tensors, str(sub / "weights.safetensors"), metadata=meta)
+    (sub / "state.json").write_text(json.dumps({"state": 2, "val_acc": 0.625,
+                                                "val_acc_after_cut": 0.5,
+                                                "last_test_acc": 0.6}))
+    return folder, model
+
+
+@pytest.fixture(scope="module")
+def vit_run(tmp_path_factory) -> Path:
+    return write_run(tmp_path_factory.mktemp("vit") / "run", "vit_tiny", img_size=16,
+                     patch_size=8)[0]
+
+
+def test_timm_form_loads_with_timm_alone(vit_run, tmp_path):
+    out = tmp_path / "stock.safetensors"
+    export_model(vit_run, out, state="last", form="timm")
+    export_model(vit_run, tmp_path / "masked.safetensors", form="masked")
+    tensors = load_file(str(out))
+    assert not any(k.startswith("net.") or k.endswith(".mask") or k.startswith("normalize")
+                   for k in tensors)
+    with safe_open(str(out), "pt") as f:
+        meta = f.metadata()
+    args = json.loads(meta["timm.create_model"])
+    assert args["model_name"] == "vit_tiny_patch16_224"
+    assert set(tensors) == set(timm.create_model(**args).state_dict())
+
+    # the documented recipe, verbatim, with timm + safetensors + torch only
+    x = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    scope = {"FILE": str(out), "x": x}
+    exec(meta["timm.usage"], scope)  # noqa: S102 - the recipe users copy
+    stock_logits = scope["logits"]
+    assert scope["model"].__class__.__module__.startswith("timm.")
+
+    with torch.no_grad():
+        reference = rsst.load(tmp_path / "masked.safetensors")(x)
+        via_rsst = rsst.load(out)(x)
+        unnormalized = scope["model"](x)
+    assert torch.allclose(stock_logits, reference, atol=1e-5), float(
+        (stock_logits - reference).abs().max())
+    assert torch.allclose(via_rsst, reference, atol=1e-5)
+    assert (unnormalized - reference).abs().max() > 1e-2  # the normalization matters
+    # timm's own data config reports rsst's normalization
+    data_cfg = timm.data.resolve_data_config({}, model=scope["model"])
+    assert data_cfg["mean"] == pytest.approx(MEAN) and data_cfg["std"] == pytest.approx(STD)
+
+
+def test_timm_form_refuses_rsst_cnns(tmp_path):
+    run, _ = write_run(tmp_path / "run", "resnet20")
+    with pytest.raises(UserError, match="needs a timm architecture"):
+        export_model(run, tmp_path / "x.safetensors", form="timm")
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_every_export_carries_a_model_card(tmp_path):
+    run, _ = write_run(tmp_path / "run", "resnet20")
+    for form in ("compact", "masked"):
+        out = tmp_path / f"{form}.safetensors"
+        result = export_model(run, out, form=form)
+        with safe_open(str(out), "pt") as f:
+            card = f.metadata()["rsst.model_card"]
+        assert (tmp_path / f"{form}.md").read_text() == card
+        assert "# resnet20 pruned by rsst (state 2)" in card
+        assert MAC_CONVENTION in card and "BatchNorm" in card and "softmax" in card
+        assert "- val: 62.50 %" in card and "- val after the RSST cut: 50.00 %" in card
+        assert "- weights alive (prunable layers): 55.00 %" in card
+        assert "rsst run --states 4 --epochs 1 --seed 7" in card
+        assert f"--form {form} -o {form}.safetensors" in card
+        assert f"{result.params['dense']} dense → {result.params['compact']} compacted" in card
+        layer_rows = [line for line in card.splitlines()
+                      if line.startswith("| ") and not line.startswith("| layer |")]
+        kept_rows = [r for r in result.rows if r["total"] is not None]
+        assert len(layer_rows) == len(kept_rows) > 0
+        for line, row in zip(layer_rows, kept_rows, strict=True):
+            assert line == f"| {row['layer']} | {row['kind']} | {row['kept']} | {row['total']} |"
+
+
+def test_run_command_names_the_non_default_flags():
+    from rsst.config import RunConfig
+
+    cmd = run_command({**RunConfig().to_dict(), "method": "refill", "milestones": [3, 5],
+                       "nesterov": True, "lr": 0.2})
+    assert cmd == "rsst run --method refill --lr 0.2 --nesterov --milestones 3,5"
+
+
+def test_cli_form_timm(vit_run, tmp_path, monkeypatch, capsys):
+    from rsst.cli import main
+
+    out = tmp_path / "cli.safetensors"
+    monkeypatch.setattr(sys, "argv", ["rsst", "export", str(vit_run), "--form", "timm", "-o",
+                                      str(out)])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert (exit_info.value.code or 0) == 0, capsys.readouterr().err
+    assert out.exists() and (tmp_path / "cli.md").exists()
