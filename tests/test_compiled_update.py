@@ -77,7 +77,7 @@ def test_a_failed_compile_warns_once_and_runs_the_twin(monkeypatch):
     torch.testing.assert_close(arena.momentum, twin_arena.momentum)
 
 
-def test_a_real_compiler_failure_is_caught(monkeypatch):
+def test_a_real_compiler_failure_is_caught():
     """Inductor pointed at a C++ compiler that does not exist, its caches off: the pass fails to
     compile, warns, and leaves the tensors untouched for the twin."""
     import torch._inductor.config as inductor_config
@@ -86,13 +86,14 @@ def test_a_real_compiler_failure_is_caught(monkeypatch):
         sgd_pass(w, g, buf, code, hyper, switches)
 
     torch._dynamo.reset()
-    monkeypatch.setattr(inductor_config.cpp, "cxx", (None, "/nonexistent/bin/c++"))
-    monkeypatch.setattr(inductor_config, "fx_graph_cache", False)
-    monkeypatch.setattr(inductor_config, "force_disable_caches", True)
     broken = CompiledPass(pass_copy)
     w, g, buf, code = _inputs(64)
     before = w.clone()
-    with pytest.warns(RuntimeWarning, match="compiled CPU update unavailable"):
+    # the configs' own patch(): monkeypatch's undo would delete their attributes
+    with inductor_config.patch({"cpp.cxx": (None, "/nonexistent/bin/c++"),
+                                "fx_graph_cache": False}), \
+            torch.compiler.config.patch(force_disable_caches=True), \
+            pytest.warns(RuntimeWarning, match="compiled CPU update unavailable"):
         ran = broken(w, g, buf, code, torch.zeros(13), torch.zeros(3))
     assert not ran and broken.failed
     assert "C++ compiler" in broken.failure
