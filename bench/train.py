@@ -252,4 +252,21 @@ def run(device: torch.device, *, models: list[str] | None = None, console: Conso
     )
     for note in notes:
         console.print(f"[dim]{note}[/]")
+    records += _scaling(models[0], device, console)
     return records
+
+
+def _scaling(model: str, device: torch.device, console: Console) -> list[dict[str, Any]]:
+    """Data-parallel images/s per rank count (`rsst_bench.scaling`), or why it is unmeasured."""
+    from rsst_bench.scaling import RANK_BATCH, records
+
+    rows = records(model, device)
+    if rows[0]["status"] == "unmeasured":
+        console.print(f"[dim]scaling over ranks ({model}): unmeasured — {rows[0]['note']}[/]")
+        return rows
+    render_table(console, f"train suite · scaling · {model}, {RANK_BATCH} images per rank "
+                 "(torchrun, NCCL)", rows,
+                 [("ranks", "ranks"), ("batch", "global batch"), ("median_ms", "ms/step"),
+                  ("images_per_s", "img/s"), ("images_per_s_per_rank", "img/s per rank"),
+                  ("efficiency", "efficiency")])
+    return rows

@@ -9,22 +9,27 @@ formulas (`schedules`) live here, and nothing in this package imports ``rsst``.
 from .fused_adamw import ADAMW_BYTES_PER_ELEMENT, fused_adamw, fused_adamw_reference
 from .fused_update import (
     BYTES_PER_ELEMENT,
+    BYTES_PER_ELEMENT_ADMM,
+    bytes_per_element,
     fused_update,
     fused_update_reference,
     triton_available,
 )
-from .masks import ALIVE, PENDING
+from .masks import ALIVE, ANCHORED, PENDING
 from .scalars import HYPER_SLOTS, ScalarSlot
 from .schedules import SCHEDULES, lam_of_code, ramp_position
 
 __all__ = [
     "ADAMW_BYTES_PER_ELEMENT",
     "ALIVE",
+    "ANCHORED",
     "BYTES_PER_ELEMENT",
+    "BYTES_PER_ELEMENT_ADMM",
     "HYPER_SLOTS",
     "PENDING",
     "SCHEDULES",
     "ScalarSlot",
+    "bytes_per_element",
     "fused_adamw",
     "fused_adamw_reference",
     "fused_update",

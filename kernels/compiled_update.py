@@ -9,8 +9,9 @@ counterpart of the Triton kernel.
 Everything that varies between steps or runs is a tensor: the per-step scalars (``hyper``,
 `ScalarSlot`) and the switches (``switches``, `SwitchSlot`: schedule, Nesterov, block_loss_grad),
 and the length is dynamic — so one compiled function serves every step, every schedule and every
-arena (no recompiles as lr, λ or t change). Inductor caches the generated code on disk, so a second
-run pays only the trace (seconds), not the C++ compile.
+arena (no recompiles as lr, λ or t change). ADMM's ρ·(w − anchor) term is on when an anchor is
+passed: one more specialization of the same function (ρ is a ``hyper`` slot). Inductor caches
+the generated code on disk, so a second run pays only the trace (seconds), not the C++ compile.
 
 The uint8 code is widened to int32 before its bits are tested: Inductor's CPU vectorizer handled
 uint8 masks several times slower than int32 ones when this was written (torch 2.14, x86 AVX2).
@@ -27,7 +28,7 @@ from collections.abc import Callable
 
 import torch
 
-from .masks import ALIVE, PENDING
+from .masks import ALIVE, ANCHORED, PENDING
 from .scalars import ScalarSlot, SwitchSlot
 from .schedules import CUBE, E_MINUS_1, EXP, LINEAR, SQUARE
 
@@ -50,12 +51,13 @@ def schedule_lambda(hyper: torch.Tensor, switches: torch.Tensor) -> torch.Tensor
 
 
 def penalised_gradient(w: torch.Tensor, g: torch.Tensor, code: torch.Tensor,
-                       hyper: torch.Tensor, switches: torch.Tensor
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(``H·g`` plus ``λ·w`` on pending elements — ``λ·w`` alone with block_loss_grad —, alive).
+                       hyper: torch.Tensor, switches: torch.Tensor,
+                       anchor: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(``H·g`` plus ``λ·w`` on pending elements — ``λ·w`` alone with block_loss_grad — plus,
+    with an ``anchor``, ``ρ·(w − anchor)`` on alive anchored elements; alive).
 
-    The gradient every optimizer of the family steps with; one more optional term (e.g. ADMM's
-    ρ·(w − anchor)) is one more switch and one more ``torch.where`` here.
+    The gradient every optimizer of the family steps with. Whether ``anchor`` is None is a trace
+    -time branch (Dynamo guards on it): the pass without ADMM never reads an anchor.
     """
     bits = code.to(torch.int32)
     alive = (bits & ALIVE) != 0
@@ -65,17 +67,24 @@ def penalised_gradient(w: torch.Tensor, g: torch.Tensor, code: torch.Tensor,
     penalty = lam * w
     blocked = switches[SwitchSlot.BLOCK_LOSS_GRAD] != 0
     g = torch.where(pending, torch.where(blocked, penalty, g + penalty), g)
+    if anchor is not None:
+        anchored = (bits & (ALIVE | ANCHORED)) == (ALIVE | ANCHORED)
+        g = torch.where(anchored, g + hyper[ScalarSlot.RHO] * (w - anchor), g)
     return g, alive
 
 
 def sgd_pass(w: torch.Tensor, g: torch.Tensor, buf: torch.Tensor, code: torch.Tensor,
-             hyper: torch.Tensor, switches: torch.Tensor) -> None:
-    """SPEC §5 in one pass: updates ``w`` and ``buf`` in place, leaves ``g`` zeroed."""
+             hyper: torch.Tensor, switches: torch.Tensor,
+             anchor: torch.Tensor | None = None) -> None:
+    """SPEC §5 in one pass: updates ``w`` and ``buf`` in place, leaves ``g`` zeroed.
+
+    An ``anchor`` switches ADMM's ρ·(w − anchor) term on, as in `fused_update`.
+    """
     lr = hyper[ScalarSlot.LR]
     mu = hyper[ScalarSlot.MOMENTUM]
     wd = hyper[ScalarSlot.WEIGHT_DECAY]
     first = hyper[ScalarSlot.FIRST_STEP] != 0
-    grad, alive = penalised_gradient(w, g, code, hyper, switches)
+    grad, alive = penalised_gradient(w, g, code, hyper, switches, anchor)
     d = grad + wd * w
     momentum = torch.where(first, d, mu * buf + d)
     step = torch.where(switches[SwitchSlot.NESTEROV] != 0, d + mu * momentum, momentum)
@@ -125,7 +134,7 @@ class CompiledPass:
     def failed(self) -> bool:
         return self.failure is not None
 
-    def __call__(self, *tensors: torch.Tensor) -> bool:
+    def __call__(self, *tensors: torch.Tensor | None) -> bool:
         if self.failure is not None:
             return False
         if tensors[0].numel() == 0:

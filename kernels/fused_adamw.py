@@ -35,7 +35,7 @@ except ImportError:  # pragma: no cover - exercised on platforms without triton
 ADAMW_BYTES_PER_ELEMENT = 33
 
 if triton is not None:
-    from .fused_update import _ALIVE, _PENDING, penalised_gradient, schedule_lambda
+    from .fused_update import _ALIVE, penalised_gradient, schedule_lambda
 
     _LR = tl.constexpr(int(ScalarSlot.LR))
     _WEIGHT_DECAY = tl.constexpr(int(ScalarSlot.WEIGHT_DECAY))
@@ -77,9 +77,10 @@ if triton is not None:
         v = tl.load(v_ptr + offs, mask=in_range, other=0.0)
         code = tl.load(code_ptr + offs, mask=in_range, other=0)
         alive = (code & _ALIVE) != 0
-        pending = (code & _PENDING) != 0
 
-        g = penalised_gradient(g, w, alive, pending, lam, BLOCK_LOSS_GRAD)
+        # No ADMM term here (ADMM runs with SGD only): the anchor pointer is never read.
+        g = penalised_gradient(g, w, code, lam, hyper_ptr, w_ptr, offs, in_range,
+                               BLOCK_LOSS_GRAD, False)
         m = m + (1.0 - beta1) * (g - m)
         v = beta2 * v + (1.0 - beta2) * g * g
         w = w * (1.0 - lr * wd)

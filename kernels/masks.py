@@ -2,7 +2,8 @@
 
 One byte per element carries both masks of SPEC §1, so the fused update reads one byte instead of
 two bool tensors: bit 0 is the hard mask H (the element is alive), bit 1 the pending set P (the
-element is alive and receives the RSST penalty). Padding and pruned elements have code 0.
+element is alive and receives the RSST penalty), bit 2 the ADMM scope A (the element is alive and
+pulled towards the ADMM anchor). Padding and pruned elements have code 0.
 """
 
 from __future__ import annotations
@@ -11,5 +12,7 @@ from __future__ import annotations
 ALIVE = 1
 #: Bit 1: the element is pending (in P): its gradient gets the penalty term λ·w.
 PENDING = 2
+#: Bit 2: the element is anchored (in A): with the ADMM term on, its gradient gets ρ·(w − a).
+ANCHORED = 4
 
-__all__ = ["ALIVE", "PENDING"]
+__all__ = ["ALIVE", "ANCHORED", "PENDING"]

@@ -3,8 +3,9 @@
 The kernels read lr, t and the other per-step numbers from device memory (the ``hyper`` tensor)
 rather than as launch arguments, so one compiled kernel serves every step and a captured CUDA
 graph replays with new values. `ScalarSlot` names each position; `pack` puts values in that order.
-The SGD kernel reads the first eight slots; the AdamW kernel reads the shared ones (lr, weight
-decay, the λ schedule's) and its own (betas, eps, the bias corrections of this step).
+The SGD kernel reads the first eight slots (and ``rho`` with the ADMM term on); the AdamW kernel
+reads the shared ones (lr, weight decay, the λ schedule's) and its own (betas, eps, the bias
+corrections of this step).
 
 The compiled CPU pass also takes its compile-time switches (schedule, Nesterov, block_loss_grad)
 as a tensor (`SwitchSlot`), so that one compiled function serves every combination.
@@ -26,16 +27,17 @@ class ScalarSlot(IntEnum):
     STEP = 5  # t: step index inside the ramp window
     WINDOW = 6  # T: ramp window length in steps
     FIRST_STEP = 7  # 1.0 on the first step of a state (buf ← d), else 0.0
-    BETA1 = 8  # AdamW: decay of the first moment
-    BETA2 = 9  # AdamW: decay of the second moment
-    EPS = 10  # AdamW: added to the denominator
-    BIAS_CORRECTION1 = 11  # AdamW: 1 − β1^k, k = steps since the moments were reset
-    BIAS_CORRECTION2_SQRT = 12  # AdamW: √(1 − β2^k)
+    RHO = 8  # ρ of the ADMM penalty ρ/2·‖w − a‖² (read only with the ADMM switch on)
+    BETA1 = 9  # AdamW: decay of the first moment
+    BETA2 = 10  # AdamW: decay of the second moment
+    EPS = 11  # AdamW: added to the denominator
+    BIAS_CORRECTION1 = 12  # AdamW: 1 − β1^k, k = steps since the moments were reset
+    BIAS_CORRECTION2_SQRT = 13  # AdamW: √(1 − β2^k)
 
 
 #: Slot names in order (the short names of SPEC §4/§5: ``t`` is the step, ``T`` the window).
 HYPER_SLOTS: tuple[str, ...] = (
-    "lr", "momentum", "weight_decay", "lam_max", "exponents", "t", "T", "first_step",
+    "lr", "momentum", "weight_decay", "lam_max", "exponents", "t", "T", "first_step", "rho",
     "beta1", "beta2", "eps", "bias_correction1", "bias_correction2_sqrt",
 )
 
@@ -49,8 +51,8 @@ class SwitchSlot(IntEnum):
 
 
 def pack(*, lr: float, momentum: float, weight_decay: float, lam_max: float, exponents: float,
-         t: int, T: int, first_step: bool, beta1: float = 0.0, beta2: float = 0.0,
-         eps: float = 0.0, bias_correction1: float = 1.0,
+         t: int, T: int, first_step: bool, rho: float = 0.0, beta1: float = 0.0,
+         beta2: float = 0.0, eps: float = 0.0, bias_correction1: float = 1.0,
          bias_correction2_sqrt: float = 1.0) -> list[float]:
     """The values of one step, in slot order (what the ``hyper`` tensor holds)."""
     values = [0.0] * len(ScalarSlot)
@@ -62,6 +64,7 @@ def pack(*, lr: float, momentum: float, weight_decay: float, lam_max: float, exp
     values[ScalarSlot.STEP] = float(t)
     values[ScalarSlot.WINDOW] = float(T)
     values[ScalarSlot.FIRST_STEP] = 1.0 if first_step else 0.0
+    values[ScalarSlot.RHO] = rho
     values[ScalarSlot.BETA1] = beta1
     values[ScalarSlot.BETA2] = beta2
     values[ScalarSlot.EPS] = eps

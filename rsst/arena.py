@@ -3,9 +3,10 @@
 One fp32 weight buffer, one grad buffer (its views are the parameters' ``.grad``), one momentum
 buffer (AdamW: the first moment; a second-moment buffer is added only when AdamW asks for it,
 `ensure_second_moment`) and one uint8 code buffer (bit 0 alive in the hard mask H, bit 1
-pending in P), all of the same length, so the per-step update is one pass over four flat
-tensors instead of a loop over layers. Offsets are aligned to `ALIGN` elements; padding elements
-are dead (code 0) and stay 0.
+pending in P, bit 2 anchored by ADMM), all of the same length (ADMM alone adds a flat anchor,
+`set_anchored`), so the per-step update is one pass over four flat tensors instead of a loop
+over layers. Offsets are aligned to `ALIGN` elements; padding elements are dead (code 0) and stay
+0.
 
 With ``channels_last=True`` every 4-D (conv) weight is laid out NHWC inside its slot — the flat
 slice holds the ``[O, kh, kw, I]`` order and the parameter is a channels_last-strided view of it —
@@ -28,7 +29,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import nn
 
-from rsst_kernels.masks import ALIVE, PENDING
+from rsst_kernels.masks import ALIVE, ANCHORED, PENDING
 from rsst_kernels.scalars import ScalarSlot
 
 ALIGN = 16
@@ -150,6 +151,8 @@ class Arena:
         self.second_moment: torch.Tensor | None = None
         #: optimizer steps since the state was last reset (AdamW's bias-correction count k − 1)
         self.moment_steps = 0
+        #: ADMM's flat anchor a = Z − U (`rsst.methods.admm`); allocated by `set_anchored` only
+        self.anchor: torch.Tensor | None = None
 
     @property
     def channels_last(self) -> bool:
@@ -203,6 +206,21 @@ class Arena:
             self.has_pending = False
         self.code.copy_(code)
         self.apply_hard_mask()
+
+    def anchor_buffer(self) -> torch.Tensor:
+        """The flat ADMM anchor, allocated (zero) on first use and kept at the same address
+        (a captured CUDA graph reads it)."""
+        if self.anchor is None:
+            self.anchor = torch.zeros_like(self.weight)
+        return self.anchor
+
+    def set_anchored(self, scope: torch.Tensor) -> torch.Tensor:
+        """Mark the alive elements of ``scope`` as anchored (ADMM's A), clearing the bit
+        elsewhere; returns `anchor_buffer`. `set_masks` clears the bit (a new mask means a new
+        ADMM problem)."""
+        inside = scope.to(device=self.device, dtype=torch.bool) & self.hard_mask
+        self.code.copy_((self.code & (0xFF ^ ANCHORED)) | inside.to(torch.uint8) * ANCHORED)
+        return self.anchor_buffer()
 
     def apply_hard_mask(self) -> None:
         """Zero weights, grads and momentum of elements dead in H."""

@@ -1,17 +1,23 @@
 """The one write-temp-then-rename helper: a file is either its old or its new self, never torn.
 
 Every file rsst writes whole (config, JSON, safetensors, caches, bench results) goes through
-`atomic_write`. It imports nothing from rsst, so any module can use it without a cycle.
+`atomic_write`, and every JSON text rsst writes or prints goes through `json_text`, which never
+emits ``NaN``/``Infinity`` (invalid JSON): a non-finite float becomes ``null`` and its dict gains
+a ``"non_finite"`` entry saying what it was. It imports nothing from rsst but the kill-point test
+seam (`rsst.killpoint`, itself import-free), so any module can use it without a cycle.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from rsst.killpoint import kill_point
 
 
 def _umask() -> int:
@@ -34,6 +40,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     try:
         write(tmp)
         os.chmod(tmp, 0o666 & ~_umask())
+        kill_point(f"write:{path.name}")  # test seam: killed with the temp file complete
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -44,9 +51,32 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
+def finite_json(data: Any) -> Any:
+    """``data`` with every non-finite float replaced by None; a dict holding one also gets
+    ``"non_finite": {key: "nan" | "inf" | "-inf"}`` so the null says why (lists just get null)."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        out = {k: finite_json(v) for k, v in data.items()}
+        why = {str(k): str(v) for k, v in data.items()
+               if isinstance(v, float) and not math.isfinite(v)}
+        if why:
+            out["non_finite"] = why
+        return out
+    if isinstance(data, list | tuple):
+        return [finite_json(v) for v in data]
+    return data
+
+
+def json_text(data: Any, indent: int | None = None) -> str:
+    """Strict JSON (`finite_json` first, then ``allow_nan=False``): what every JSON file, line
+    and ``--json`` output of rsst is made with."""
+    return json.dumps(finite_json(data), indent=indent, allow_nan=False)
+
+
 def atomic_write_json(path: str | Path, data: Any) -> None:
-    """JSON, indented, with one trailing newline."""
-    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+    """Strict JSON (`json_text`), indented, with one trailing newline."""
+    atomic_write_text(path, json_text(data, indent=2) + "\n")
 
 
 def append_line(path: str | Path, line: str) -> None:

@@ -23,7 +23,7 @@ except ImportError:  # pragma: no cover - depends on the installed typer
 
 from rsst import __version__
 from rsst.config import PANELS, RunConfig, Setting, field_types
-from rsst.errors import UserError
+from rsst.errors import UserError, is_shown
 
 #: Width of output that goes to a pipe or a file: wide enough that no table cell is cut.
 LOG_WIDTH = 200
@@ -301,11 +301,12 @@ def _given_overrides(ctx: typer.Context, values: dict[str, Any]) -> dict[str, An
 
 
 def _run(ctx: typer.Context, **values: Any) -> None:
-    """Run iterative pruning (RSST, Refill, IMP) and write a run directory.
+    """Run a pruning method (RSST, Refill, IMP or a baseline) and write a run directory.
 
-    Each state trains, evaluates, prunes the smallest weights globally (--rate) and, for
-    refill/rsst, regroups them into whole channels / heads / neurons (--criteria). RSST fades the
-    weights it will drop with a growing L2 penalty (--schedule, --reg-granularity) before cutting.
+    Each state trains, evaluates, prunes the lowest-scoring weights globally (--rate, or at once
+    to --target-remain for the one-shot baselines) and, unless --structure none, regroups them
+    into whole channels / heads / neurons (--criteria). RSST fades the weights it will drop with a
+    growing L2 penalty (--schedule, --reg-granularity) before cutting. --method lists them all.
     Settings layer as defaults ← --config file ← --preset ← flags given here.
     """
     from rsst.config import build_config
@@ -396,14 +397,13 @@ def evaluate(
                                   "JSON only."),
 ) -> None:
     """Accuracy and loss of an exported model on a dataset."""
-    import json
-
+    from rsst.atomic import json_text
     from rsst.export import evaluate_file
 
     result = evaluate_file(file, dataset=dataset, data_dir=data_dir, split=split,
                            batch_size=batch_size, device=device.value, cache_dir=cache_dir)
     if json_out:
-        print(json.dumps({k: result[k] for k in ("accuracy", "loss", "n")}))
+        print(json_text({k: result[k] for k in ("accuracy", "loss", "n")}))
         return
     console.print(f"{file} ({result['form']}) on {result['dataset']} {result['split']}: "
                   f"accuracy {100 * result['accuracy']:.2f} %, loss {result['loss']:.4f}, "
@@ -506,13 +506,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     stderr and exit code 2; bugs keep their traceback."""
     try:
         code = app(args=argv, prog_name="rsst", standalone_mode=False)
-    except UserError as exc:
+    except UserError as exc:  # exit 2; 3 when training diverged (rsst.errors)
         from rich.markup import escape
 
-        # escaped: a message such as "pip install 'rsst[plot]'" is text, not rich markup
-        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False,
-                          soft_wrap=True)
-        sys.exit(2)
+        if is_shown(exc):  # under torchrun: rank 0, or an error of this rank alone
+            # escaped: a message such as "pip install 'rsst[plot]'" is text, not rich markup
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False,
+                              soft_wrap=True)
+        sys.exit(exc.exit_code)
     except UsageError as exc:
         err_console.print(f"[bold red]error:[/] {_usage_line(exc)}", highlight=False,
                           soft_wrap=True, markup=True)

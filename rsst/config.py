@@ -14,7 +14,7 @@ from typing import Any
 
 from rsst import atomic
 from rsst.errors import UserError
-from rsst.methods import method_names
+from rsst.methods import get_method, method_class, method_names
 from rsst.schedules import SCHEDULES
 
 if sys.version_info >= (3, 11):
@@ -25,6 +25,8 @@ else:  # pragma: no cover
 METHODS = method_names()  # the registered pruning methods (rsst.methods)
 CRITERIA = ("remain", "magnitude", "l1", "l2", "saliency")
 STRUCTURES = ("auto", "channel", "head", "neuron", "head+neuron", "none")
+PRUNE_SCOPES = ("default", "+stem", "+classifier", "all")
+REFILL_SCOPES = ("unit", "global")
 REG_RAMPS = ("state", "epoch")
 LR_SCHEDULES = ("multistep", "cosine", "constant")
 OPTIMIZERS = ("sgd", "adamw")
@@ -107,19 +109,34 @@ def _preset_names() -> tuple[str, ...]:
     return tuple(PRESETS)
 
 
+def _method_help() -> str:
+    """``--method``'s help from the registered methods' summaries."""
+    return "Pruning method (one-shot forms: --target-remain). " + "; ".join(
+        f"{name}: {method_class(name).summary}" for name in method_names()) + "."
+
+
+def one_shot_methods() -> tuple[str, ...]:
+    """The registered methods that have a one-shot form (``--target-remain``)."""
+    return tuple(n for n in method_names() if method_class(n).one_shot_states is not None)
+
+
+def target_methods() -> tuple[str, ...]:
+    """The registered methods that take ``--target-remain``: the one-shot forms, and methods
+    that reach it over their own states (ADMM)."""
+    return tuple(n for n in method_names() if method_class(n).one_shot_states is not None
+                 or method_class(n).target_over_states)
+
+
 @dataclass
 class RunConfig:
     """Everything that defines a run. Field names are the CLI flags with ``-`` → ``_``;
     each field's `Setting` (``metadata["setting"]``) drives its flag, its help and `validate`."""
 
     # what
-    method: str = setting("rsst", panel="Method", choices=method_names,
-                          help="Pruning method: rsst fades the weights it will cut with a growing "
-                          "penalty; refill regroups a magnitude cut into whole units; imp prunes "
-                          "single weights.")
+    method: str = setting("rsst", panel="Method", choices=method_names, help=_method_help())
     arch: str = setting("resnet20", panel="Model",
                         help="resnet20/32/56/110, resnet18/50, vgg16_bn, mobilenet, "
-                        "vit_tiny/small/base, timm:<name>.")
+                        "vit_tiny/small/base, vit_tiny_research, timm:<name>.")
     dataset: str = setting("synthetic", panel="Data",
                            help="synthetic | cifar10 | cifar100 | imagefolder.")
     data_dir: str | None = setting(None, panel="Data", shown_default="none",
@@ -143,6 +160,29 @@ class RunConfig:
                              "neurons for ViTs).")
     rewind: str = setting("init", panel="Method",
                           help="Weights each state restarts from: init | epoch:K | none.")
+    refill_scope: str = setting("unit", panel="Method", choices=REFILL_SCOPES,
+                                help="Refill's group ranking: per unit (each conv / attention / "
+                                "MLP keeps its own k) or global (one k per kind, groups ranked "
+                                "across all blocks; the research --sorting_mode global).")
+    prune_scope: str = setting("default", panel="Method", choices=PRUNE_SCOPES,
+                               help="Prunable weights: default (convs but the stem; ViT qkv/proj/"
+                               "fc1/fc2), +stem (also the first conv / patch embedding), "
+                               "+classifier (also the last linear layer), all (both); the "
+                               "added layers are pruned unstructured.")
+    # one-shot baselines
+    target_remain: float | None = setting(None, panel="Method", low=0.0, high=1.0,
+                                          low_open=True, shown_default="none (iterative)",
+                                          hint="it is the fraction of prunable weights left, "
+                                          "e.g. 0.2", help="Fraction of prunable weights left: "
+                                          "the one-shot form of omp/random/snip/grasp/synflow; "
+                                          "admm reaches it at its last prune.")
+    score_batches: int = setting(1, panel="Method", low=1,
+                                 help="Training batches the snip/grasp scores sum over.")
+    grasp_temperature: float = setting(200.0, panel="Method", low=0.0, low_open=True,
+                                       help="GraSP's softmax temperature T (logits / T; the "
+                                       "reference's 200).")
+    synflow_iterations: int = setting(100, panel="Method", low=1,
+                                      help="SynFlow scorings on the exponential schedule.")
     # RSST penalty
     schedule: str = setting("x", panel="Schedule/penalty", choices=SCHEDULES,
                             help="λ schedule of the RSST penalty.")
@@ -154,6 +194,15 @@ class RunConfig:
                             help="λ ramp window.")
     block_loss_grad: bool = setting(False, panel="Schedule/penalty",
                                     help="Pending weights get the penalty gradient only.")
+    fade_epochs: int = setting(0, panel="Schedule/penalty", low=0,
+                               help="RSST: before a cut, up to N extra epochs (λ doubling each) "
+                               "until the pending weights have faded (fade_ratio < 0.1); 0: cut "
+                               "when the state ends, with a warning if they have not.")
+    # ADMM penalty (--method admm)
+    admm_rho: float = setting(1e-2, panel="Schedule/penalty", low=0.0, low_open=True,
+                              help="ρ of the ADMM penalty ρ/2‖W − Z + U‖² (--method admm).")
+    admm_interval: int = setting(1, panel="Schedule/penalty", low=1,
+                                 help="Epochs between ADMM updates of Z and U (--method admm).")
     # training
     epochs: int = setting(2, panel="Training", low=1, help="Epochs per state.")
     batch_size: int = setting(128, panel="Training", low=1, help="Training batch size.")
@@ -199,11 +248,21 @@ class RunConfig:
                                  help="Activation layout (auto: channels_last for CNNs).")
     cuda_graph: bool = setting(False, panel="Speed", help="Capture each training step (forward, "
                                "backward, fused update) as one CUDA graph; triton backend.")
+    # several processes (torchrun; rsst.distributed)
+    sync_bn: bool = setting(False, panel="Speed", help="Under torchrun: BatchNorm statistics over "
+                            "the global batch (SyncBatchNorm; CUDA only).")
+    dist_timeout: float = setting(600.0, panel="Speed", low=0.0, low_open=True,
+                                  help="Under torchrun: seconds a rank waits for the others "
+                                  "before the job stops.")
     # model shape (ViTs; CNNs ignore patch_size)
     img_size: int | None = setting(None, panel="Model", low=8, shown_default="the dataset's",
                                    help="Input size (ViTs).")
     patch_size: int | None = setting(None, panel="Model", low=1, shown_default="4",
                                      help="ViT patch size.")
+    pretrained: str | None = setting(None, panel="Model", shown_default="none (random init)",
+                                     help="Initialize from a local .safetensors or torch/timm "
+                                     "checkpoint (read with weights_only); nothing is "
+                                     "downloaded.")
     # output
     out: str | None = setting(None, panel="Run directory",
                               shown_default="runs/<method>-<arch>-<dataset>-<time>",
@@ -376,10 +435,33 @@ def validate(config: RunConfig) -> RunConfig:
         if not k.isdigit() or not 0 <= int(k) <= config.epochs:
             raise UserError(f"--rewind {config.rewind!r}: K must be an integer epoch of state 0 "
                             f"between 0 and --epochs ({config.epochs})")
+    _check_one_shot(config)
+    if config.pretrained is not None and not Path(config.pretrained).is_file():
+        raise UserError(f"--pretrained {config.pretrained}: no such file; pass a local "
+                        ".safetensors or .pt/.pth checkpoint")
     if config.dataset != "synthetic" and config.data_dir is None:
         raise UserError(f"--dataset {config.dataset} reads files: pass --data-dir DIR "
                         "(or use --dataset synthetic, which needs none)")
+    get_method(config.method).check(config)
     return config
+
+
+def _check_one_shot(config: RunConfig) -> None:
+    """--target-remain: only for methods with a one-shot form, whose state count it fixes."""
+    if config.target_remain is None or method_class(config.method).target_over_states:
+        return
+    states = method_class(config.method).one_shot_states
+    if states is None:
+        raise UserError(f"--target-remain is for the one-shot methods and admm "
+                        f"({', '.join(target_methods())}); "
+                        f"{config.method} prunes --rate of "
+                        "the remaining weights per state: drop --target-remain")
+    if config.states != states:
+        form = ("prunes at initialization, then trains once" if states == 1 else
+                "trains dense, prunes, rewinds, trains the pruned network")
+        raise UserError(f"--target-remain {config.target_remain}: one-shot {config.method} runs "
+                        f"{states} state(s) ({form}), not --states {config.states}: drop "
+                        "--states, or drop --target-remain for the iterative form (--rate)")
 
 
 def apply_preset(config: RunConfig, name: str) -> RunConfig:
@@ -401,7 +483,13 @@ def build_config(
     unknown = set(overrides) - known
     if unknown:
         raise UserError(f"unknown setting(s) {', '.join(sorted(unknown))}")
-    return validate(dataclasses.replace(config, **overrides))
+    config = dataclasses.replace(config, **overrides)
+    if (config.target_remain is not None and "states" not in overrides
+            and config.method in method_names()):
+        # the one-shot form fixes the number of states (1 at init, 2 for omp)
+        states = method_class(config.method).one_shot_states
+        config = dataclasses.replace(config, states=states or config.states)
+    return validate(config)
 
 
 def load_config(path: Path) -> RunConfig:
@@ -450,8 +538,11 @@ def _toml_value(value: Any) -> str:
     raise TypeError(f"no TOML form for {type(value).__name__}")
 
 
-def save_config(config: RunConfig, path: Path) -> None:
+def save_config(config: RunConfig, path: Path, *, launch: dict[str, Any] | None = None) -> None:
     """Write config.toml atomically (None values are left out: TOML has no null).
+
+    ``launch`` (e.g. ``{"world_size": 2}``) is recorded in a ``[launch]`` table: how the run was
+    started, which `load_config` does not read back (torchrun decides it, not a flag).
 
     The config is one flat table of scalars and lists, so it is written directly rather than
     through a TOML writer package (one dependency fewer on machines that have only torch's
@@ -460,6 +551,8 @@ def save_config(config: RunConfig, path: Path) -> None:
     lines = ["# rsst run config: rerun with `rsst run --config FILE`", "[run]"]
     lines += [f"{key} = {_toml_value(value)}" for key, value in config.to_dict().items()
               if value is not None]
+    if launch:
+        lines += ["", "[launch]", *(f"{k} = {_toml_value(v)}" for k, v in launch.items())]
     atomic_write_text(Path(path), "\n".join(lines) + "\n")
 
 

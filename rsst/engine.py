@@ -8,6 +8,10 @@ without one kernel launch from Python. The first `GRAPH_WARMUP` steps run eagerl
 stream (they are real training steps: cuDNN/cuBLAS pick their algorithms, Triton compiles), and a
 batch of another shape (the last, smaller one) runs eagerly. If capture fails the engine says so
 once and trains eagerly.
+
+Data-parallel (``world``, see `rsst.distributed`): each rank's loss is weighted 1/N, the flat
+grad buffer is summed over the ranks by one all-reduce between backward and the update, and the
+epoch's loss/accuracy and evaluation sums are reduced over the ranks; no CUDA graph then.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import torch
 from torch import nn
 
 from rsst.arena import Arena, UpdateBackend
+from rsst.distributed import SINGLE, World
 
 #: Eager steps on the capture stream before the graph is captured (PyTorch's docs use 3).
 GRAPH_WARMUP = 3
@@ -160,9 +165,10 @@ class Engine:
                  device: torch.device, *,
                  amp: bool = True, label_smoothing: float = 0.0, compile: bool = False,
                  cuda_graph: bool = False,
-                 capture: Callable[[Callable[[], Any], Any], Callable[[], None]] | None = None
-                 ) -> None:
+                 capture: Callable[[Callable[[], Any], Any], Callable[[], None]] | None = None,
+                 world: World = SINGLE) -> None:
         self.model = model
+        self.world = world
         self.forward: Callable[[torch.Tensor], torch.Tensor] = (
             torch.compile(model) if compile else model
         )
@@ -179,7 +185,7 @@ class Engine:
         # a graph needs a backend whose update reads its scalars from device memory; compiled
         # models get graphs from torch.compile(mode="reduce-overhead") instead
         self.capture = (capture if capture is not None and not compile
-                        and backend.capturable else None)
+                        and backend.capturable and not world.distributed else None)
         self.graph_note: str | None = None
         self._graphed: _GraphedStep | None = None
 
@@ -192,7 +198,10 @@ class Engine:
                             cache_enabled=autocast_cache):
             logits = self.forward(x)
             loss = self.loss_fn(logits.float(), y)
-        loss.backward()
+        if self.world.distributed:  # equal shares: the ranks' sum is the global batch's mean
+            (loss / self.world.size).backward()
+        else:
+            loss.backward()
         return logits.detach(), loss.detach()
 
     def _train_step(self, x: torch.Tensor, y: torch.Tensor, lr: float, t: int
@@ -211,6 +220,7 @@ class Engine:
                                       f"{graphed.failure}"
                 return result
         logits, loss = self._forward_backward(x, y)
+        self.world.average_grad(self.arena.grad)
         lam = self.arena.step(self.backend, lr, t)
         return logits, loss, lam
 
@@ -237,6 +247,8 @@ class Engine:
             if on_progress is not None and (i + 1) % self.sync_every == 0:
                 on_progress(i + 1, float(loss_sum) / seen, float(correct) / seen, lam)
         steps = i + 1
+        if self.world.distributed:
+            loss_sum, correct, seen = self._global_sums(loss_sum, correct, seen)
         loss_value = float(loss_sum) / max(seen, 1)
         acc = float(correct) / max(seen, 1)
         if on_progress is not None:
@@ -256,9 +268,19 @@ class Engine:
             loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").double()
             correct += (logits.argmax(1) == y).sum()
             seen += y.shape[0]
+        if self.world.distributed:  # each rank evaluated its part of the set
+            loss_sum, correct, seen = self._global_sums(loss_sum, correct, seen)
         if seen == 0:
             return math.nan, math.nan
         return float(correct) / seen, float(loss_sum) / seen
+
+    def _global_sums(self, loss_sum: torch.Tensor, correct: torch.Tensor, seen: int
+                     ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(loss sum, correct, count) summed over the ranks: one all-reduce."""
+        sums = torch.stack([loss_sum, correct.double(),
+                            torch.tensor(float(seen), dtype=torch.float64, device=self.device)])
+        self.world.sum_(sums)
+        return sums[0], sums[1], int(sums[2])
 
 
 def lr_schedule(base_lr: float, kind: str, *, steps_per_epoch: int, epochs: int,

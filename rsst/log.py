@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -11,12 +10,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from rsst.atomic import append_line, atomic_write_json
+from rsst.atomic import append_line, atomic_write_json, json_text
 
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
     """Append one JSON line and flush it to disk (a line is either whole or absent)."""
-    append_line(path, json.dumps(record))
+    append_line(path, json_text(record))
 
 
 def write_json(path: Path, data: Any) -> None:

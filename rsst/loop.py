@@ -3,10 +3,15 @@
 A run directory holds everything needed to understand and resume a run:
 ``config.toml``, ``metrics.jsonl`` (one line per epoch and per state), ``state_XX/`` (the pruned
 network each state delivers, with its masks, and ``state.json``), ``summary.json`` and
-``checkpoint.safetensors`` (model, momentum, masks, rewind point and position; rewritten
-atomically after every epoch). ``rsst run --resume DIR`` continues from the last finished epoch
-and reaches the same result as an uninterrupted run: every source of randomness is a pure
-function of (seed, state, epoch).
+``checkpoint.safetensors`` (model, momentum, masks, rewind point and position; written before
+the first epoch and rewritten atomically after every epoch). ``rsst run --resume DIR`` continues
+from the last finished epoch and reaches the same result as an uninterrupted run: every source of
+randomness is a pure function of (seed, state, epoch), and each write is ordered so that a kill
+between any two leaves files the resume trims or rewrites identically (see `PruningRun.run`).
+
+Under ``torchrun`` (`rsst.distributed`) every rank runs this loop on its share of each batch;
+rank 0 alone takes the lock, writes the run directory and prints, and every pruning decision is
+broadcast from rank 0.
 """
 
 from __future__ import annotations
@@ -26,19 +31,22 @@ import torch
 from rich.console import Console
 from rich.markup import escape
 
-from rsst import __version__, rundir
+from rsst import __version__, distributed, rundir
 from rsst.arena import Arena
 from rsst.compact import compact_cost
 from rsst.config import RunConfig, load_config, save_config
 from rsst.criteria import group_scores
-from rsst.data import Batches, load_dataset
+from rsst.data import Batches, ImageSet, load_dataset
+from rsst.distributed import SINGLE, World
 from rsst.engine import Engine, lr_schedule
-from rsst.errors import UserError
+from rsst.errors import TrainingDiverged, UserError
+from rsst.killpoint import armed as kill_point_armed
+from rsst.killpoint import kill_point
 from rsst.log import block_table, state_table, training_progress
 from rsst.loggers import Loggers, check_loggers
 from rsst.methods import PruneContext, get_method
-from rsst.models import create_model, use_channels_last
-from rsst.pruning import prune_lowest, refill
+from rsst.models import create_model, load_pretrained, use_channels_last
+from rsst.pruning import FADE_THRESHOLD, fade_ratio, prune_lowest, refill
 from rsst.rundir import CHECKPOINT, RunLock
 from rsst.structure import build_structure
 from rsst.update import UpdateConfig, make_backend, resolve_backend
@@ -64,12 +72,17 @@ def resolve_device(name: str) -> torch.device:
 class PruningRun:
     """One run of SPEC §2 in one run directory."""
 
-    def __init__(self, config: RunConfig, run_dir: Path, console: Console) -> None:
+    def __init__(self, config: RunConfig, run_dir: Path, console: Console, *,
+                 world: World = SINGLE, device: torch.device | None = None) -> None:
         self.config = config
         self.run_dir = run_dir
         self.console = console
+        self.world = world  # rank 0 of 1 unless under torchrun
         self.method = get_method(config.method)
-        self.device = resolve_device(config.device)
+        self.device = device or resolve_device(config.device)
+        if config.sync_bn and world.distributed and self.device.type != "cuda":
+            raise UserError("--sync-bn needs CUDA (torch's SyncBatchNorm synchronizes GPU "
+                            "tensors only): drop --sync-bn on the CPU")
         self.backend_name = resolve_backend(config.backend, self.device)
         torch.manual_seed(config.seed)
 
@@ -83,9 +96,12 @@ class PruningRun:
         self.model = create_model(config.arch, num_classes=self.data.num_classes,
                                   img_size=img_size, patch_size=config.patch_size,
                                   mean=self.data.mean, std=self.data.std).to(self.device)
+        if config.pretrained is not None:
+            load_pretrained(self.model, config.pretrained)
         self.arena = Arena(self.model,
                            channels_last=use_channels_last(config.memory_format, self.model))
-        self.structure = build_structure(self.model, self.arena, config.structure)
+        self.structure = build_structure(self.model, self.arena, config.structure,
+                                         config.prune_scope)
         if self.structure.note:
             console.print(f"[yellow]note:[/] {self.structure.note}")
         self.update_config = UpdateConfig(
@@ -94,43 +110,86 @@ class PruningRun:
             beta2=config.beta2, eps=config.eps, **self.method.update_terms(config),
         )
         self.backend = make_backend(self.backend_name, self.device, self.update_config)
-        self.engine = Engine(self.model, self.arena, self.backend, self.device, amp=config.amp,
+        train_model = self.model
+        if config.sync_bn and world.distributed:
+            train_model = distributed.sync_batchnorm_twin(self.model)
+        self.engine = Engine(train_model, self.arena, self.backend, self.device, amp=config.amp,
                              label_smoothing=config.label_smoothing, compile=config.compile,
-                             cuda_graph=config.cuda_graph)
-        if config.cuda_graph and self.engine.capture is None:
+                             cuda_graph=config.cuda_graph, world=world)
+        if config.cuda_graph and world.distributed:
+            console.print("[yellow]note:[/] --cuda-graph is not used with several processes; "
+                          "training without a graph")
+        elif config.cuda_graph and self.engine.capture is None:
             console.print("[yellow]note:[/] --cuda-graph needs the triton backend on CUDA and no "
                           f"--compile (this run: {self.backend_name} on {self.device}"
                           f"{', compiled' if config.compile else ''}); training without a graph")
         self.train_batches = Batches(self.data.train, config.batch_size, shuffle=True,
-                                     augment=True, device=self.device, seed=config.seed)
+                                     augment=True, device=self.device, seed=config.seed,
+                                     rank=world.rank, world_size=world.size)
         self.calibration = Batches(self.data.train, config.batch_size, shuffle=True,
                                    device=self.device, seed=config.seed + 1)
-        self.val_batches = (Batches(self.data.val, config.eval_batch_size, device=self.device)
+        self.val_batches = (Batches(self._part(self.data.val), config.eval_batch_size,
+                                    device=self.device)
                             if len(self.data.val) else None)
-        self.test_batches = (Batches(self.data.test, config.eval_batch_size, device=self.device)
+        self.test_batches = (Batches(self._part(self.data.test), config.eval_batch_size,
+                                     device=self.device)
                              if self.data.test is not None and len(self.data.test) else None)
         self.rewind_point: dict[str, torch.Tensor] | None = None
         self.records: list[dict[str, Any]] = []
         self.loggers: Any = None  # rsst.loggers.Loggers (--logger), set by run()
+
+    def _part(self, images: ImageSet) -> ImageSet:
+        """This rank's contiguous part of an evaluation set (all of it for one process)."""
+        if not self.world.distributed:
+            return images
+        part = distributed.shard_range(len(images), self.world)
+        return ImageSet(images.images[part], images.labels[part])
 
     # -- checkpoints -------------------------------------------------------------------------
     def _snapshot(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
 
     def save_checkpoint(self, position: dict[str, Any]) -> None:
+        if not self.world.is_main:
+            return
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         if self.rewind_point is not None:
             tensors.update({f"rewind.{k}": v for k, v in self.rewind_point.items()})
         arena_state = self.arena.state_dict()  # canonical order: resumable in either layout
         tensors.update({f"arena.{k}": v for k, v in arena_state.items()})
+        tensors.update({f"method.{k}": v for k, v in self.method.state_tensors(self.arena).items()})
         meta = {"position": json.dumps(position), "records": json.dumps(self.records),
                 "rsst.version": __version__}
         rundir.save_checkpoint(self.run_dir, tensors, meta)
 
-    def load_checkpoint(self) -> dict[str, Any]:
+    def start(self) -> dict[str, Any]:
+        """Position (0, 0) and the first checkpoint, written before anything trains: initial
+        weights and the ``--rewind init`` point, so every later moment has a checkpoint."""
+        if self.config.rewind_epoch() == 0:
+            self.rewind_point = self._snapshot()
+        position = {"state": 0, "epoch": 0, "fresh_momentum": True}
+        self.save_checkpoint(position)
+        return position
+
+    def load_checkpoint(self) -> dict[str, Any] | None:
+        """Restore model, momentum, masks, rewind point and records; return the position.
+
+        None for a run killed during its setup, before its first checkpoint: nothing else is
+        in the directory then, and starting afresh is exact (the initial weights are a function
+        of the seed). A checkpoint missing from a run that has trained is refused: its states
+        cannot be continued exactly without it.
+        """
         saved = rundir.load_checkpoint(self.run_dir, self.device)
         if saved is None:
-            return {"state": 0, "epoch": 0}
+            trained = [f"state_{s:02d}/" for s in rundir.finished_states(self.run_dir)]
+            if rundir.has_metrics(self.run_dir):
+                trained.append(rundir.METRICS)
+            if trained:
+                raise UserError(
+                    f"{self.run_dir / CHECKPOINT} is missing but the run has trained "
+                    f"({', '.join(trained)}): it cannot be continued exactly without it; start "
+                    f"over with `rsst run --config {self.run_dir / rundir.CONFIG} --overwrite`")
+            return None
         tensors, meta = saved
         try:
             position = json.loads(meta["position"])
@@ -139,6 +198,8 @@ class PruningRun:
             self.model.load_state_dict(model_state)
             self.arena.load_state_dict({k[6:]: v for k, v in tensors.items()
                                         if k.startswith("arena.")})
+            self.method.load_state_tensors(self.arena, {
+                k[7:]: v for k, v in tensors.items() if k.startswith("method.")})
         except (KeyError, ValueError, RuntimeError) as exc:
             raise rundir.checkpoint_error(self.run_dir, exc) from None
         rewind = {k[7:]: v for k, v in tensors.items() if k.startswith("rewind.")}
@@ -149,6 +210,7 @@ class PruningRun:
 
     # -- one state ---------------------------------------------------------------------------
     def _evaluate(self) -> tuple[float | None, float | None, float | None]:
+        self.world.sync_buffers(self.model)  # rank 0's BatchNorm statistics on every rank
         val_acc = val_loss = test_acc = None
         if self.val_batches is not None:
             val_acc, val_loss = self.engine.evaluate(self.val_batches)
@@ -160,7 +222,9 @@ class PruningRun:
         cfg = self.config
         steps = len(self.train_batches)
         ramp = steps * cfg.epochs if cfg.reg_ramp == "state" else steps
-        self.backend.config = dataclasses.replace(self.update_config, ramp_steps=ramp)
+        ctx = self._context(state)
+        self.backend.config = dataclasses.replace(self.update_config, ramp_steps=ramp,
+                                                  **self.method.begin_state(ctx, start_epoch))
         lr_at = lr_schedule(cfg.lr, cfg.lr_schedule, steps_per_epoch=steps, epochs=cfg.epochs,
                             warmup_epochs=cfg.warmup_epochs, milestones=cfg.milestones,
                             gamma=cfg.gamma)
@@ -173,11 +237,14 @@ class PruningRun:
                                          label=f"state {state} · epoch {epoch + 1}/{cfg.epochs}")
 
                 def on_progress(done: int, loss: float, acc: float, lam: float,
-                                task: int = task) -> None:
+                                task: int = task, epoch: int = epoch) -> None:
                     progress.update(task, completed=done, loss=loss, acc=acc,
                                     lam=lam if pending else 0.0)
+                    if kill_point_armed():  # test seam: killed mid-epoch
+                        kill_point(f"state{state}-epoch{epoch + 1}-step{done}")
 
                 base = epoch * steps
+                self._seed_global_rng(state, epoch)
                 result = self.engine.train_epoch(
                     self.train_batches.iter_epoch(state * cfg.epochs + epoch),
                     lambda i, base=base: lr_at(base + i),
@@ -189,17 +256,16 @@ class PruningRun:
                     self.console.print(f"[yellow]note:[/] {self.engine.graph_note}")
                     self.engine.graph_note = None
                 lam = result.lam if pending else 0.0
-                if not math.isfinite(result.loss):
-                    raise UserError(
-                        f"training diverged in state {state}, epoch {epoch + 1} (loss "
-                        f"{result.loss}) with λ = {lam:.4g}: lower --reg-granularity or --lr; "
-                        f"the finished states in {self.run_dir} are intact")
+                extra = self.method.after_epoch(ctx, epoch + 1)
                 val_acc, val_loss, test_acc = self._evaluate()
+                self._check_finite(state, epoch + 1, result.loss, val_loss, lam,
+                                   lr_at(base + steps - 1))
                 seconds = time.perf_counter() - t0
                 record = {"kind": "epoch", "state": state, "epoch": epoch + 1,
                           "train_loss": result.loss, "train_acc": result.acc, "val_acc": val_acc,
                           "val_loss": val_loss, "test_acc": test_acc,
-                          "lr": lr_at(base + steps - 1), "reg_lambda": lam, "seconds": seconds}
+                          "lr": lr_at(base + steps - 1), "reg_lambda": lam, **extra,
+                          "seconds": seconds}
                 # with no val split the last epoch stands in for the best one
                 if (val_acc is None or "best_val_acc" not in best
                         or val_acc > best["best_val_acc"]):
@@ -211,12 +277,115 @@ class PruningRun:
                     self.rewind_point = self._snapshot()
                 # the line first: a kill between the two leaves a line that resume trims,
                 # never a checkpointed epoch without its line
-                rundir.append_metrics(self.run_dir, record)
+                if self.world.is_main:
+                    rundir.append_metrics(self.run_dir, record)
                 if self.loggers is not None:  # --logger: mirrors the metrics.jsonl line
                     self.loggers.log_epoch(record)
+                kill_point(f"state{state}-epoch{epoch + 1}-after-metrics")
                 self.save_checkpoint({"state": state, "epoch": epoch + 1, "partial": best,
                                       "fresh_momentum": False})
         return best
+
+    def _seed_global_rng(self, state: int, epoch: int) -> None:
+        """Seed torch's global RNG from (seed, state, epoch) alone (epoch -1: the pruning after
+        the state), so whatever draws from it — dropout in a timm model, a random scorer — draws
+        the same after a resume as in an uninterrupted run."""
+        torch.manual_seed((self.config.seed * 1_000_003 + (state + 2) * 65_537 + epoch + 2)
+                          % 2**63)
+
+    def _weights_finite(self) -> bool:
+        """Every weight and floating buffer (BatchNorm statistics) is finite (one host read)."""
+        tensors = [self.arena.weight, *(b for b in self.model.buffers() if b.is_floating_point())]
+        return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
+
+    def _check_finite(self, state: int, epoch: int, train_loss: float, val_loss: float | None,
+                      lam: float, lr: float) -> None:
+        """Stop (`TrainingDiverged`, exit 3) before a non-finite loss or weight reaches a metrics
+        line, a checkpoint or a state file: the finished states and the last checkpoint stay."""
+        bad = [name for name, value in (("training loss", train_loss), ("val loss", val_loss))
+               if value is not None and not math.isfinite(value)]
+        if not self._weights_finite():
+            bad.append("weights")
+        if bad:
+            fix = "lower --reg-granularity or --lr" if lam > 0 else "lower --lr"
+            raise TrainingDiverged(
+                f"training diverged in state {state}, epoch {epoch} (non-finite "
+                f"{', '.join(bad)}) at lr {lr:.4g} with λ = {lam:.4g}: {fix} and start over "
+                f"with --overwrite; the finished states in {self.run_dir} are kept")
+
+    # -- the fade of the pending set (RSST) ---------------------------------------------------
+    def _fade_ratio(self) -> float | None:
+        arena = self.arena
+        return fade_ratio(arena.weight, arena.hard_mask, arena.pending, self.structure.prunable)
+
+    def fade_pending(self, state: int, start_epoch: int, best: dict[str, Any]) -> dict[str, Any]:
+        """``--fade-epochs N``: before the cut, train on until the pending weights have faded.
+
+        While `fade_ratio` ≥ `FADE_THRESHOLD`, at most N times: fade epoch k (1…N, epoch
+        ``epochs + k`` of the state) repeats the learning rates of the state's last epoch with λ
+        held at 2^k·λ_max (GReg's growing penalty), capped at 1/lr so that one step's penalty
+        never overshoots zero (lr·λ ≤ 1: stable with momentum); on a data order of its own; each
+        is logged (``"fade": true``) and checkpointed like an epoch. ``start_epoch`` ≥ ``epochs``
+        on a resume. Costs one epoch of training and one evaluation per fade epoch taken.
+        """
+        cfg = self.config
+        if not (cfg.fade_epochs and self.method.cuts_pending(cfg) and self.arena.has_pending):
+            return best
+        steps = len(self.train_batches)
+        lr_at = lr_schedule(cfg.lr, cfg.lr_schedule, steps_per_epoch=steps, epochs=cfg.epochs,
+                            warmup_epochs=cfg.warmup_epochs, milestones=cfg.milestones,
+                            gamma=cfg.gamma)
+        base = (cfg.epochs - 1) * steps
+        peak_lr = max(lr_at(base + i) for i in range(steps))
+        for k in range(start_epoch - cfg.epochs + 1, cfg.fade_epochs + 1):
+            before = self._fade_ratio()
+            if before is None or before < FADE_THRESHOLD:
+                break
+            t0 = time.perf_counter()
+            lam = cfg.reg_granularity * 2.0 ** k
+            self.backend.config = dataclasses.replace(
+                self.update_config, ramp_steps=1, lam_max=min(lam, 1.0 / peak_lr))
+            order = cfg.states * cfg.epochs + state * cfg.fade_epochs + k - 1  # past all epochs
+            self._seed_global_rng(state, cfg.epochs + k - 1)
+            result = self.engine.train_epoch(self.train_batches.iter_epoch(order),
+                                             lambda i: lr_at(base + i), lambda i: 0)
+            val_acc, val_loss, test_acc = self._evaluate()
+            epoch, lr = cfg.epochs + k, lr_at(base + steps - 1)
+            self._check_finite(state, epoch, result.loss, val_loss, result.lam, lr)
+            seconds = time.perf_counter() - t0
+            record = {"kind": "epoch", "state": state, "epoch": epoch,
+                      "train_loss": result.loss, "train_acc": result.acc, "val_acc": val_acc,
+                      "val_loss": val_loss, "test_acc": test_acc, "lr": lr,
+                      "reg_lambda": result.lam, "seconds": seconds, "fade": True}
+            best = {**best, "last": record, "fade_epochs": k,
+                    "seconds": best.get("seconds", 0.0) + seconds}
+            after = self._fade_ratio()
+            self.console.print(f"state {state} · fade epoch {k}/{cfg.fade_epochs}: λ = "
+                               f"{result.lam:.4g}, fade_ratio {before:.3g} → "
+                               f"{'n/a' if after is None else f'{after:.3g}'}", highlight=False)
+            rundir.append_metrics(self.run_dir, record)
+            if self.loggers is not None:  # --logger: mirrors the metrics.jsonl line
+                self.loggers.log_epoch(record)
+            kill_point(f"state{state}-epoch{epoch}-after-metrics")
+            self.save_checkpoint({"state": state, "epoch": epoch, "partial": best,
+                                  "fresh_momentum": False})
+        return best
+
+    def _warn_unfaded(self, state: int, ratio: float | None) -> None:
+        """One warning line when the cut removes weights that have not faded."""
+        if ratio is None or ratio < FADE_THRESHOLD:
+            return
+        cfg = self.config
+        if cfg.fade_epochs:
+            fix = (f"still not faded after --fade-epochs {cfg.fade_epochs} extra epochs; raise "
+                   "--fade-epochs or --reg-granularity")
+        else:
+            fix = ("use longer states (--epochs), a larger --reg-granularity, --schedule x, or "
+                   "--fade-epochs N to train on until they fade")
+        self.console.print(
+            f"[yellow]warning:[/] state {state}: the cut removes weights that have not faded "
+            f"(fade_ratio {ratio:.3g} ≥ {FADE_THRESHOLD}: pending rms / live rms), so accuracy "
+            f"drops at the cut; {fix}", highlight=False)
 
     def finish_state(self, state: int, best: dict[str, Any]) -> dict[str, Any]:
         """State record, the RSST cut, the state's files, and the masks for the next state."""
@@ -242,6 +411,10 @@ class PruningRun:
             # how far λ faded the pending weights before they are cut
             record["pending_weight_rms"] = float(
                 self.arena.weight[pending].pow(2).mean().sqrt())
+            record["fade_ratio"] = self._fade_ratio()
+            if cfg.fade_epochs:
+                record["fade_epochs"] = best.get("fade_epochs", 0)
+            self._warn_unfaded(state, record["fade_ratio"])
             self.arena.set_masks(hard & ~pending)
             val_acc, _, test_acc = self._evaluate()
             cut = self.arena.hard_mask
@@ -252,7 +425,11 @@ class PruningRun:
         # physically removing the dead ones would leave (SPEC §6)
         record["groups"] = self.structure.per_unit(self.arena.hard_mask)
         record.update(compact_cost(self.model, tuple(self.data.input_size)))
+        if not self._weights_finite():  # a resumed checkpoint or the cut went wrong: never save
+            self._check_finite(state, cfg.epochs, last["train_loss"], None, last["reg_lambda"],
+                               last["lr"])
         self.save_state_files(state, record)
+        kill_point(f"state{state}-after-state-files")
         if self.method.prunes_after_state(state, cfg):
             self.prune(state)
         record["seconds"] = best.get("seconds", 0.0) + time.perf_counter() - t0
@@ -263,26 +440,34 @@ class PruningRun:
         refills; applied hard (H ← R) or soft (P ← H ∧ ¬R). ``state`` -1: at initialization."""
         method, hard = self.method, self.arena.hard_mask
         prunable = self.structure.prunable
-        ctx = PruneContext(self.model, self.arena, self.structure, self.config,
-                           lambda n: self._calibration_batches(state, n), state)
+        self._seed_global_rng(state, -1)
+        ctx = self._context(state)
         count = method.removal_count(int((hard & prunable).sum()), int(prunable.sum()),
                                      self.config)
         unstructured = prune_lowest(method.score(ctx), hard, prunable, count)
+        kill_point(f"state{state}-pruning")
         if method.refill and self.structure.units:
             scores = group_scores(self.config.criteria, self.model, self.structure, self.arena,
                                   unstructured, ctx.batches(self.config.criteria_batches))
             unstructured = refill(self.structure, unstructured, hard, scores,
-                                  self.config.fillback_rate)
+                                  self.config.fillback_rate, self.config.refill_scope)
         if method.soft:  # the dropped elements fade during the next state
             self.arena.set_masks(hard, hard & ~unstructured)
         else:
             self.arena.set_masks(unstructured)
+        self.world.sync_arena(self.arena, self.model)  # rank 0's decision, on every rank
+
+    def _context(self, state: int) -> PruneContext:
+        return PruneContext(self.model, self.arena, self.structure, self.config,
+                            lambda n: self._calibration_batches(state, n), state)
 
     def _calibration_batches(self, state: int, count: int) -> list[Any]:
         """The first ``count`` calibration batches of ``state``'s draw (-1 counts as 0)."""
         return list(itertools.islice(self.calibration.iter_epoch(max(state, 0)), count))
 
     def save_state_files(self, state: int, record: dict[str, Any]) -> None:
+        if not self.world.is_main:
+            return
         tensors = dict(self.model.state_dict())
         for name in self.structure.prunable_names:
             tensors[f"{name}.mask"] = self.arena.view(name, "code") & 1
@@ -303,12 +488,22 @@ class PruningRun:
 
     # -- the whole run -----------------------------------------------------------------------
     def run(self, resume: bool) -> list[dict[str, Any]]:
+        """Train the states from the checkpoint's position (``resume``) or from the start.
+
+        Write order, per epoch: metrics line, then checkpoint; per state: state files, metrics
+        line, checkpoint, summary. A kill between any two is undone by the resume: lines past
+        the checkpoint's position are trimmed and written again, state files are rewritten with
+        the same content, and the summary is rewritten from the checkpoint's records.
+        """
         cfg = self.config
-        position = self.load_checkpoint() if resume else {"state": 0, "epoch": 0}
-        if resume:
+        position = self.load_checkpoint() if resume else None
+        self.world.sync_arena(self.arena, self.model)  # every rank starts from rank 0's arena
+        if position is None:
+            position = self.start()
+        if resume and self.world.is_main:
             rundir.trim_metrics(self.run_dir, position["state"], position["epoch"])
-        if not resume and cfg.rewind_epoch() == 0:
-            self.rewind_point = self._snapshot()
+            if self.records:  # the summary may lag the checkpoint by one state
+                self.write_summary()
         kinds = self.structure.kinds
         for state in range(position["state"], cfg.states):
             start_epoch = position["epoch"] if state == position["state"] else 0
@@ -323,12 +518,16 @@ class PruningRun:
                 self.arena.reset_momentum()
             if start_epoch < cfg.epochs:
                 partial = self.train_state(state, start_epoch, partial)
+            partial = self.fade_pending(state, max(start_epoch, cfg.epochs), partial)
             record = self.finish_state(state, partial)
             self.records.append(record)
-            rundir.append_metrics(self.run_dir, record)
+            if self.world.is_main:
+                rundir.append_metrics(self.run_dir, record)
             if self.loggers is not None:  # --logger: mirrors the metrics.jsonl line
                 self.loggers.log_state(record)
+            kill_point(f"state{state}-after-metrics")
             self.save_checkpoint({"state": state + 1, "epoch": 0, "fresh_momentum": True})
+            kill_point(f"state{state}-after-checkpoint")
             self.write_summary()
             self.console.print(state_table(self.records, kinds))
             if {"head", "neuron"} & set(kinds):
@@ -336,11 +535,14 @@ class PruningRun:
         return self.records
 
     def write_summary(self) -> None:
+        if not self.world.is_main:
+            return
         rundir.write_summary(self.run_dir, {
             "rsst_version": __version__, "run_dir": str(self.run_dir),
             "method": self.config.method, "arch": self.config.arch,
             "dataset": self.config.dataset, "backend": self.backend_name,
-            "device": str(self.device), "structure_kinds": self.structure.kinds,
+            "device": str(self.device), "world_size": self.world.size,
+            "structure_kinds": self.structure.kinds,
             "states": self.records,
         })
 
@@ -351,7 +553,9 @@ def run(config: RunConfig, *, out: Path | None = None, resume: Path | None = Non
     """Run (or resume) the pruning loop; returns the run directory.
 
     The run directory is locked (`rundir.RunLock`) before anything in it is changed and until
-    the run ends, so a second run, an overwrite or a resume of a live run is refused.
+    the run ends, so a second run, an overwrite or a resume of a live run is refused. Under
+    torchrun (`rsst.distributed`) rank 0 takes the lock, writes and logs; every rank trains, and
+    all stop together when one fails.
     ``loggers``: names of `rsst.loggers` (tensorboard, wandb, csv), checked before anything else.
     """
     console = console or Console()
@@ -363,24 +567,38 @@ def run(config: RunConfig, *, out: Path | None = None, resume: Path | None = Non
                             "directory `rsst run` printed")
         config = load_config(run_dir / rundir.CONFIG)
         action = "--resume"
+        rundir.check_writable(run_dir, "--resume")
     else:
         run_dir = Path(out or config.out or default_run_dir(config))
         action = "--overwrite" if overwrite else "a second run in it"
+        rundir.check_writable(run_dir, "--out")
         if overwrite and _in_use(run_dir) and not (run_dir / rundir.CONFIG).is_file():
             raise UserError(f"--overwrite refuses to delete {run_dir}: it is not an rsst run "
                             "directory (no config.toml); choose another --out")
+    world, device = distributed.start(config.device, config.dist_timeout)  # SINGLE: no torchrun
+    if not world.is_main:
+        console = Console(quiet=True)
     lock = RunLock(run_dir)
     try:
-        if (run_dir / rundir.CONFIG).is_file() or (run_dir / rundir.LOCK).exists():
-            lock.acquire(action)  # refused, naming the holder, while another run is live
-        if resume is None and _in_use(run_dir) and not overwrite:
-            raise _exists(run_dir)
-        pruning = PruningRun(config, run_dir, console)  # data and model errors before any write
+        def check() -> None:
+            if (run_dir / rundir.CONFIG).is_file() or (run_dir / rundir.LOCK).exists():
+                lock.acquire(action)  # refused, naming the holder, while another run is live
+            if resume is None and _in_use(run_dir) and not overwrite:
+                raise _exists(run_dir)
+
+        _settled(world, check, everywhere=False)
+        pruning = _settled(world, lambda: PruningRun(  # data and model errors before any write
+            config, run_dir, console, world=world, device=device))
         if resume is None:
-            _prepare_fresh(run_dir, lock, config, action, overwrite)
+            _settled(world, lambda: _prepare_fresh(run_dir, lock, config, action, overwrite,
+                                                   world.size), everywhere=False)
+        elif world.is_main:
+            rundir.remove_stale_temps(run_dir)  # a killed write's temp files (we hold the lock)
+        ranks = f" · {world.size} processes" if world.distributed else ""
         console.print(f"run directory: [bold]{run_dir}[/]  ({config.method} · {config.arch} · "
-                      f"{config.dataset} · backend {pruning.backend_name} on {pruning.device})")
-        if loggers:  # --logger: after the run directory exists, before training
+                      f"{config.dataset} · backend {pruning.backend_name} on {pruning.device}"
+                      f"{ranks})")
+        if loggers and world.is_main:  # --logger: after the run directory exists, before training
             pruning.loggers = Loggers(
                 loggers, run_dir, config.to_dict(), config.epochs,
                 lambda line: console.print(f"[yellow]warning:[/] {escape(line)}",
@@ -393,8 +611,23 @@ def run(config: RunConfig, *, out: Path | None = None, resume: Path | None = Non
                 pruning.loggers.close()
     finally:
         lock.release()
+        distributed.stop(world)
     console.print(f"done: {run_dir}")
     return run_dir
+
+
+def _settled(world: World, step: Any, *, everywhere: bool = True) -> Any:
+    """``step()`` on every rank (or on rank 0 alone), then all ranks go on or stop together."""
+    if not world.distributed:
+        return step()
+    result, error = None, None
+    if everywhere or world.is_main:
+        try:
+            result = step()
+        except UserError as exc:
+            error = exc
+    world.settle(error)
+    return result
 
 
 def _exists(run_dir: Path) -> UserError:
@@ -403,12 +636,14 @@ def _exists(run_dir: Path) -> UserError:
 
 
 def _in_use(run_dir: Path) -> bool:
-    """The directory exists and holds something besides a lock file."""
-    return run_dir.is_dir() and any(p.name != rundir.LOCK for p in run_dir.iterdir())
+    """The directory exists and holds something besides a lock file and the temp files of a
+    run killed during its setup."""
+    return run_dir.is_dir() and any(p.name != rundir.LOCK and not rundir.is_stale_temp(p)
+                                    for p in run_dir.iterdir())
 
 
 def _prepare_fresh(run_dir: Path, lock: RunLock, config: RunConfig, action: str,
-                   overwrite: bool) -> None:
+                   overwrite: bool, world_size: int = 1) -> None:
     """Create or (``--overwrite``) empty the run directory under the lock; write config.toml."""
     run_dir.mkdir(parents=True, exist_ok=True)
     if not lock.held:
@@ -419,11 +654,17 @@ def _prepare_fresh(run_dir: Path, lock: RunLock, config: RunConfig, action: str,
         if not (run_dir / rundir.CONFIG).is_file():
             raise UserError(f"--overwrite refuses to delete {run_dir}: it is not an rsst run "
                             "directory (no config.toml); choose another --out")
-        for child in run_dir.iterdir():  # everything but the lock we hold
+        # everything but the lock we hold; the checkpoint first and config.toml last, so that a
+        # kill halfway leaves a directory --overwrite accepts again and --resume refuses
+        order = {rundir.CHECKPOINT: 0, rundir.CONFIG: 2}
+        for child in sorted(run_dir.iterdir(), key=lambda p: order.get(p.name, 1)):
             if child.name == rundir.LOCK:
                 continue
             if child.is_dir() and not child.is_symlink():
                 shutil.rmtree(child)
             else:
                 child.unlink()
-    save_config(dataclasses.replace(config, out=str(run_dir)), run_dir / rundir.CONFIG)
+    rundir.remove_stale_temps(run_dir)
+    save_config(dataclasses.replace(config, out=str(run_dir)), run_dir / rundir.CONFIG,
+                launch={"world_size": world_size})
+    kill_point("setup-after-config")  # test seam: the run is a run directory, not yet started

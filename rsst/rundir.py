@@ -24,20 +24,27 @@ import errno
 import fcntl
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from rsst.atomic import append_line, atomic_write, atomic_write_json, atomic_write_text
+from rsst.atomic import (
+    append_line,
+    atomic_write,
+    atomic_write_json,
+    atomic_write_text,
+    json_text,
+)
 from rsst.errors import UserError
 
 __all__ = [
     "CHECKPOINT", "CONFIG", "FORMAT_VERSION", "LOCK", "METRICS", "STATE_RECORD", "STATE_WEIGHTS",
     "SUMMARY", "RunLock", "append_line", "append_metrics", "atomic_write", "atomic_write_json",
-    "atomic_write_text", "finished_states", "load_checkpoint", "read_state_record",
-    "save_checkpoint", "save_tensors", "state_dir", "state_weights", "trim_metrics",
-    "write_state", "write_summary",
+    "atomic_write_text", "check_writable", "finished_states", "has_metrics", "is_stale_temp",
+    "load_checkpoint", "read_state_record", "remove_stale_temps", "save_checkpoint",
+    "save_tensors", "state_dir", "state_weights", "trim_metrics", "write_state", "write_summary",
 ]
 
 #: Version of the safetensors layout of state files and exports (``rsst.format_version``).
@@ -61,6 +68,18 @@ def state_weights(run_dir: Path, state: int) -> Path:
     return state_dir(run_dir, state) / STATE_WEIGHTS
 
 
+def remove_stale_temps(run_dir: Path) -> None:
+    """Delete the temp files of atomic writes a killed process left (call under the lock)."""
+    run_dir = Path(run_dir)
+    for tmp in [*run_dir.glob(".*.tmp"), *run_dir.glob("state_*/.*.tmp")]:
+        tmp.unlink(missing_ok=True)
+
+
+def is_stale_temp(path: Path) -> bool:
+    """A leftover temp file of `rsst.atomic.atomic_write` (``.NAME.XXXX.tmp``)."""
+    return path.name.startswith(".") and path.name.endswith(".tmp") and path.is_file()
+
+
 def finished_states(run_dir: Path) -> list[int]:
     """Indices of the states whose weights file exists, ascending."""
     return sorted(int(p.parent.name[6:]) for p in Path(run_dir).glob(f"state_*/{STATE_WEIGHTS}")
@@ -74,6 +93,27 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
 
     body = {k: v.detach().to("cpu").clone().contiguous() for k, v in tensors.items()}
     atomic_write(path, lambda tmp: save_file(body, str(tmp), metadata=metadata))
+
+
+# -- the directory itself -------------------------------------------------------------------------
+def check_writable(run_dir: Path, flag: str) -> None:
+    """``run_dir`` is, or can be created as, a directory this process can write in; otherwise
+    one line and nothing created. Probed by making (and removing) a temp folder in the nearest
+    existing ancestor, which tells the truth for root and read-only file systems too."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"{flag} {run_dir} is a file, not a directory; choose another {flag}")
+    existing = run_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{flag} {run_dir} lies under {existing}, which is a file; choose a "
+                        "path inside a directory")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".rsst-probe-", dir=existing))
+    except OSError as exc:
+        where = "" if existing == run_dir else f" (in {existing})"
+        raise UserError(f"{flag} {run_dir}: cannot write there{where}: {exc.strerror}; choose "
+                        "a writable directory or change its permissions") from None
 
 
 # -- per-state files ------------------------------------------------------------------------------
@@ -127,7 +167,13 @@ def checkpoint_error(run_dir: Path, exc: BaseException) -> UserError:
 # -- metrics and summary --------------------------------------------------------------------------
 def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
     """Append one JSON line and flush it to disk (a line is either whole or absent)."""
-    append_line(Path(run_dir) / METRICS, json.dumps(record))
+    append_line(Path(run_dir) / METRICS, json_text(record))
+
+
+def has_metrics(run_dir: Path) -> bool:
+    """Whether metrics.jsonl holds any line (a run that trained at least one epoch)."""
+    path = Path(run_dir) / METRICS
+    return path.is_file() and path.read_text().strip() != ""
 
 
 def trim_metrics(run_dir: Path, state: int, epoch: int) -> None:

@@ -18,6 +18,8 @@ from rsst.arena import Arena
 from rsst.errors import UserError
 
 KINDS = ("channel", "head", "neuron")
+#: --prune-scope: SPEC §1's default scope, or widened by the stem and/or the classifier
+SCOPES = ("default", "+stem", "+classifier", "all")
 
 
 @dataclass
@@ -213,8 +215,30 @@ def default_structure(model: nn.Module) -> str:
     return "head+neuron" if is_transformer(model) else "channel"
 
 
-def build_structure(model: nn.Module, arena: Arena, structure: str = "auto") -> Structure:
-    """Scope (SPEC §1) and units for ``structure`` (channel, head, neuron, head+neuron, none)."""
+def scope_extras(model: nn.Module, scope: str) -> list[str]:
+    """Weights a widened ``--prune-scope`` adds to SPEC §1's default scope: the stem (the first
+    conv — a ViT's patch embedding — or else the first layer) for ``+stem``, the classifier (the
+    last linear layer) for ``+classifier``, both for ``all``. They get no groups: pruned
+    unstructured, the refill step leaves their U as is."""
+    if scope not in SCOPES:
+        raise UserError(f"unknown prune scope {scope!r}: choose one of {', '.join(SCOPES)} "
+                        "(--prune-scope)")
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    extras = []
+    if scope in ("+stem", "all") and layers:
+        convs = [n for n, m in layers if isinstance(m, nn.Conv2d)]
+        extras.append(f"{convs[0] if convs else layers[0][0]}.weight")
+    if scope in ("+classifier", "all"):
+        linears = [n for n, m in layers if isinstance(m, nn.Linear)]
+        if linears:
+            extras.append(f"{linears[-1]}.weight")
+    return extras
+
+
+def build_structure(model: nn.Module, arena: Arena, structure: str = "auto",
+                    scope: str = "default") -> Structure:
+    """Scope (SPEC §1, widened by ``scope``: see `scope_extras`) and units for ``structure``
+    (channel, head, neuron, head+neuron, none)."""
     if structure == "auto":
         structure = default_structure(model)
     kinds = set() if structure == "none" else set(structure.split("+"))
@@ -254,4 +278,6 @@ def build_structure(model: nn.Module, arena: Arena, structure: str = "auto") -> 
                     "conv/linear weights unstructured (IMP-style)")
     elif kinds and not units:
         note = "no structural groups found: pruning is unstructured"
+    extras = [n for n in scope_extras(model, scope) if n in arena.slots and n not in names]
+    names = names + extras
     return Structure(arena.element_mask(names), names, units, note)

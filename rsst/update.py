@@ -11,7 +11,9 @@
 
 ``auto`` is ``triton`` on CUDA and ``compiled`` on the CPU: the fastest path that works there, by
 the update suite of `rsst bench` (bench/RESULTS.md). All agree to float32 rounding and all leave
-the gradient zeroed for the next backward.
+the gradient zeroed for the next backward. With ``UpdateConfig.rho > 0`` (SGD only) each also
+adds the ADMM penalty gradient ρ·(w − a) to the alive anchored elements (code bit `ANCHORED`),
+``a`` being ``arena.anchor`` (Z − U of `rsst.methods.admm`).
 
 With AdamW the RSST penalty enters where SPEC §4 puts it for SGD: as the gradient term ``λ·w``
 *before* the adaptive scaling (the gradient of ½λ‖w‖² added to the loss, so the optimizer sees the
@@ -42,7 +44,7 @@ from rsst_kernels.fused_adamw import (
     fused_adamw,
     fused_adamw_reference,
 )
-from rsst_kernels.masks import ALIVE, PENDING
+from rsst_kernels.masks import ALIVE, ANCHORED, PENDING
 from rsst_kernels.scalars import pack, pack_switches
 
 BACKENDS: tuple[str, ...] = ("triton", "compiled", "torch", "eager")
@@ -65,15 +67,25 @@ class UpdateConfig:
     beta1: float = 0.9
     beta2: float = 0.999
     eps: float = 1e-8
+    #: ρ of the ADMM penalty ρ/2‖w − a‖² on anchored elements; 0 switches the term off
+    rho: float = 0.0
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
             raise UserError(f"unknown optimizer {self.optimizer!r}: choose one of "
                             f"{', '.join(OPTIMIZERS)} (--optimizer)")
+        if self.adamw and self.admm:
+            raise UserError("the ADMM term (rho > 0) is a term of the SGD update: use "
+                            "--optimizer sgd with --method admm")
 
     @property
     def adamw(self) -> bool:
         return self.optimizer == "adamw"
+
+    @property
+    def admm(self) -> bool:
+        """Whether the update adds the ADMM term (and reads the anchor buffer)."""
+        return self.rho != 0.0
 
     def lam(self, t: int) -> float:
         return lam_at(self.schedule, t, self.ramp_steps, self.lam_max, self.exponents)
@@ -88,8 +100,8 @@ class UpdateConfig:
                          if self.adamw else (1.0, 1.0))
         return pack(lr=lr, momentum=self.momentum, weight_decay=self.weight_decay,
                     lam_max=self.lam_max, exponents=self.exponents, t=t, T=self.ramp_steps,
-                    first_step=first_step, beta1=self.beta1, beta2=self.beta2, eps=self.eps,
-                    bias_correction1=bc1, bias_correction2_sqrt=bc2_sqrt)
+                    first_step=first_step, rho=self.rho, beta1=self.beta1, beta2=self.beta2,
+                    eps=self.eps, bias_correction1=bc1, bias_correction2_sqrt=bc2_sqrt)
 
     def switch_values(self) -> list[float]:
         """The switches as the compiled pass's ``switches`` tensor holds them (`SwitchSlot`)."""
@@ -99,7 +111,7 @@ class UpdateConfig:
     @property
     def switches(self) -> tuple[Hashable, ...]:
         """The values a kernel launch takes as compile-time constants."""
-        return (self.optimizer, self.schedule, self.nesterov, self.block_loss_grad)
+        return (self.optimizer, self.schedule, self.nesterov, self.block_loss_grad, self.admm)
 
 
 def resolve_backend(name: str, device: torch.device | str) -> str:
@@ -123,16 +135,23 @@ def resolve_backend(name: str, device: torch.device | str) -> str:
 
 # -- the eager oracle ---------------------------------------------------------------------------
 def _penalise(params: Sequence[torch.nn.Parameter], codes: Sequence[torch.Tensor], *,
-              lam: float, block_loss_grad: bool) -> list[torch.Tensor]:
-    """Mask and penalise each parameter's gradient in place; returns the alive masks."""
+              lam: float, block_loss_grad: bool, anchors: Sequence[torch.Tensor] | None = None,
+              rho: float = 0.0) -> list[torch.Tensor]:
+    """Mask and penalise each parameter's gradient in place (the RSST term, then ADMM's
+    ρ·(w − a) on alive anchored elements when ``anchors`` and ``rho`` are given); returns the
+    alive masks."""
     alive_masks = []
-    for p, code in zip(params, codes, strict=True):
+    admm = anchors is not None and rho != 0.0
+    for i, (p, code) in enumerate(zip(params, codes, strict=True)):
         alive = (code & ALIVE) != 0
         pending = (code & PENDING) != 0
         grad = p.grad
         grad.masked_fill_(~alive, 0.0)
         penalty = p.detach() * lam
         grad.copy_(torch.where(pending, penalty if block_loss_grad else grad + penalty, grad))
+        if admm:
+            anchored = alive & ((code & ANCHORED) != 0)
+            grad.add_(torch.where(anchored, p.detach() - anchors[i], 0.0), alpha=rho)
         alive_masks.append(alive)
     return alive_masks
 
@@ -158,6 +177,8 @@ def _eager_update(
     lam: float,
     block_loss_grad: bool,
     first_step: bool,
+    anchors: Sequence[torch.Tensor] | None = None,
+    rho: float = 0.0,
 ) -> None:
     """Mask and penalise each gradient, ``optimizer.step()``, re-mask, zero the gradients.
 
@@ -165,10 +186,13 @@ def _eager_update(
     the first step so that SGD's ``buf·μ + d`` equals its first-step ``buf ← d``). At μ = 0
     ``torch.optim.SGD`` keeps no buffer, so ``buf ← d`` is written here, as SPEC §5 and the
     other backends do (a checkpoint's momentum then does not depend on the backend).
+    ``anchors`` (one per parameter) with ``rho`` add the ADMM term ρ·(w − a) to alive
+    anchored elements.
     """
     settings = optimizer.param_groups[0]
     no_momentum = settings["momentum"] == 0
-    alive_masks = _penalise(params, codes, lam=lam, block_loss_grad=block_loss_grad)
+    alive_masks = _penalise(params, codes, lam=lam, block_loss_grad=block_loss_grad,
+                            anchors=anchors, rho=rho)
     for p, buf in zip(params, buffers, strict=True):
         if no_momentum:
             with torch.no_grad():
@@ -247,15 +271,22 @@ def step(
     beta2: float = 0.999,
     eps: float = 1e-8,
     moment_step: int = 1,
+    anchor: torch.Tensor | None = None,
+    rho: float = 0.0,
 ) -> float:
     """One update of SPEC §5 on flat tensors, in place; returns the λ used.
 
     ``w``, ``g``, ``buf``: 1-D float32 of one length; ``code``: 1-D uint8 (bit 0 alive, bit 1
-    pending). ``w`` and ``buf`` are updated, ``g`` is left zeroed for the next backward.
-    With ``optimizer="adamw"``, ``buf`` is the first moment, ``exp_avg_sq`` the second (both
-    updated), ``moment_step`` the 1-based step count of the bias corrections; ``momentum``,
-    ``nesterov`` and ``first_step`` are SGD's and ignored.
+    pending, bit 2 anchored). ``w`` and ``buf`` are updated, ``g`` is left zeroed for the next
+    backward. With ``optimizer="adamw"``, ``buf`` is the first moment, ``exp_avg_sq`` the second
+    (both updated), ``moment_step`` the 1-based step count of the bias corrections; ``momentum``,
+    ``nesterov`` and ``first_step`` are SGD's and ignored. ``anchor`` (1-D float32, same length)
+    with ``rho > 0`` adds the ADMM term ρ·(w − anchor) to the gradient of alive anchored
+    elements, after the RSST penalty and before weight decay (SGD only); without an anchor
+    ``rho`` must stay 0.
     """
+    if rho != 0.0 and anchor is None:
+        raise ValueError("rho > 0 needs an anchor (the ADMM term's a = Z − U)")
     config = UpdateConfig(
         momentum=momentum,
         weight_decay=weight_decay,
@@ -269,7 +300,9 @@ def step(
         beta1=beta1,
         beta2=beta2,
         eps=eps,
+        rho=rho if anchor is not None else 0.0,
     )
+    anchor = anchor if config.admm else None
     code_of_schedule = schedule_code(schedule)
     lam = config.lam(t)
     if config.adamw:
@@ -291,15 +324,15 @@ def step(
                             block_loss_grad=block_loss_grad)
             else:
                 fused_update(w, g, buf, code, hyper, schedule=code_of_schedule,
-                             nesterov=nesterov, block_loss_grad=block_loss_grad)
+                             nesterov=nesterov, block_loss_grad=block_loss_grad, anchor=anchor)
             return lam
         switches = torch.tensor(config.switch_values(), dtype=torch.float32).to(w.device)
-        if _compiled_pass(config)(w, g, *moments, code, hyper, switches):
+        if _run_compiled(config, w, g, moments, code, hyper, switches, anchor):
             return lam
         backend = "torch"  # compiling failed (warned once): the twin does the step
     if backend == "torch":
         _twin_update(config, w, g, moments, code, lr=lr, lam=lam, first_step=first_step,
-                     moment_step=moment_step)
+                     moment_step=moment_step, anchor=anchor)
     else:  # eager
         param = torch.nn.Parameter(w)
         param.grad = g
@@ -309,7 +342,8 @@ def step(
                                 moment_step=moment_step)
         else:
             _eager_update([param], [buf], [code], _sgd([param], config), lr=lr, lam=lam,
-                          block_loss_grad=block_loss_grad, first_step=first_step)
+                          block_loss_grad=block_loss_grad, first_step=first_step,
+                          anchors=None if anchor is None else [anchor], rho=config.rho)
     return lam
 
 
@@ -317,10 +351,23 @@ def _compiled_pass(config: UpdateConfig) -> CompiledPass:
     return ADAMW_PASS if config.adamw else SGD_PASS
 
 
+def _run_compiled(config: UpdateConfig, w: torch.Tensor, g: torch.Tensor,
+                  moments: Sequence[torch.Tensor], code: torch.Tensor, hyper: torch.Tensor,
+                  switches: torch.Tensor, anchor: torch.Tensor | None) -> bool:
+    """The shared compiled pass of ``config.optimizer``; False when it could not compile.
+
+    The anchor goes in only with the ADMM term on (SGD only): without it the pass is the one
+    specialization that reads no anchor."""
+    extra = () if anchor is None else (anchor,)
+    return _compiled_pass(config)(w, g, *moments, code, hyper, switches, *extra)
+
+
 def _twin_update(config: UpdateConfig, w: torch.Tensor, g: torch.Tensor,
                  moments: Sequence[torch.Tensor], code: torch.Tensor, *, lr: float, lam: float,
-                 first_step: bool, moment_step: int, block_loss_grad: bool | None = None) -> None:
-    """The torch twin of ``config.optimizer`` on flat buffers (``moments``: buf, or m and v)."""
+                 first_step: bool, moment_step: int, block_loss_grad: bool | None = None,
+                 anchor: torch.Tensor | None = None) -> None:
+    """The torch twin of ``config.optimizer`` on flat buffers (``moments``: buf, or m and v;
+    ``anchor``: ADMM's, SGD only)."""
     blg = config.block_loss_grad if block_loss_grad is None else block_loss_grad
     if config.adamw:
         m, v = moments
@@ -331,7 +378,8 @@ def _twin_update(config: UpdateConfig, w: torch.Tensor, g: torch.Tensor,
     else:
         fused_update_reference(w, g, moments[0], code, lr=lr, lam=lam, momentum=config.momentum,
                                weight_decay=config.weight_decay, nesterov=config.nesterov,
-                               block_loss_grad=blg, first_step=first_step)
+                               block_loss_grad=blg, first_step=first_step, anchor=anchor,
+                               rho=config.rho)
 
 
 # -- arena-level backends -----------------------------------------------------------------------
@@ -380,11 +428,23 @@ class TritonBackend(UpdateBackend):
                         block_loss_grad=config.block_loss_grad)
             return
         args = (arena.weight, arena.grad, arena.momentum, arena.code, arena.scalars)
+        anchor = _anchor(arena, config)
         if torch.compiler.is_compiling():
-            torch.ops.rsst.fused_update(*args, code, config.nesterov, config.block_loss_grad)
+            torch.ops.rsst.fused_update(*args, code, config.nesterov, config.block_loss_grad,
+                                        anchor)
             return
         fused_update(*args, schedule=code, nesterov=config.nesterov,
-                     block_loss_grad=config.block_loss_grad)
+                     block_loss_grad=config.block_loss_grad, anchor=anchor)
+
+
+def _anchor(arena: Arena, config: UpdateConfig) -> torch.Tensor | None:
+    """The arena's ADMM anchor when the config switches the term on (None when off)."""
+    if not config.admm:
+        return None
+    if arena.anchor is None:
+        raise RuntimeError("the update's ADMM term is on (rho > 0) but the arena has no anchor: "
+                           "Arena.set_anchored allocates it")
+    return arena.anchor
 
 
 @dataclass(frozen=True)
@@ -443,7 +503,8 @@ class TorchBackend(_HostScalarsBackend):
         _twin_update(config, arena.weight, arena.grad, _moments(arena, config), arena.code,
                      lr=prepared.lr, lam=prepared.lam if arena.has_pending else 0.0,
                      first_step=prepared.first_step, moment_step=prepared.moment_step,
-                     block_loss_grad=config.block_loss_grad and arena.has_pending)
+                     block_loss_grad=config.block_loss_grad and arena.has_pending,
+                     anchor=_anchor(arena, config))
 
 
 class CompiledBackend(UpdateBackend):
@@ -497,8 +558,8 @@ class CompiledBackend(UpdateBackend):
             self._twin.launch(arena)
             return
         assert self._switches is not None, "launch needs a prepare() first"
-        if self.compiled_pass(arena.weight, arena.grad, *_moments(arena, config), arena.code,
-                              arena.scalars, self._switches):
+        if _run_compiled(config, arena.weight, arena.grad, _moments(arena, config), arena.code,
+                         arena.scalars, self._switches, _anchor(arena, config)):
             self._twin._take_prepared()
             return
         self._twin.launch(arena)
@@ -536,6 +597,7 @@ class EagerBackend(_HostScalarsBackend):
                                 block_loss_grad=config.block_loss_grad,
                                 moment_step=prepared.moment_step)
             return
+        anchor = _anchor(arena, config)
         _eager_update(
             arena.params,
             self._buffers,
@@ -545,6 +607,8 @@ class EagerBackend(_HostScalarsBackend):
             lam=prepared.lam,
             block_loss_grad=config.block_loss_grad,
             first_step=prepared.first_step,
+            anchors=None if anchor is None else [arena.view(n, "anchor") for n in arena.names],
+            rho=config.rho,
         )
 
 

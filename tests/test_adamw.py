@@ -190,6 +190,9 @@ def test_adamw_run_resumes_to_the_same_weights(tiny_data, tmp_path, monkeypatch)
     with pytest.raises(_Killed):
         loop.run(config, out=tmp_path / "killed", console=quiet)
     monkeypatch.setattr(PruningRun, "save_checkpoint", original)
+    saved = load_file(str(tmp_path / "killed" / "checkpoint.safetensors"))
+    assert {"arena.code", "arena.momentum", "arena.second_moment", "arena.moment_steps"} <= set(
+        saved)
     resumed = loop.run(config, resume=tmp_path / "killed", console=quiet)
     a = load_file(str(resumed / "state_01" / "weights.safetensors"))
     b = load_file(str(whole / "state_01" / "weights.safetensors"))

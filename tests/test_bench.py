@@ -176,6 +176,9 @@ TINY_TRAIN = train_suite.TrainSettings(batch=4, warmup=0, chunks=1, steps=2, com
 def test_train_suite_records() -> None:
     records = train_suite.run(CPU, models=["resnet20", "vit_tiny"], console=quiet(),
                               settings=TINY_TRAIN, data=tiny_images())
+    scaling = records.pop()  # one CPU: the data-parallel scaling row says it is unmeasured
+    assert scaling["path"] == "scaling" and scaling["status"] == "unmeasured"
+    assert scaling["images_per_s"] is None
     # compile_models=(): no compiled variant; the CNN also runs row-major to show the layout gain
     assert [(r["model"], r["variant"], r["memory_format"]) for r in records] == [
         ("resnet20", "eager", "channels_last"), ("resnet20", "nchw", "contiguous"),
@@ -200,7 +203,7 @@ def test_train_suite_records_compile_failure(monkeypatch: pytest.MonkeyPatch) ->
     console = quiet()
     records = train_suite.run(CPU, models=["resnet20"], console=console, settings=settings,
                               data=tiny_images())
-    plain, nchw, compiled = records
+    plain, nchw, compiled, _scaling = records
     assert plain["compile"] is False and plain["median_ms"] > 0 and nchw["median_ms"] > 0
     assert compiled["compile"] is True and compiled["median_ms"] is None
     assert compiled["error"] == "RuntimeError: no C compiler here"
@@ -272,9 +275,9 @@ def op_inputs(n: int = 1000, seed: int = 0) -> tuple[torch.Tensor, ...]:
     return w, g, buf, code
 
 
-def hyper(lr: float, t: int, T: int, *, first: bool = False) -> torch.Tensor:
+def hyper(lr: float, t: int, T: int, *, first: bool = False, rho: float = 0.0) -> torch.Tensor:
     values = {"lr": lr, "momentum": 0.9, "weight_decay": 1e-4, "lam_max": 0.5, "exponents": 4.0,
-              "t": float(t), "T": float(T), "first_step": 1.0 if first else 0.0}
+              "t": float(t), "T": float(T), "first_step": 1.0 if first else 0.0, "rho": rho}
     return torch.tensor([values.get(k, 0.0) for k in HYPER_SLOTS], dtype=torch.float32)
 
 
@@ -304,10 +307,35 @@ def test_custom_op_matches_functional_step(schedule: int, nesterov: bool, block:
         torch.testing.assert_close(a, b, **tol)
 
 
-def test_custom_op_opcheck() -> None:
+@pytest.mark.parametrize("kernel", [True, False], ids=["triton", "twin"])
+def test_custom_op_with_admm_anchor_matches_functional_step(kernel: bool,
+                                                            monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    """The optional anchor argument switches the ADMM term on in both of the op's paths."""
+    module = importlib.import_module("rsst_kernels.fused_update")
+    if not kernel:
+        monkeypatch.setattr(module, "triton_available", lambda device: False)
+    w, g, buf, _ = op_inputs(1037)
+    code = torch.randint(0, 8, (1037,), generator=torch.Generator().manual_seed(1),
+                         dtype=torch.uint8)
+    anchor = torch.randn(1037, generator=torch.Generator().manual_seed(2))
+    mine = [w.clone(), g.clone(), buf.clone()]
+    torch.ops.rsst.fused_update(*mine, code, hyper(0.1, 3, 10, rho=0.4), 4, True, False, anchor)
+    ref = [w.clone(), g.clone(), buf.clone()]
+    step("torch", *ref, code, lr=0.1, momentum=0.9, weight_decay=1e-4, nesterov=True,
+         schedule="exp_custom_exponents", t=3, T=10, lam_max=0.5, exponents=4.0, anchor=anchor,
+         rho=0.4)
+    for a, b in zip(mine, ref, strict=True):
+        tol = {"rtol": 1e-6, "atol": 1e-6} if kernel else {"rtol": 0, "atol": 0}
+        torch.testing.assert_close(a, b, **tol)
+
+
+@pytest.mark.parametrize("admm", [False, True], ids=["plain", "admm"])
+def test_custom_op_opcheck(admm: bool) -> None:
     w, g, buf, code = op_inputs(257)
-    result = torch.library.opcheck(fused_update_op, (w, g, buf, code, hyper(0.1, 2, 8), 4, True,
-                                                     False))
+    anchor = torch.randn(257) if admm else None
+    result = torch.library.opcheck(fused_update_op, (w, g, buf, code, hyper(0.1, 2, 8, rho=0.3),
+                                                     4, True, False, anchor))
     assert all(v == "SUCCESS" for v in result.values()), result
 
 

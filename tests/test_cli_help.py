@@ -77,7 +77,10 @@ def test_help_shows_panels_defaults_and_choices(monkeypatch, capsys):
     assert [t for t in titles if t in PANELS] == list(PANELS)
     for choices in (METHODS, SCHEDULES, BACKENDS, MEMORY_FORMATS, LR_SCHEDULES, ("auto", "cpu",
                                                                                   "cuda")):
-        assert "<" + "|".join(choices) + ">" in text, choices
+        if len("|".join(choices)) > cli._LONGEST_CHOICE_COLUMN:  # listed in the help text
+            assert all(c in text for c in choices), choices
+        else:
+            assert "<" + "|".join(choices) + ">" in text, choices
     for name in PRESETS:
         assert name in text
     assert "<bool>" not in text

@@ -48,8 +48,8 @@ def tiny_run_args(image_dir: Path, out: Path, *extra: str) -> list[str]:
             "--backend", "torch", "--out", str(out), *extra]
 
 
-def assert_user_error(result: subprocess.CompletedProcess, *phrases: str) -> str:
-    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+def assert_user_error(result: subprocess.CompletedProcess, *phrases: str, code: int = 2) -> str:
+    assert result.returncode == code, (result.returncode, result.stderr[-2000:])
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
@@ -192,7 +192,7 @@ def test_divergence_names_lambda_and_state_and_keeps_finished_states(tmp_path, i
     out = tmp_path / "run"
     result = rsst(tmp_path, *tiny_run_args(image_dir, out, "--method", "rsst",
                                            "--reg-granularity", "1e30"))
-    line = assert_user_error(result, "diverged", "state 1", "λ", "--reg-granularity")
+    line = assert_user_error(result, "diverged", "state 1", "λ", "--reg-granularity", code=3)
     assert "λ = 1e+30" in line or "λ = 1e30" in line
     assert (out / "state_00" / "weights.safetensors").is_file()
     assert (out / "state_00" / "state.json").is_file()
@@ -204,5 +204,5 @@ def test_divergence_names_lambda_and_state_and_keeps_finished_states(tmp_path, i
 def test_divergence_from_a_huge_learning_rate(tmp_path, image_dir):
     out = tmp_path / "run"
     result = rsst(tmp_path, *tiny_run_args(image_dir, out, "--lr", "1e30"))
-    assert_user_error(result, "diverged", "state 0", "--lr")
+    assert_user_error(result, "diverged", "state 0", "--lr", code=3)
     assert not (out / "state_00").exists()

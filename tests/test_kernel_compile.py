@@ -17,7 +17,9 @@ import pytest
 
 pytest.importorskip("triton")
 
-VARIANTS = [(s, False, False) for s in range(5)] + [(4, True, True)]
+VARIANTS = [(s, False, False, False) for s in range(5)] + [(4, True, True, False),
+                                                          (4, False, False, True),
+                                                          (4, True, True, True)]
 
 SCRIPT = textwrap.dedent("""
     import inspect, json, re, sys
@@ -29,18 +31,20 @@ SCRIPT = textwrap.dedent("""
     if "attrs" not in params or "constexprs" not in params:
         print(json.dumps({"skip": "this triton's ASTSource API differs"})); sys.exit()
     signature = {"w_ptr": "*fp32", "g_ptr": "*fp32", "buf_ptr": "*fp32", "code_ptr": "*u8",
-                 "hyper_ptr": "*fp32", "n": "i64", "SCHEDULE": "constexpr",
-                 "NESTEROV": "constexpr", "BLOCK_LOSS_GRAD": "constexpr", "BLOCK": "constexpr"}
+                 "hyper_ptr": "*fp32", "anchor_ptr": "*fp32", "n": "i64",
+                 "SCHEDULE": "constexpr", "NESTEROV": "constexpr",
+                 "BLOCK_LOSS_GRAD": "constexpr", "ADMM": "constexpr", "BLOCK": "constexpr"}
     # what the JIT sees for an arena: 16-byte aligned buffers, a length that is a multiple of 16
-    attrs = {(i,): [["tt.divisibility", 16]] for i in range(6)}
+    attrs = {(i,): [["tt.divisibility", 16]] for i in range(7)}
     out = {}
-    for schedule, nesterov, block in json.loads(sys.argv[1]):
+    for schedule, nesterov, block, admm in json.loads(sys.argv[1]):
         source = triton.compiler.ASTSource(
             fn=_fused_update_kernel, signature=signature,
-            constexprs={(6,): schedule, (7,): nesterov, (8,): block, (9,): 4096}, attrs=attrs)
+            constexprs={(7,): schedule, (8,): nesterov, (9,): block, (10,): admm, (11,): 4096},
+            attrs=attrs)
         ptx = triton.compile(source, target=GPUTarget("cuda", 90, 32),
                              options={"num_warps": 8}).asm["ptx"]
-        out[f"{schedule}-{nesterov}-{block}"] = {
+        out[f"{schedule}-{nesterov}-{block}-{admm}"] = {
             "v4_loads": len(re.findall(r"ld\\.global(\\.\\w+)*\\.v4", ptx)),
             "v4_stores": len(re.findall(r"st\\.global(\\.\\w+)*\\.v4", ptx)),
         }
@@ -77,11 +81,15 @@ def compiled(kernels_only_env) -> dict:
     return result
 
 
-@pytest.mark.parametrize("schedule,nesterov,block_loss_grad", VARIANTS)
-def test_compiles_for_sm90_with_vector_access(compiled, schedule, nesterov, block_loss_grad):
-    counts = compiled[f"{schedule}-{nesterov}-{block_loss_grad}"]
+@pytest.mark.parametrize("schedule,nesterov,block_loss_grad,admm", VARIANTS)
+def test_compiles_for_sm90_with_vector_access(compiled, schedule, nesterov, block_loss_grad,
+                                              admm):
+    counts = compiled[f"{schedule}-{nesterov}-{block_loss_grad}-{admm}"]
     # w, g and momentum move as 128-bit loads and stores (the kernel is bandwidth-bound)
     assert counts["v4_loads"] >= 3 and counts["v4_stores"] >= 3, counts
+    if admm:  # and so does the ADMM anchor: more 128-bit loads than without the term
+        plain = compiled[f"{schedule}-{nesterov}-{block_loss_grad}-False"]
+        assert counts["v4_loads"] > plain["v4_loads"], (counts, plain)
 
 
 @pytest.mark.parametrize("variant", ["adamw-4-False", "adamw-0-True"])

@@ -21,6 +21,12 @@ class Batches:
     pre-padded images, vectorized over the batch (no per-image Python loop, same code on CPU
     and CUDA). The shuffle order and augmentation of epoch ``e`` depend only on (seed, e), so
     resuming at an epoch reproduces it exactly; iterating the object again advances the epoch.
+
+    Data-parallel (``world_size`` > 1): ``batch_size`` is the global batch; each rank yields its
+    equal, contiguous share of every global batch of the same permutation, augmented with the
+    crop offsets and flips the whole global batch drew, so N ranks see together exactly what one
+    process sees. A global batch is trimmed to a multiple of ``world_size`` (the epoch's last
+    batch: at most N - 1 images skipped) so every rank takes the same number of images.
     """
 
     def __init__(
@@ -34,13 +40,19 @@ class Batches:
         seed: int = 0,
         drop_last: bool = False,
         pad: int = 4,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if batch_size < 1:
             raise UserError(
                 f"batch size must be >= 1, got {batch_size}: pass a positive --batch-size"
             )
+        if batch_size % world_size:
+            raise UserError(f"--batch-size {batch_size} is the global batch and must split evenly "
+                            f"over the {world_size} processes: pass a multiple of {world_size}")
         self.device = torch.device(device)
         self.batch_size = batch_size
+        self.rank, self.world_size = rank, world_size
         self.shuffle = shuffle
         self.augment = augment
         self.seed = seed
@@ -57,8 +69,8 @@ class Batches:
         self._generator = torch.Generator(device=self.device)
 
     def __len__(self) -> int:
-        if self.drop_last:
-            return self.n // self.batch_size
+        if self.drop_last or self.n % self.batch_size < self.world_size:
+            return self.n // self.batch_size  # (with N ranks: a last batch under N is skipped)
         return math.ceil(self.n / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -76,16 +88,31 @@ class Batches:
             order = torch.arange(self.n, device=self.device)
         for b in range(len(self)):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
-            x = self._augment(idx, gen) if self.augment else self.images[idx]
+            if self.augment:
+                x, idx = self._augment(idx, gen)
+            else:
+                idx = idx[self._share(idx.shape[0])]
+                x = self.images[idx]
             yield x.float().div_(255.0), self.labels[idx]
 
-    def _augment(self, idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """Draw a crop offset (0..2*pad in the padded image) and a coin flip per sample."""
+    def _share(self, n: int) -> slice:
+        """This rank's equal part of a global batch of ``n`` (all of it for one process)."""
+        share = n // self.world_size
+        return slice(self.rank * share, (self.rank + 1) * share)
+
+    def _augment(self, idx: torch.Tensor, gen: torch.Generator
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draw a crop offset (0..2*pad in the padded image) and a coin flip per sample of the
+        global batch ``idx``, then crop this rank's share (the same draws on every rank);
+        returns the crops and the share's indices."""
         n, p, dev = idx.shape[0], self.pad, self.device
         oy = torch.randint(0, 2 * p + 1, (n,), generator=gen, device=dev)
         ox = torch.randint(0, 2 * p + 1, (n,), generator=gen, device=dev)
         flip = torch.rand(n, generator=gen, device=dev) < 0.5
-        return crop_flip(self.images, idx, oy, ox, flip, self.height, self.width)
+        if self.world_size > 1:
+            part = self._share(n)
+            idx, oy, ox, flip = idx[part], oy[part], ox[part], flip[part]
+        return crop_flip(self.images, idx, oy, ox, flip, self.height, self.width), idx
 
 
 def crop_flip(

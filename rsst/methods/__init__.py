@@ -19,7 +19,8 @@ from rsst.methods.registry import (
 )
 
 #: the registry: one module of rsst.methods per method, in the order --help lists them
-METHOD_MODULES = ("rsst", "refill", "imp")
+METHOD_MODULES = ("rsst", "refill", "imp", "omp", "random", "snip", "grasp", "synflow",
+                  "admm")
 
 for _module in METHOD_MODULES:
     importlib.import_module(f"rsst.methods.{_module}")

@@ -8,7 +8,13 @@
 - *how* the unstructured mask U becomes the next masks: `refill` (SPEC §3's refill into whole
   groups, or U as is) and `soft` (dropped elements become the pending set P, faded by the
   penalty and cut at the end of the next state; otherwise they die at once);
-- *what it adds to the per-step update*: `update_terms`, fields of `rsst.update.UpdateConfig`.
+- *what it adds to the per-step update*: `update_terms`, fields of `rsst.update.UpdateConfig`
+  (per state: `begin_state` may override them);
+- *what it does between epochs*: `after_epoch` (ADMM's Z/U update), with `state_tensors` /
+  `load_state_tensors` carrying the method's own buffers through checkpoints;
+- *which settings it refuses*: `check`, called by the config validation;
+- whether it has a one-shot form (``--target-remain``): `one_shot_states`, the number of states
+  that form runs (`rsst.config` fills ``--states`` with it and checks it).
 
 This module imports no torch and nothing heavy, so the registry is cheap to import (the config
 and the CLI list the method names from it).
@@ -54,6 +60,11 @@ class Method:
     refill: ClassVar[bool] = False
     #: dropped elements go to the pending set (faded by the penalty, cut after the next state)
     soft: ClassVar[bool] = False
+    #: states of the method's one-shot form (``--target-remain``); None: it has none
+    one_shot_states: ClassVar[int | None] = None
+    #: ``--target-remain`` is reached over the run's own ``--states`` (ADMM's schedule), not by
+    #: a one-shot form with a fixed state count
+    target_over_states: ClassVar[bool] = False
 
     def prunes_at_init(self, config: RunConfig) -> bool:
         """Prune once before state 0 trains (scores of the initial weights)."""
@@ -80,3 +91,25 @@ class Method:
     def update_terms(self, config: RunConfig) -> dict[str, Any]:
         """Fields of `rsst.update.UpdateConfig` this method sets beyond plain masked SGD."""
         return {}
+
+    def check(self, config: RunConfig) -> None:
+        """Raise `rsst.errors.UserError` (one line naming the flag) for settings this method
+        cannot run with; `rsst.config.validate` calls it."""
+
+    def begin_state(self, ctx: PruneContext, start_epoch: int) -> dict[str, Any]:
+        """``ctx.state`` is about to train from ``start_epoch`` (> 0: resumed, the method's
+        tensors already restored by `load_state_tensors`). Returns `UpdateConfig` fields for this
+        state, over `update_terms`."""
+        return {}
+
+    def after_epoch(self, ctx: PruneContext, epoch: int) -> dict[str, float]:
+        """``epoch`` (1-based) of ``ctx.state`` has trained; runs before its evaluation and
+        checkpoint. Returns extra (finite) numbers for the epoch's metrics line."""
+        return {}
+
+    def state_tensors(self, arena: Arena) -> dict[str, torch.Tensor]:
+        """The method's own tensors a checkpoint must keep (names without dots)."""
+        return {}
+
+    def load_state_tensors(self, arena: Arena, tensors: dict[str, torch.Tensor]) -> None:
+        """Restore what `state_tensors` saved (KeyError / ValueError if it does not fit)."""

@@ -13,4 +13,4 @@ from rsst.methods.registry import register_method
 @register_method
 class IMP(Method):
     name = "imp"
-    summary = "iterative magnitude pruning, unstructured: H ← U after each state"
+    summary = "iterative magnitude pruning, unstructured"

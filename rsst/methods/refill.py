@@ -9,5 +9,5 @@ from rsst.methods.registry import register_method
 @register_method
 class Refill(Method):
     name = "refill"
-    summary = "magnitude pruning refilled into whole groups, applied hard: H ← R"
+    summary = "magnitude cut refilled into whole groups"
     refill = True

@@ -32,6 +32,7 @@ from rsst.models.base import (
 )
 from rsst.models.factory import create_model
 from rsst.models.mobilenet import DepthwiseSeparable, MobileNet, mobilenet
+from rsst.models.pretrained import load_pretrained
 from rsst.models.registry import (
     CNN_MODELS,
     VIT_MODELS,
@@ -51,7 +52,7 @@ from rsst.models.resnet import (
     resnet110,
 )
 from rsst.models.vgg import VGG, vgg16_bn
-from rsst.models.vit import TimmWrapper, vit_base, vit_small, vit_tiny
+from rsst.models.vit import TimmWrapper, vit_base, vit_small, vit_tiny, vit_tiny_research
 
 __all__ = [
     "CIFAR10_MEAN",
@@ -70,6 +71,7 @@ __all__ = [
     "TimmWrapper",
     "create_model",
     "list_models",
+    "load_pretrained",
     "mobilenet",
     "register_model",
     "resnet18",
@@ -83,4 +85,5 @@ __all__ = [
     "vit_base",
     "vit_small",
     "vit_tiny",
+    "vit_tiny_research",
 ]

@@ -17,7 +17,7 @@ CNN_MODELS: tuple[str, ...] = (
     "resnet20", "resnet32", "resnet56", "resnet110",
     "resnet18", "resnet50", "vgg16_bn", "mobilenet",
 )  # fmt: skip
-VIT_MODELS: tuple[str, ...] = ("vit_tiny", "vit_small", "vit_base")
+VIT_MODELS: tuple[str, ...] = ("vit_tiny", "vit_small", "vit_base", "vit_tiny_research")
 
 
 def register_model(fn: ModelFn) -> ModelFn:

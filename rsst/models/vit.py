@@ -94,3 +94,25 @@ def vit_small(**kw: Any) -> nn.Module:
 def vit_base(**kw: Any) -> nn.Module:
     """timm ``vit_base_patch16_224`` config (768 wide, 12 heads), patch 4 by default."""
     return _vit("vit_base_patch16_224", kw)
+
+
+@register_model
+def vit_tiny_research(**kw: Any) -> nn.Module:
+    """The research code's CIFAR ViT: timm ``VisionTransformer`` with embed 192, depth 9,
+    3 heads, MLP ratio 2, patch 4 (on 32 px), so ViT numbers compare with its results."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    patch = kw.pop("patch_size") or 4
+    img_size = kw.pop("img_size")
+    if img_size % patch:
+        raise UserError(f"img_size {img_size} is not a multiple of patch_size {patch}: pick a "
+                        "patch size that divides the image side")
+    num_classes, mean, std = kw.pop("num_classes"), kw.pop("mean"), kw.pop("std")
+    args: dict[str, Any] = dict(img_size=img_size, patch_size=patch, num_classes=num_classes,
+                                embed_dim=192, depth=9, num_heads=3, mlp_ratio=2.0)
+    args.update(kw)
+    try:
+        net = VisionTransformer(**args)
+    except TypeError as exc:
+        raise UserError(f"vit_tiny_research rejected its arguments: {exc}") from exc
+    return TimmWrapper(net, mean, std)
