@@ -60,6 +60,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "cuda": torch.version.cuda,
         "python": platform.python_version(),
         "threads": torch.get_num_threads(),
+        "load_avg": list(os.getloadavg()),
         "commit": git_commit(),
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
@@ -90,6 +91,64 @@ def time_ms(
     return statistics.median(samples)
 
 
+#: Warm-up calls of every variant before its first timed sample (caches, allocator, JIT).
+WARMUP_CALLS = 3
+
+
+def load_avg() -> float:
+    """The 1-minute load average: a busy shared machine explains noisy figures."""
+    return round(os.getloadavg()[0], 2)
+
+
+def sample_ms(fn: Callable[[], object], device: torch.device, number: int) -> float:
+    """Milliseconds per call of ``fn`` over ``number`` back-to-back calls.
+
+    `torch.utils.benchmark.Timer` does the timing: it synchronizes CUDA around the block and
+    runs under the thread count this process uses (stated in every record).
+    """
+    from torch.utils.benchmark import Timer
+
+    timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    return timer.timeit(number).mean * 1e3
+
+
+def interleaved_ms(fns: dict[str, Callable[[], object]], device: torch.device, *,
+                   warmup: int = WARMUP_CALLS, rounds: int, number: int = 1,
+                   min_sample_ms: float = 0.0, calls: dict[str, int] | None = None
+                   ) -> dict[str, list[float]]:
+    """Samples (ms per call) of every variant, taken in interleaved rounds.
+
+    Each variant first gets ``warmup`` calls; then every round times one sample of each variant,
+    in an order that rotates from round to round, so that neither drift of a shared machine nor
+    going first favours a variant. A sample is ``number`` back-to-back calls, more for a variant
+    so fast that a sample would last less than ``min_sample_ms`` (the timer's resolution and the
+    noise of a single call would dominate). ``calls``, if given, receives the calls per sample.
+    """
+    names = list(fns)
+    per_sample = {}
+    for name in names:
+        for _ in range(max(warmup - 1, 0)):
+            fns[name]()
+        estimate = sample_ms(fns[name], device, 1) if warmup else 0.0
+        per_sample[name] = max(number, min(1000, math.ceil(min_sample_ms / max(estimate, 1e-6)))
+                               if min_sample_ms else number)
+    if calls is not None:
+        calls.update(per_sample)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            samples[name].append(sample_ms(fns[name], device, per_sample[name]))
+    return samples
+
+
+def summary(samples: list[float]) -> dict[str, float]:
+    """min, median and spread ((max − min) / median, in %) of timing samples."""
+    median = statistics.median(samples)
+    return {"min_ms": min(samples), "median_ms": median,
+            "spread_pct": 100.0 * (max(samples) - min(samples)) / median if median else 0.0,
+            "samples": len(samples)}
+
+
 def release_memory(device: torch.device) -> None:
     """Free what the last model left behind before the next one is built (GPU cache included)."""
     gc.collect()
@@ -113,7 +172,14 @@ def render_table(console: Console, title: str, records: list[dict[str, Any]],
             else:
                 cells.append(str(value))
         table.add_row(*cells)
-    console.print(table)
+    # piped or captured output would squeeze the columns to 80 characters
+    width = console.width
+    if not console.is_terminal:
+        console.width = max(width, 150)
+    try:
+        console.print(table)
+    finally:
+        console.width = width
 
 
 def _finite_or_null(value: Any) -> Any:

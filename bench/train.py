@@ -3,15 +3,17 @@
 Unlike the step suite, which times a hand-written step on one fixed batch, this suite runs what
 ``rsst run`` runs: `rsst.engine.Engine.train_epoch` on a model whose parameters live in an
 `Arena` (realistic code buffer: 60 % alive, 10 % pending), the backend from
-``make_backend("auto")`` (Triton on CUDA, torch elsewhere), device-resident `rsst.data.Batches`
-over the synthetic dataset with the GPU-side crop/flip augmentation, bf16 autocast on CUDA.
-Each model runs in several *variants*, so every speed-up of the engine is measured side by side:
-``eager`` (the default ``rsst run``: channels_last for CNNs), ``nchw`` (CNNs in the row-major
-layout, the layout change alone), ``compile`` (``torch.compile``) and, on CUDA, ``graph`` (the
-whole step captured as one CUDA graph, ``--cuda-graph``). The variants of a model are set up
-together and timed in interleaved rounds of chunks, as the step suite does with its paths, so
-machine drift does not pick a winner. Images/s are measured over a number of steps and
-extrapolated to one 45,000-image CIFAR training epoch (50k minus the 5k validation split).
+``make_backend("auto")`` (Triton on CUDA, the compiled pass on the CPU), device-resident
+`rsst.data.Batches` over the synthetic dataset with the GPU-side crop/flip augmentation, bf16
+autocast on CUDA. Each model runs in several *variants*, so every speed-up of the engine is
+measured side by side: ``eager`` (the default ``rsst run``: channels_last for CNNs), ``nchw``
+(CNNs in the row-major layout, the layout change alone), ``compile`` (``torch.compile``) and, on
+CUDA, ``graph`` (the whole step captured as one CUDA graph, ``--cuda-graph``). The variants of a
+model are set up together, warmed up (the first step plus ``warmup`` steps) and timed in
+interleaved rounds of chunks whose order rotates, as the step suite does with its paths, so
+machine drift does not pick a winner; min, median and spread per step are reported with threads
+and load average. Images/s are measured over a number of steps and extrapolated to one
+45,000-image CIFAR training epoch (50k minus the 5k validation split).
 
 Compilation happens on the first steps; they are timed apart (``compile_s``) and excluded from
 the throughput (graph capture happens in the warm-up). If ``torch.compile`` or the capture fails
@@ -21,7 +23,6 @@ here (no C compiler, an unsupported op), the record carries the error and the su
 from __future__ import annotations
 
 import itertools
-import os
 import statistics
 import time
 from collections.abc import Iterator
@@ -36,7 +37,7 @@ from rsst.data import Batches, ImageSet, load_dataset
 from rsst.engine import Engine
 from rsst.models import use_channels_last
 from rsst.update import UpdateConfig, make_backend
-from rsst_bench.common import release_memory, render_table
+from rsst_bench.common import load_avg, release_memory, render_table
 from rsst_bench.step import DEFAULT_MODELS, _install_codes, _make_model
 
 EPOCH_IMAGES = 45_000
@@ -64,7 +65,7 @@ class TrainSettings:
         # A 2-core CPU: batch 32 and a few steps per chunk keep `--suite all` under ten minutes
         # even with a cold inductor cache. A cold compile costs 45-60 s per model there, so by
         # default only the two small models also run compiled (all of them with --models).
-        return TrainSettings(batch=8 if quick else 32, warmup=1, chunks=2 if quick else 3,
+        return TrainSettings(batch=8 if quick else 32, warmup=2, chunks=2 if quick else 3,
                              steps=2 if quick else 3,
                              compile_models=None if models_given else CPU_COMPILE_MODELS)
 
@@ -146,13 +147,18 @@ class VariantRun:
         settings = self.settings
         step_s = statistics.median(self.chunk_s) / settings.steps
         images_per_s = settings.batch / step_s
+        min_s = min(self.chunk_s) / settings.steps
         nhwc = self.engine.arena.channels_last
         return {
             "path": self.backend.name,
             "memory_format": "channels_last" if nhwc else "contiguous",
             "layout": "nhwc" if nhwc else "nchw",  # short form for the table
             "median_ms": step_s * 1e3,
+            "min_ms": min_s * 1e3,
+            "spread_pct": 100.0 * (max(self.chunk_s) - min(self.chunk_s))
+            / statistics.median(self.chunk_s),
             "images_per_s": images_per_s,
+            "threads": torch.get_num_threads(),
             "epoch_s": EPOCH_IMAGES / images_per_s,
             "first_step_s": self.first_s,
             "compile_s": max(self.first_s - step_s, 0.0) if self.variant.compile else None,
@@ -180,8 +186,10 @@ def measure_model(name: str, device: torch.device, data: ImageSet, settings: Tra
             if variant.name in ("eager", "nchw"):
                 raise
             errors[variant.name] = _failure(exc)
-    for _ in range(settings.chunks):
-        for variant_name, run in list(runs.items()):
+    for r in range(settings.chunks):
+        order = list(runs.items())
+        order = order[r % len(order):] + order[: r % len(order)] if order else order
+        for variant_name, run in order:
             try:
                 run.chunk_s.append(run.chunk(settings.steps))
             except Exception as exc:
@@ -217,8 +225,9 @@ def run(device: torch.device, *, models: list[str] | None = None, console: Conso
                              "compile takes about a minute); ask with --models")
             else:
                 variants.append(variant)
-        load = os.getloadavg()[0]  # a busy shared machine explains noisy figures
+        load = load_avg()  # a busy shared machine explains noisy figures
         results = measure_model(name, device, data, settings, variants, config)
+        load_after = load_avg()
         for variant in variants:
             result = results[variant.name]
             if "error" in result:
@@ -228,15 +237,17 @@ def run(device: torch.device, *, models: list[str] | None = None, console: Conso
                 "batch": settings.batch, "epoch_images": EPOCH_IMAGES,
                 "compile": variant.compile, "cuda_graph": variant.cuda_graph,
                 "amp": "bf16" if device.type == "cuda" else None, "dataset": "synthetic",
-                "load_avg": load, **result,
+                "load_avg": load, "load_avg_after": load_after, **result,
             })
     render_table(
         console,
-        f"train suite · {device.type} · Engine.train_epoch, batch {settings.batch}, "
+        f"train suite · {device.type} · {torch.get_num_threads()} threads · "
+        f"Engine.train_epoch, batch {settings.batch}, "
         f"epoch = {EPOCH_IMAGES:,} images (extrapolated)",
         records,
         [("model", "model"), ("path", "path"), ("variant", "variant"),
-         ("layout", "layout"), ("median_ms", "ms/step"),
+         ("layout", "layout"), ("min_ms", "min ms/step"), ("median_ms", "median ms/step"),
+         ("spread_pct", "spread %"),
          ("images_per_s", "img/s"), ("epoch_s", "s/epoch"), ("compile_s", "compile s")],
     )
     for note in notes:

@@ -2,9 +2,17 @@
 
 For each model the parameter shapes come from the real module built on the meta device; the
 arena is then filled with random weights, gradients and a realistic code buffer (60 % alive,
-10 % pending). Every available backend is timed side by side, plus the seed-style baseline and,
-on CUDA, the device's copy bandwidth (the ceiling for a bandwidth-bound kernel). On CUDA each
-sample times `CUDA_BLOCK` calls back to back, for the update and the copy alike.
+10 % pending). Timed side by side, in interleaved rounds after warm-up calls:
+
+- SGD (25 B/element: w, g, momentum read and written, the code byte read): every available
+  backend (``triton`` on CUDA, ``compiled``, ``torch``, ``eager``) and the seed-style baseline;
+- AdamW (33 B/element: w, g, m, v read and written, the code byte read): the same backends;
+- ``copy``: a plain copy moving the same number of bytes (half read, half written) — the
+  bandwidth reference for a memory-bound pass, on every device.
+
+Each figure comes with its min, median and spread over the rounds, the thread count and the load
+average before and after; GB/s are bytes per element × elements / median time. The compiled
+pass's first call (compile, or load from Inductor's on-disk cache) is reported once, apart.
 """
 
 from __future__ import annotations
@@ -18,15 +26,17 @@ from torch import nn
 
 from rsst.arena import Arena
 from rsst.update import BACKENDS, UpdateConfig, make_backend
-from rsst_bench.common import render_table, time_ms
+from rsst_bench.common import interleaved_ms, load_avg, release_memory, render_table, summary
 from rsst_bench.seed_style import SeedStyleUpdate
 from rsst_kernels import BYTES_PER_ELEMENT, triton_available
+from rsst_kernels.compiled_update import ADAMW_PASS, SGD_PASS
+from rsst_kernels.fused_adamw import ADAMW_BYTES_PER_ELEMENT
 from rsst_kernels.masks import ALIVE, PENDING
 
 DEFAULT_MODELS = ("resnet20", "resnet18", "vit_tiny", "vit_small", "vit_base")
 #: vit_base's 85 M-element arena takes minutes per backend on a small CPU: asked for by name there
 CPU_DEFAULT_MODELS = DEFAULT_MODELS[:-1]
-
+OPTIMIZER_BYTES = {"sgd": BYTES_PER_ELEMENT, "adamw": ADAMW_BYTES_PER_ELEMENT}
 
 class ShapeModel(nn.Module):
     """A module holding only parameters with the shapes of a real model's trainable tensors."""
@@ -67,75 +77,115 @@ def time_block_ms(fn: Callable[[], object], device: torch.device, *, warmup: int
                   repeats: int) -> float:
     """Median ms per call of ``fn``, each sample a block of calls on CUDA (one on CPU)."""
     block = CUDA_BLOCK if device.type == "cuda" else 1
-
-    def calls() -> None:
-        for _ in range(block):
-            fn()
-
-    return time_ms(calls, device, warmup=warmup, repeats=repeats) / block
+    return summary(interleaved_ms({"fn": fn}, device, warmup=warmup, rounds=repeats,
+                                  number=block)["fn"])["median_ms"]
 
 
-def copy_bandwidth_gbps(device: torch.device, numel: int, *, warmup: int, repeats: int) -> float:
-    """Device-to-device copy bandwidth (read + write bytes) on ``numel`` float32 elements."""
-    src = torch.randn(numel, device=device)
+def copy_of_bytes(device: torch.device, nbytes: int) -> Callable[[], object]:
+    """A plain device copy that reads ``nbytes / 2`` and writes ``nbytes / 2`` bytes."""
+    src = torch.randint(0, 255, (max(nbytes // 2, 1),), dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
-    ms = time_block_ms(lambda: dst.copy_(src), device, warmup=warmup, repeats=repeats)
-    return 2 * 4 * numel / (ms * 1e-3) / 1e9
+    return lambda: dst.copy_(src)
+
+
+def _variants(name: str, device: torch.device, backends: list[str]
+              ) -> tuple[dict[str, Callable[[], object]], dict[str, dict[str, Any]], Arena]:
+    """Every timed call for model ``name``, and what each one is (optimizer, bytes)."""
+    fns: dict[str, Callable[[], object]] = {}
+    info: dict[str, dict[str, Any]] = {}
+    _, arena = build_arena(name, device)
+    numel = arena.numel
+    for optimizer in ("sgd", "adamw"):
+        config = UpdateConfig(momentum=0.9, weight_decay=1e-4 if optimizer == "sgd" else 0.05,
+                              schedule="exp_custom_exponents", ramp_steps=1000,
+                              optimizer=optimizer)
+        suffix = "" if optimizer == "sgd" else "-adamw"
+        for backend_name in backends:
+            backend = make_backend(backend_name, device, config)
+            counter = iter(range(10**9))
+            fns[backend_name + suffix] = (
+                lambda backend=backend, counter=counter: arena.step(backend, 0.01, next(counter)))
+            info[backend_name + suffix] = {"optimizer": optimizer, "backend": backend_name}
+        fns["copy" + suffix] = copy_of_bytes(device, OPTIMIZER_BYTES[optimizer] * numel)
+        info["copy" + suffix] = {"optimizer": optimizer, "backend": "copy"}
+    arena.ensure_second_moment().copy_(torch.rand(numel, device=device) * arena.hard_mask)
+    _, seed_arena = build_arena(name, device)  # its own: the seed loop replaces .grad tensors
+    seed = SeedStyleUpdate(seed_arena)
+    fns["seed"] = lambda: seed.step(0.01)
+    info["seed"] = {"optimizer": "sgd", "backend": "seed"}
+    return fns, info, arena
 
 
 def run(device: torch.device, *, models: list[str] | None = None, console: Console,
         quick: bool = False) -> list[dict[str, Any]]:
     models = list(models or (DEFAULT_MODELS if device.type == "cuda" else CPU_DEFAULT_MODELS))
     cuda = device.type == "cuda"
-    warmup, repeats = (10, 100) if cuda else (2, 5 if quick else 10)
-    config = UpdateConfig(momentum=0.9, weight_decay=1e-4, schedule="exp_custom_exponents",
-                          ramp_steps=1000)
+    warmup, rounds = (10, 30) if cuda else (3, 3 if quick else 7)
+    number = CUDA_BLOCK if cuda else 1
+    min_sample_ms = 5.0 if cuda else 20.0
     backends = [b for b in BACKENDS if b != "triton" or (cuda and triton_available(device))]
     records: list[dict[str, Any]] = []
+    compile_note: list[str] = []
     for name in models:
-        _, arena = build_arena(name, device)
+        fns, info, arena = _variants(name, device, backends)
+        load_before = load_avg()
+        calls: dict[str, int] = {}
+        samples = interleaved_ms(fns, device, warmup=warmup, rounds=rounds, number=number,
+                                 min_sample_ms=min_sample_ms, calls=calls)
+        load_after = load_avg()
+        if not compile_note and "compiled" in fns:
+            compile_note = [f"{label} {p.compile_seconds:.1f} s" for label, p in
+                            (("sgd", SGD_PASS), ("adamw", ADAMW_PASS))
+                            if p.compile_seconds is not None]
         numel = arena.numel
-        copy_gbps = (
-            copy_bandwidth_gbps(device, numel, warmup=warmup, repeats=repeats) if cuda else None
-        )
-        timings: dict[str, float] = {}
-        for backend_name in backends:
-            backend = make_backend(backend_name, device, config)
-            counter = iter(range(10**9))
-            timings[backend_name] = time_block_ms(
-                lambda backend=backend, counter=counter, arena=arena: arena.step(
-                    backend, 0.01, next(counter)),
-                device, warmup=warmup, repeats=repeats,
-            )
-        seed = SeedStyleUpdate(arena)
-        seed_repeats = max(3, repeats // 5)
-        timings["seed"] = time_block_ms(lambda seed=seed: seed.step(0.01), device,
-                                        warmup=min(warmup, 3), repeats=seed_repeats)
-        for path, ms in timings.items():
-            gbps = BYTES_PER_ELEMENT * numel / (ms * 1e-3) / 1e9
+        stats = {path: summary(values) for path, values in samples.items()}
+        for path, stat in stats.items():
+            optimizer = info[path]["optimizer"]
+            suffix = "" if optimizer == "sgd" else "-adamw"
+            nbytes = OPTIMIZER_BYTES[optimizer]
+            ms = stat["median_ms"]
+            gbps = nbytes * numel / (ms * 1e-3) / 1e9
+            copy_ms = stats["copy" + suffix]["median_ms"]
+            copy_gbps = nbytes * numel / (copy_ms * 1e-3) / 1e9
             records.append({
                 "suite": "update",
                 "model": name,
                 "path": path,
+                "backend": info[path]["backend"],
+                "optimizer": optimizer,
                 "device": device.type,
                 "numel": numel,
                 "params": sum(s.numel for s in arena.slots.values()),
                 "alive": float(((arena.code & ALIVE) != 0).float().mean()),
                 "pending": float(((arena.code & PENDING) != 0).float().mean()),
-                "median_ms": ms,
-                "bytes_per_elem": BYTES_PER_ELEMENT,
+                **stat,
+                "calls_per_sample": calls[path],
+                "warmup_calls": warmup,
+                "bytes_per_elem": nbytes,
                 "gbps": gbps,
                 "copy_gbps": copy_gbps,
-                "pct_of_copy": 100 * gbps / copy_gbps if copy_gbps else None,
-                "vs_eager": timings["eager"] / ms,
-                "vs_seed": timings["seed"] / ms,
+                "pct_of_copy": 100 * gbps / copy_gbps,
+                "vs_eager": stats["eager" + suffix]["median_ms"] / ms,
+                "vs_seed": stats["seed"]["median_ms"] / ms if optimizer == "sgd" else None,
+                "threads": torch.get_num_threads(),
+                "load_avg_before": load_before,
+                "load_avg_after": load_after,
             })
+        del fns, arena
+        release_memory(device)
     render_table(
         console,
-        f"update suite · {device.type} · per-step update, {BYTES_PER_ELEMENT} B/element",
+        f"update suite · {device.type} · {torch.get_num_threads()} threads · per-step update "
+        f"(SGD {BYTES_PER_ELEMENT} B/elem, AdamW {ADAMW_BYTES_PER_ELEMENT} B/elem) · "
+        f"{rounds} interleaved rounds after {warmup} warm-up calls",
         records,
-        [("model", "model"), ("path", "path"), ("numel", "elements"), ("median_ms", "ms/step"),
-         ("gbps", "GB/s"), ("pct_of_copy", "% of copy"), ("vs_eager", "× eager"),
-         ("vs_seed", "× seed")],
+        [("model", "model"), ("path", "path"), ("numel", "elements"), ("min_ms", "min ms"),
+         ("median_ms", "median ms"), ("spread_pct", "spread %"), ("gbps", "GB/s"),
+         ("pct_of_copy", "% of copy"), ("vs_eager", "× eager"), ("vs_seed", "× seed")],
     )
+    loads = {r["model"]: (r["load_avg_before"], r["load_avg_after"]) for r in records}
+    console.print(f"[dim]load average (1 min) before/after each model: {loads}[/]")
+    if compile_note:
+        console.print(f"[dim]compiled pass, first call (compile or on-disk cache load): "
+                      f"{', '.join(compile_note)}[/]")
     return records

@@ -84,6 +84,49 @@ if triton is not None:
     _RHO = tl.constexpr(int(ScalarSlot.RHO))
 
     @triton.jit
+    def schedule_lambda(hyper_ptr, SCHEDULE: tl.constexpr):
+        """λ(u), u = (t + 1) / T: the closed forms of schedules.lam_of_code (SPEC §4)."""
+        lam_max = tl.load(hyper_ptr + _LAM_MAX)
+        p = tl.load(hyper_ptr + _EXPONENTS)
+        t = tl.load(hyper_ptr + _STEP)
+        T = tl.load(hyper_ptr + _WINDOW)
+        u = tl.minimum((t + 1.0) / tl.maximum(T, 1.0), 1.0)
+        if SCHEDULE == _LINEAR:
+            shape = u
+        elif SCHEDULE == _SQUARE:
+            shape = u * u
+        elif SCHEDULE == _CUBE:
+            shape = u * u * u
+        elif SCHEDULE == _EXP:
+            shape = (tl.exp(u) - 1.0) / _E_MINUS_1
+        else:  # EXP_CUSTOM_EXPONENTS: e^(u^p), u^p as e^(p·ln u)
+            shape = (tl.exp(tl.exp(p * tl.log(u))) - 1.0) / _E_MINUS_1
+        return lam_max * shape
+
+    @triton.jit
+    def penalised_gradient(g, w, code, lam, hyper_ptr, anchor_ptr, offs, in_range,
+                           BLOCK_LOSS_GRAD: tl.constexpr, ADMM: tl.constexpr):
+        """The gradient every optimizer of the family steps with (SPEC §5, first two lines).
+
+        ``H·g``, then ``+ λ·w`` on pending elements (``λ·w`` alone with block_loss_grad), then
+        with the ADMM switch ``+ ρ·(w − a)`` on alive anchored elements (``a`` read from
+        ``anchor_ptr``, ρ from the ``RHO`` slot; neither is read without the switch).
+        """
+        alive = (code & _ALIVE) != 0
+        pending = (code & _PENDING) != 0
+        g = tl.where(alive, g, 0.0)
+        if BLOCK_LOSS_GRAD:
+            g = tl.where(pending, lam * w, g)
+        else:
+            g = tl.where(pending, g + lam * w, g)
+        if ADMM:  # the anchor load is masked by range only (not by the bit): it stays 128-bit
+            rho = tl.load(hyper_ptr + _RHO)
+            anchored = (code & _ALIVE_ANCHORED) == _ALIVE_ANCHORED
+            a = tl.load(anchor_ptr + offs, mask=in_range, other=0.0)
+            g = tl.where(anchored, g + rho * (w - a), g)
+        return g
+
+    @triton.jit
     def _fused_update_kernel(
         w_ptr,
         g_ptr,
@@ -105,43 +148,17 @@ if triton is not None:
         lr = tl.load(hyper_ptr + _LR)
         mu = tl.load(hyper_ptr + _MOMENTUM)
         wd = tl.load(hyper_ptr + _WEIGHT_DECAY)
-        lam_max = tl.load(hyper_ptr + _LAM_MAX)
-        p = tl.load(hyper_ptr + _EXPONENTS)
-        t = tl.load(hyper_ptr + _STEP)
-        T = tl.load(hyper_ptr + _WINDOW)
         first = tl.load(hyper_ptr + _FIRST_STEP)
-
-        # λ(u), u = (t + 1) / T: the closed forms of schedules.lam_of_code (SPEC §4).
-        u = tl.minimum((t + 1.0) / tl.maximum(T, 1.0), 1.0)
-        if SCHEDULE == _LINEAR:
-            shape = u
-        elif SCHEDULE == _SQUARE:
-            shape = u * u
-        elif SCHEDULE == _CUBE:
-            shape = u * u * u
-        elif SCHEDULE == _EXP:
-            shape = (tl.exp(u) - 1.0) / _E_MINUS_1
-        else:  # EXP_CUSTOM_EXPONENTS: e^(u^p), u^p as e^(p·ln u)
-            shape = (tl.exp(tl.exp(p * tl.log(u))) - 1.0) / _E_MINUS_1
-        lam = lam_max * shape
+        lam = schedule_lambda(hyper_ptr, SCHEDULE)
 
         w = tl.load(w_ptr + offs, mask=in_range, other=0.0)
         g = tl.load(g_ptr + offs, mask=in_range, other=0.0)
         buf = tl.load(buf_ptr + offs, mask=in_range, other=0.0)
         code = tl.load(code_ptr + offs, mask=in_range, other=0)
         alive = (code & _ALIVE) != 0
-        pending = (code & _PENDING) != 0
 
-        g = tl.where(alive, g, 0.0)
-        if BLOCK_LOSS_GRAD:
-            g = tl.where(pending, lam * w, g)
-        else:
-            g = tl.where(pending, g + lam * w, g)
-        if ADMM:  # ρ·(w − a) for alive anchored elements (an unmasked load stays 128-bit)
-            rho = tl.load(hyper_ptr + _RHO)
-            anchored = (code & _ALIVE_ANCHORED) == _ALIVE_ANCHORED
-            a = tl.load(anchor_ptr + offs, mask=in_range, other=0.0)
-            g = tl.where(anchored, g + rho * (w - a), g)
+        g = penalised_gradient(g, w, code, lam, hyper_ptr, anchor_ptr, offs, in_range,
+                               BLOCK_LOSS_GRAD, ADMM)
         d = g + wd * w
         buf = tl.where(first != 0.0, d, mu * buf + d)
         if NESTEROV:
@@ -212,6 +229,29 @@ def fused_update(
     )
 
 
+def penalise_gradient_(w: torch.Tensor, g: torch.Tensor, code: torch.Tensor, *, lam: float,
+                       block_loss_grad: bool, anchor: torch.Tensor | None = None,
+                       rho: float = 0.0) -> torch.Tensor:
+    """``g ← H·g``, then ``+ λ·w`` on pending elements (``λ·w`` alone with block_loss_grad), then
+    ``+ ρ·(w − anchor)`` on alive anchored elements, in place: the gradient every torch twin
+    steps with. Returns the dead mask (for the re-mask).
+
+    With ``lam == 0`` and no ``block_loss_grad`` the pending bit changes nothing and is not read;
+    without an ``anchor`` (or with ``rho == 0``) the ADMM term is off.
+    """
+    dead = (code & ALIVE) == 0
+    g.masked_fill_(dead, 0.0)
+    if lam != 0.0 or block_loss_grad:
+        pending = (code & PENDING) != 0
+        if block_loss_grad:
+            g.masked_fill_(pending, 0.0)
+        g.addcmul_(w, pending.to(w.dtype), value=lam)
+    if anchor is not None and rho != 0.0:
+        anchored = (code & (ALIVE | ANCHORED)) == (ALIVE | ANCHORED)
+        g.add_(torch.sub(w, anchor).masked_fill_(~anchored, 0.0), alpha=rho)
+    return dead
+
+
 def fused_update_reference(
     w: torch.Tensor,
     g: torch.Tensor,
@@ -236,16 +276,8 @@ def fused_update_reference(
     and is left zeroed. With ``lam == 0`` and no ``block_loss_grad`` the pending bit changes
     nothing and is not read; without an ``anchor`` (or with ``rho == 0``) the ADMM term is off.
     """
-    dead = (code & ALIVE) == 0
-    g.masked_fill_(dead, 0.0)
-    if lam != 0.0 or block_loss_grad:
-        pending = (code & PENDING) != 0
-        if block_loss_grad:
-            g.masked_fill_(pending, 0.0)
-        g.addcmul_(w, pending.to(w.dtype), value=lam)
-    if anchor is not None and rho != 0.0:
-        anchored = (code & (ALIVE | ANCHORED)) == (ALIVE | ANCHORED)
-        g.add_(torch.sub(w, anchor).masked_fill_(~anchored, 0.0), alpha=rho)
+    dead = penalise_gradient_(w, g, code, lam=lam, block_loss_grad=block_loss_grad,
+                              anchor=anchor, rho=rho)
     if weight_decay != 0.0:
         g.add_(w, alpha=weight_decay)  # g now holds d
     if first_step:
@@ -295,7 +327,7 @@ def fused_update_op(
     fused_update_reference(
         w, g, buf, code, lr=values["lr"], lam=lam_value, momentum=values["momentum"],
         weight_decay=values["weight_decay"], nesterov=nesterov, block_loss_grad=block_loss_grad,
-        first_step=values["first_step"] != 0.0, anchor=anchor, rho=values["rho"],
+        first_step=values["first_step"] != 0.0, anchor=anchor, rho=values.get("rho", 0.0),
     )
 
 
@@ -325,5 +357,6 @@ __all__ = [
     "fused_update",
     "fused_update_op",
     "fused_update_reference",
+    "penalise_gradient_",
     "triton_available",
 ]

@@ -1,9 +1,12 @@
 """The flat parameter arena: every trainable parameter is a view into one contiguous buffer.
 
 One fp32 weight buffer, one grad buffer (its views are the parameters' ``.grad``), one momentum
-buffer and one uint8 code buffer (bit 0 alive in the hard mask H, bit 1 pending in P), all of the
-same length, so the per-step update is one pass over four flat tensors instead of a loop over
-layers. Offsets are aligned to `ALIGN` elements; padding elements are dead (code 0) and stay 0.
+buffer (AdamW: the first moment; a second-moment buffer is added only when AdamW asks for it,
+`ensure_second_moment`) and one uint8 code buffer (bit 0 alive in the hard mask H, bit 1
+pending in P, bit 2 anchored by ADMM), all of the same length (ADMM alone adds a flat anchor,
+`set_anchored`), so the per-step update is one pass over four flat tensors instead of a loop
+over layers. Offsets are aligned to `ALIGN` elements; padding elements are dead (code 0) and stay
+0.
 
 With ``channels_last=True`` every 4-D (conv) weight is laid out NHWC inside its slot — the flat
 slice holds the ``[O, kh, kw, I]`` order and the parameter is a channels_last-strided view of it —
@@ -144,6 +147,10 @@ class Arena:
         self._pointers = [(p, p.data_ptr(), p.grad.data_ptr()) for p in self.params]
         self.fresh_momentum = True
         self.has_pending = False
+        #: AdamW's second moment, allocated on first use (SGD runs never pay for it)
+        self.second_moment: torch.Tensor | None = None
+        #: optimizer steps since the state was last reset (AdamW's bias-correction count k − 1)
+        self.moment_steps = 0
         #: ADMM's flat anchor a = Z − U (`rsst.methods.admm`); allocated by `set_anchored` only
         self.anchor: torch.Tensor | None = None
 
@@ -221,12 +228,23 @@ class Arena:
         self.weight.masked_fill_(dead, 0.0)
         self.grad.masked_fill_(dead, 0.0)
         self.momentum.masked_fill_(dead, 0.0)
+        if self.second_moment is not None:
+            self.second_moment.masked_fill_(dead, 0.0)
 
     # -- training ------------------------------------------------------------------------
     def reset_momentum(self) -> None:
         """Fresh optimizer state: the next step takes ``buf ← d`` (torch SGD's first step)."""
         self.momentum.zero_()
+        if self.second_moment is not None:
+            self.second_moment.zero_()
         self.fresh_momentum = True
+        self.moment_steps = 0
+
+    def ensure_second_moment(self) -> torch.Tensor:
+        """AdamW's second-moment buffer (zeros, like the arena's other buffers), made once."""
+        if self.second_moment is None:
+            self.second_moment = torch.zeros_like(self.weight)
+        return self.second_moment
 
     def zero_grad(self) -> None:
         """Zero the flat grad buffer; never ``zero_grad(set_to_none=True)`` on an arena model."""
@@ -243,6 +261,7 @@ class Arena:
             self.verify()
         lam = backend.step(self, lr, t)
         self.fresh_momentum = False
+        self.moment_steps += 1
         return lam
 
     def verify(self) -> None:
@@ -276,23 +295,38 @@ class Arena:
         return index
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """Masks and momentum in canonical order, for checkpoints (weights travel in the model's
-        state_dict); independent of the layout, so either layout can load them."""
+        """Masks and optimizer state in canonical order, for checkpoints (weights travel in the
+        model's state_dict); independent of the layout, so either layout can load them.
+
+        Keys: ``code``, ``momentum``, and with AdamW ``second_moment`` and ``moment_steps`` (a
+        one-element int64 tensor): a checkpoint stores every key, `load_state_dict` takes them.
+        """
         index = self.canonical_index()
-        if index is None:
-            return {"code": self.code.clone(), "momentum": self.momentum.clone()}
-        return {"code": self.code[index], "momentum": self.momentum[index]}
+        buffers = {"code": self.code, "momentum": self.momentum}
+        if self.second_moment is not None:
+            buffers["second_moment"] = self.second_moment
+        state = {key: value.clone() if index is None else value[index]
+                 for key, value in buffers.items()}
+        if self.second_moment is not None:
+            state["moment_steps"] = torch.tensor([self.moment_steps], dtype=torch.int64)
+        return state
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        for key in ("code", "momentum"):
+        keys = ["code", "momentum"]
+        if "second_moment" in state:
+            self.ensure_second_moment()
+            keys.append("second_moment")
+        for key in keys:
             if state[key].shape != getattr(self, key).shape:
                 raise ArenaError(f"arena {key} has the wrong length for this model")
         index = self.canonical_index()
-        for key in ("code", "momentum"):
+        for key in keys:
             target: torch.Tensor = getattr(self, key)
             values = state[key].to(device=target.device, dtype=target.dtype)
             if index is None:
                 target.copy_(values)
             else:
                 target[index] = values
+        if "moment_steps" in state:
+            self.moment_steps = int(state["moment_steps"].reshape(-1)[0])
         self.has_pending = bool(((self.code & PENDING) != 0).any())

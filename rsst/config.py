@@ -29,9 +29,9 @@ PRUNE_SCOPES = ("default", "+stem", "+classifier", "all")
 REFILL_SCOPES = ("unit", "global")
 REG_RAMPS = ("state", "epoch")
 LR_SCHEDULES = ("multistep", "cosine", "constant")
-OPTIMIZERS = ("sgd",)
+OPTIMIZERS = ("sgd", "adamw")
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
-BACKENDS = ("auto", "triton", "torch", "eager")
+BACKENDS = ("auto", "triton", "compiled", "torch", "eager")
 DEVICES = ("auto", "cpu", "cuda")
 
 #: Help panels of `rsst run --help`, in the order they are shown.
@@ -212,7 +212,13 @@ class RunConfig:
     weight_decay: float = setting(5e-4, panel="Training", low=0.0, help="Weight decay.")
     nesterov: bool = setting(False, panel="Training", help="Nesterov momentum.")
     optimizer: str = setting("sgd", panel="Training", choices=OPTIMIZERS,
-                             help="Optimizer (the fused update implements SGD).")
+                             help="Optimizer; the fused update implements both (momentum and "
+                             "nesterov are SGD's, beta1/beta2/eps AdamW's).")
+    beta1: float = setting(0.9, panel="Training", low=0.0, high=1.0, high_open=True,
+                           help="AdamW β1.")
+    beta2: float = setting(0.999, panel="Training", low=0.0, high=1.0, high_open=True,
+                           help="AdamW β2.")
+    eps: float = setting(1e-8, panel="Training", low=0.0, low_open=True, help="AdamW ε.")
     lr_schedule: str = setting("cosine", panel="Training", choices=LR_SCHEDULES,
                                help="Learning-rate schedule, restarted each state.")
     warmup_epochs: float = setting(0.0, panel="Training", low=0.0,
@@ -308,6 +314,20 @@ PRESETS: dict[str, dict[str, Any]] = {
         rate=0.2, criteria="l1", epochs=100, batch_size=128, lr=0.05, momentum=0.9,
         nesterov=True, weight_decay=1e-4, lr_schedule="cosine", warmup_epochs=5.0,
         label_smoothing=0.1, rewind="init",
+    ),
+    # DeiT-style AdamW for the same ViTs: lr 1e-3 scaled by batch/512, weight decay 0.05,
+    # warm-up + cosine, label smoothing 0.1
+    "cifar10-vit_tiny-adamw": dict(
+        dataset="cifar10", arch="vit_tiny", patch_size=4, structure="head+neuron", states=10,
+        rate=0.2, criteria="l1", epochs=100, batch_size=128, optimizer="adamw",
+        lr=1e-3 * 128 / 512, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.05,
+        lr_schedule="cosine", warmup_epochs=5.0, label_smoothing=0.1, rewind="init",
+    ),
+    "cifar10-vit_small-adamw": dict(
+        dataset="cifar10", arch="vit_small", patch_size=4, structure="head+neuron", states=10,
+        rate=0.2, criteria="l1", epochs=100, batch_size=128, optimizer="adamw",
+        lr=1e-3 * 128 / 512, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.05,
+        lr_schedule="cosine", warmup_epochs=5.0, label_smoothing=0.1, rewind="init",
     ),
     # the research code's own recipe (main_imp_fillback.py defaults)
     "cifar10-resnet20-research": dict(

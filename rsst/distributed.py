@@ -107,15 +107,18 @@ class World:
                 self.broadcast_(buffer)
 
     def sync_arena(self, arena: Arena, model: nn.Module) -> None:
-        """Rank 0's weights, masks (code) and momentum on every rank, and its module buffers.
+        """Rank 0's weights, masks (code) and optimizer state on every rank, and its module buffers.
 
         Called at start and after every pruning decision: masks are identical on every rank by
         construction, whatever a scorer does with floating-point order or randomness.
         """
         if not self.distributed:
             return
-        for buffer in (arena.weight, arena.momentum, arena.code, arena.anchor):
-            if buffer is not None:  # the anchor: ADMM's only
+        for buffer in (arena.weight, arena.momentum, arena.second_moment, arena.code,
+                       arena.anchor):
+            # None unless used: the second moment is AdamW's (allocated alike on every rank),
+            # the anchor ADMM's
+            if buffer is not None:
                 self.broadcast_(buffer)
         arena.has_pending = bool(arena.pending.any())  # a state boundary: one host read
         self.sync_buffers(model)

@@ -106,7 +106,8 @@ class PruningRun:
             console.print(f"[yellow]note:[/] {self.structure.note}")
         self.update_config = UpdateConfig(
             momentum=config.momentum, weight_decay=config.weight_decay,
-            nesterov=config.nesterov, **self.method.update_terms(config),
+            nesterov=config.nesterov, optimizer=config.optimizer, beta1=config.beta1,
+            beta2=config.beta2, eps=config.eps, **self.method.update_terms(config),
         )
         self.backend = make_backend(self.backend_name, self.device, self.update_config)
         train_model = self.model
@@ -155,8 +156,7 @@ class PruningRun:
         if self.rewind_point is not None:
             tensors.update({f"rewind.{k}": v for k, v in self.rewind_point.items()})
         arena_state = self.arena.state_dict()  # canonical order: resumable in either layout
-        tensors["arena.momentum"] = arena_state["momentum"]
-        tensors["arena.code"] = arena_state["code"]
+        tensors.update({f"arena.{k}": v for k, v in arena_state.items()})
         tensors.update({f"method.{k}": v for k, v in self.method.state_tensors(self.arena).items()})
         meta = {"position": json.dumps(position), "records": json.dumps(self.records),
                 "rsst.version": __version__}
@@ -196,8 +196,8 @@ class PruningRun:
             records = json.loads(meta["records"])
             model_state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
             self.model.load_state_dict(model_state)
-            self.arena.load_state_dict({"momentum": tensors["arena.momentum"],
-                                        "code": tensors["arena.code"]})
+            self.arena.load_state_dict({k[6:]: v for k, v in tensors.items()
+                                        if k.startswith("arena.")})
             self.method.load_state_tensors(self.arena, {
                 k[7:]: v for k, v in tensors.items() if k.startswith("method.")})
         except (KeyError, ValueError, RuntimeError) as exc:

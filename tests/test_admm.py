@@ -20,8 +20,10 @@ from rsst.errors import UserError
 from rsst.loop import PruningRun
 from rsst.methods import get_method
 from rsst.methods.admm import ADMM
-from rsst.update import TorchBackend
+from rsst.update import TorchBackend, UpdateConfig
+from rsst_kernels.compiled_update import SGD_PASS
 from rsst_kernels.masks import ANCHORED
+from rsst_kernels.scalars import ScalarSlot
 
 pytestmark = pytest.mark.usefixtures("tiny_data")
 
@@ -201,13 +203,15 @@ def test_iterative_form(tmp_path, target, expected):
 
 
 def test_backends_run_the_same_admm(tmp_path):
-    """The run-level path of each backend (the Triton kernel under the interpreter on CPU):
-    same Z support, same pruned network to float32 rounding."""
+    """The run-level path of each backend (the Triton kernel under the interpreter on CPU; the
+    compiled pass, `auto` on the CPU, really compiled rather than its twin): same Z support, same
+    pruned network to float32 rounding."""
     runs = {}
-    for backend in ("torch", "eager", "triton"):
+    for backend in ("torch", "eager", "triton", "compiled"):
         run_dir = loop.run(config(states=2, epochs=1, admm_interval=1, backend=backend),
                            out=tmp_path / backend, console=QUIET)
         runs[backend] = load_file(str(run_dir / "state_01" / "weights.safetensors"))
+    assert not SGD_PASS.failed, SGD_PASS.failure
     base = runs["torch"]
     for backend, tensors in runs.items():
         assert tensors.keys() == base.keys()
@@ -240,6 +244,7 @@ def test_resume_restores_z_and_u(admm_run, tmp_path, monkeypatch, kill_at):
     monkeypatch.setattr(PruningRun, "save_checkpoint", original)
     saved = load_file(str(out / "checkpoint.safetensors"))
     assert {"method.anchor", "method.dual", "method.support"} <= set(saved)
+    assert {"arena.code", "arena.momentum"} <= set(saved)  # beside the arena's own state
     loop.run(config(), resume=out, console=QUIET)
     assert strip_seconds(summary(out)) == strip_seconds(summary(reference))
     assert metrics(out) == metrics(reference)
@@ -283,9 +288,12 @@ def test_bad_admm_flags(tmp_path, monkeypatch, capsys, args, phrase):
 
 
 def test_admm_refuses_a_non_sgd_optimizer():
-    """The optimizer choices hold only sgd today; the method's own check is what stands between
-    a second optimizer and an ADMM run whose penalty the fused SGD update would not apply."""
+    """ADMM's term is part of the SGD update only: the method's check refuses AdamW with one
+    line, and the update config refuses ρ > 0 with AdamW should anything get past it."""
     bad = dataclasses.replace(config(), optimizer="adamw")
     with pytest.raises(UserError, match="--method admm needs --optimizer sgd"):
         get_method("admm").check(bad)
+    with pytest.raises(UserError, match="--optimizer sgd"):
+        UpdateConfig(optimizer="adamw", rho=0.5)
+    assert UpdateConfig(optimizer="adamw").scalars(0.1, 0, True)[ScalarSlot.RHO] == 0.0
 

@@ -21,6 +21,7 @@ from rsst.cli import app
 from rsst.data import ImageSet
 from rsst.errors import UserError
 from rsst.update import step
+from rsst_bench import common
 from rsst_bench import step as step_suite
 from rsst_bench import train as train_suite
 from rsst_bench import update as update_suite
@@ -44,39 +45,95 @@ def tiny_images(n: int = 16) -> ImageSet:
 # -- update suite -------------------------------------------------------------------------------
 def test_update_suite_records() -> None:
     records = update_suite.run(CPU, models=["resnet20"], console=quiet(), quick=True)
-    assert [r["path"] for r in records] == ["torch", "eager", "seed"]  # no triton on CPU
+    assert [r["path"] for r in records] == [  # no triton on CPU
+        "compiled", "torch", "eager", "copy", "compiled-adamw", "torch-adamw", "eager-adamw",
+        "copy-adamw", "seed"]
+    by_path = {r["path"]: r for r in records}
     for r in records:
         assert all(r[k] is not None for k in CONTRACT)
-        assert r["suite"] == "update" and r["bytes_per_elem"] == 25 and r["copy_gbps"] is None
-        assert r["gbps"] == pytest.approx(25 * r["numel"] / (r["median_ms"] * 1e-3) / 1e9)
+        nbytes = 25 if r["optimizer"] == "sgd" else 33
+        assert r["suite"] == "update" and r["bytes_per_elem"] == nbytes
+        assert r["gbps"] == pytest.approx(nbytes * r["numel"] / (r["median_ms"] * 1e-3) / 1e9)
+        assert r["min_ms"] <= r["median_ms"] and r["spread_pct"] >= 0 and r["samples"] == 3
+        assert r["threads"] == torch.get_num_threads() and r["load_avg_before"] >= 0
         assert r["numel"] % 16 == 0 and r["numel"] >= r["params"] == 272_474
         assert 0.5 < r["alive"] < 0.7 and 0.05 < r["pending"] < 0.15
-    assert records[1]["vs_eager"] == 1.0 and records[2]["vs_seed"] == 1.0
+        copy = by_path["copy" if r["optimizer"] == "sgd" else "copy-adamw"]
+        assert r["pct_of_copy"] == pytest.approx(100 * copy["median_ms"] / r["median_ms"])
+    assert by_path["eager"]["vs_eager"] == 1.0 and by_path["seed"]["vs_seed"] == 1.0
+    assert by_path["eager-adamw"]["vs_eager"] == 1.0 and by_path["torch-adamw"]["vs_seed"] is None
+    assert by_path["compiled"]["vs_eager"] == pytest.approx(
+        by_path["eager"]["median_ms"] / by_path["compiled"]["median_ms"])
+
+
+def test_samples_are_interleaved_and_long_enough(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rounds rotate the order; a variant faster than min_sample_ms gets more calls per sample;
+    every variant gets its warm-up calls before the first sample."""
+    log: list[tuple[str, int]] = []
+    per_call = {"fast": 0.5, "slow": 30.0}
+
+    def fake_sample_ms(fn, device, number):
+        for _ in range(number):
+            fn()
+        log.append((fn.name, number))
+        return per_call[fn.name]
+
+    def variant(name):
+        def fn():
+            calls[name] += 1
+        fn.name = name
+        return fn
+
+    calls = {"fast": 0, "slow": 0}
+    monkeypatch.setattr(common, "sample_ms", fake_sample_ms)
+    counts: dict[str, int] = {}
+    samples = common.interleaved_ms({"fast": variant("fast"), "slow": variant("slow")}, CPU,
+                                    warmup=3, rounds=3, min_sample_ms=20.0, calls=counts)
+    assert counts == {"fast": 40, "slow": 1}
+    timed = log[2:]  # after the two one-call estimates
+    assert [name for name, _ in timed] == ["fast", "slow", "slow", "fast", "fast", "slow"]
+    assert samples == {"fast": [0.5] * 3, "slow": [30.0] * 3}
+    assert calls == {"fast": 3 + 3 * 40, "slow": 3 + 3}
+    assert common.summary([1.0, 2.0, 4.0]) == {"min_ms": 1.0, "median_ms": 2.0,
+                                               "spread_pct": 150.0, "samples": 3}
 
 
 def test_cuda_samples_are_blocks_of_calls(monkeypatch: pytest.MonkeyPatch) -> None:
     """On CUDA a sample is CUDA_BLOCK back-to-back calls and the figure is per call."""
-    calls = []
+    numbers = []
 
-    def fake_time_ms(fn, device, *, warmup, repeats):
-        before = len(calls)
-        fn()
-        return 5.0 * (len(calls) - before)  # 5 ms per call
+    def fake_sample_ms(fn, device, number):
+        numbers.append(number)
+        return 5.0
 
-    monkeypatch.setattr(update_suite, "time_ms", fake_time_ms)
-    ms = update_suite.time_block_ms(lambda: calls.append(1), torch.device("cuda"), warmup=0,
-                                    repeats=1)
-    assert len(calls) == update_suite.CUDA_BLOCK and ms == 5.0
-    calls.clear()
-    assert update_suite.time_block_ms(lambda: calls.append(1), CPU, warmup=0, repeats=1) == 5.0
-    assert len(calls) == 1
+    monkeypatch.setattr(common, "sample_ms", fake_sample_ms)
+    ms = update_suite.time_block_ms(lambda: None, torch.device("cuda"), warmup=0, repeats=2)
+    assert numbers == [update_suite.CUDA_BLOCK] * 2 and ms == 5.0
+    numbers.clear()
+    assert update_suite.time_block_ms(lambda: None, CPU, warmup=0, repeats=1) == 5.0
+    assert numbers == [1]
+
+
+def test_inference_suite_interleaves_and_reports_spread() -> None:
+    from rsst_bench import inference as inference_suite
+
+    records = inference_suite.run(CPU, models=["resnet20"], console=quiet(), quick=True)
+    assert [(r["path"], r["batch"]) for r in records] == [
+        ("dense", 1), ("compact", 1), ("dense", 32), ("compact", 32)]
+    for dense, compact in (records[:2], records[2:]):
+        assert compact["speedup"] == pytest.approx(dense["median_ms"] / compact["median_ms"])
+        assert compact["speedup_min"] == pytest.approx(dense["min_ms"] / compact["min_ms"])
+        for r in (dense, compact):
+            assert r["warmup_calls"] >= 3 and r["samples"] == 3 and r["calls_per_sample"] >= 1
+            assert r["min_ms"] <= r["median_ms"] and r["threads"] >= 1
 
 
 # -- step suite ---------------------------------------------------------------------------------
 def test_step_suite_records() -> None:
     settings = step_suite.StepSettings(batch=2, warmup=1, rounds=1, block=1)
     records = step_suite.run(CPU, models=["resnet20"], console=quiet(), settings=settings)
-    assert [r["path"] for r in records] == ["dense", "seed", "eager", "torch"]  # no triton on CPU
+    # no triton on CPU
+    assert [r["path"] for r in records] == ["dense", "seed", "eager", "torch", "compiled"]
     for r in records:
         assert all(r[k] is not None for k in CONTRACT)
         assert (r["suite"], r["model"], r["device"], r["batch"]) == ("step", "resnet20", "cpu", 2)
@@ -84,14 +141,19 @@ def test_step_suite_records() -> None:
         assert r["overhead_pct"] == pytest.approx(100 * (r["vs_dense"] - 1))
     dense = records[0]
     assert dense["overhead_pct"] == 0.0 and dense["alive"] == 1.0
-    arena_paths = [r for r in records if r["path"] in ("eager", "torch")]
+    arena_paths = [r for r in records if r["path"] in ("eager", "torch", "compiled")]
     assert all(0.5 < r["alive"] < 0.7 and 0.05 < r["pending"] < 0.15 for r in arena_paths)
+    for r in records:
+        assert r["min_ms"] <= r["median_ms"] and r["threads"] >= 1 and r["load_avg"] >= 0
+        if r["mem_kind"] is not None:  # Linux: peak RSS above the pre-build baseline
+            assert r["peak_mem_mb"] > 0
+            assert r["extra_mem_mb"] == pytest.approx(r["peak_mem_mb"] - dense["peak_mem_mb"])
 
 
 def test_step_paths_keep_pruned_weights_zero() -> None:
     """Each RSST path trains for real: pruned weights stay exactly zero after several steps."""
     config = step_suite.UpdateConfig(weight_decay=5e-4, ramp_steps=10)
-    for path in ("eager", "torch"):
+    for path in ("eager", "torch", "compiled"):
         runner = step_suite.StepRunner(path, "resnet20", CPU, 2, config)
         for _ in range(3):
             runner()
@@ -123,7 +185,8 @@ def test_train_suite_records() -> None:
         ("vit_tiny", "eager", "contiguous")]
     for r in records:
         assert all(r[k] is not None for k in CONTRACT)
-        assert r["suite"] == "train" and r["path"] == "torch" and r["compile"] is False
+        assert r["suite"] == "train" and r["path"] == "compiled" and r["compile"] is False
+        assert r["min_ms"] <= r["median_ms"] and r["threads"] >= 1
         assert r["cuda_graph"] is False
         assert r["epoch_s"] == pytest.approx(train_suite.EPOCH_IMAGES / r["images_per_s"])
         assert r["steps_measured"] == 2 and r["batch"] == 4
@@ -179,7 +242,7 @@ def test_cli_step_json_and_plot(tmp_path, monkeypatch: pytest.MonkeyPatch) -> No
     assert set(doc) == {"env", "results"}
     for key in ("device", "torch", "triton", "commit", "date"):
         assert key in doc["env"]
-    assert {r["path"] for r in doc["results"]} == {"dense", "seed", "eager", "torch"}
+    assert {r["path"] for r in doc["results"]} == {"dense", "seed", "eager", "torch", "compiled"}
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -215,7 +278,7 @@ def op_inputs(n: int = 1000, seed: int = 0) -> tuple[torch.Tensor, ...]:
 def hyper(lr: float, t: int, T: int, *, first: bool = False, rho: float = 0.0) -> torch.Tensor:
     values = {"lr": lr, "momentum": 0.9, "weight_decay": 1e-4, "lam_max": 0.5, "exponents": 4.0,
               "t": float(t), "T": float(T), "first_step": 1.0 if first else 0.0, "rho": rho}
-    return torch.tensor([values[k] for k in HYPER_SLOTS], dtype=torch.float32)
+    return torch.tensor([values.get(k, 0.0) for k in HYPER_SLOTS], dtype=torch.float32)
 
 
 @pytest.mark.parametrize("kernel", [True, False], ids=["triton", "twin"])

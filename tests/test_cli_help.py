@@ -103,7 +103,8 @@ def test_metadata_is_the_one_source_of_choices():
 @pytest.mark.parametrize(("words", "expected"), [
     ("rsst run --method ", list(METHODS)),
     ("rsst run --schedule exp", ["exp", "exp_custom_exponents"]),
-    ("rsst run --preset cifar10-vit", ["cifar10-vit_tiny", "cifar10-vit_small"]),
+    ("rsst run --preset cifar10-vit", ["cifar10-vit_tiny", "cifar10-vit_small",
+                                      "cifar10-vit_tiny-adamw", "cifar10-vit_small-adamw"]),
 ])
 def test_choices_complete_on_tab(words, expected):
     """What bash's completion script asks `rsst` for (`--install-completion` installs it)."""

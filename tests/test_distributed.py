@@ -251,6 +251,27 @@ def test_two_ranks_of_half_batches_train_like_one_process(tmp_path: Path) -> Non
     assert torch.allclose(ranks[0]["eval"], one["eval"], rtol=1e-5)  # sharded evaluation
 
 
+def _sync_rank(rank: int, size: int, port: int, out: str) -> None:
+    world = _join_world(rank, size, port)
+    try:
+        arena = Arena(nn.Linear(5, 3))
+        arena.momentum.fill_(rank + 1.0)
+        arena.ensure_second_moment().fill_(10.0 * (rank + 1))
+        world.sync_arena(arena, nn.Linear(5, 3))
+        torch.save({"m": arena.momentum.clone(), "v": arena.second_moment.clone()},
+                   Path(out) / f"sync{rank}.pt")
+    finally:
+        distributed.stop(world)
+
+
+def test_sync_arena_gives_every_rank_rank_zeros_optimizer_state(tmp_path: Path) -> None:
+    """SGD's momentum and AdamW's second moment alike (the first moment is the momentum)."""
+    _join(_spawn(_sync_rank, 2, str(tmp_path)))
+    for rank in range(2):
+        state = torch.load(tmp_path / f"sync{rank}.pt")
+        assert torch.all(state["m"] == 1.0) and torch.all(state["v"] == 10.0), rank
+
+
 def _Tiny_init_weight() -> torch.Tensor:  # noqa: N802 - names the model it belongs to
     torch.manual_seed(0)
     model = _Tiny()

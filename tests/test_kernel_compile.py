@@ -48,6 +48,21 @@ SCRIPT = textwrap.dedent("""
             "v4_loads": len(re.findall(r"ld\\.global(\\.\\w+)*\\.v4", ptx)),
             "v4_stores": len(re.findall(r"st\\.global(\\.\\w+)*\\.v4", ptx)),
         }
+    from rsst_kernels.fused_adamw import _fused_adamw_kernel
+    signature = {"w_ptr": "*fp32", "g_ptr": "*fp32", "m_ptr": "*fp32", "v_ptr": "*fp32",
+                 "code_ptr": "*u8", "hyper_ptr": "*fp32", "n": "i64", "SCHEDULE": "constexpr",
+                 "BLOCK_LOSS_GRAD": "constexpr", "BLOCK": "constexpr"}
+    attrs = {(i,): [["tt.divisibility", 16]] for i in range(7)}
+    for schedule, block in ((4, False), (0, True)):
+        source = triton.compiler.ASTSource(
+            fn=_fused_adamw_kernel, signature=signature,
+            constexprs={(7,): schedule, (8,): block, (9,): 4096}, attrs=attrs)
+        ptx = triton.compile(source, target=GPUTarget("cuda", 90, 32),
+                             options={"num_warps": 8}).asm["ptx"]
+        out[f"adamw-{schedule}-{block}"] = {
+            "v4_loads": len(re.findall(r"ld\\.global(\\.\\w+)*\\.v4", ptx)),
+            "v4_stores": len(re.findall(r"st\\.global(\\.\\w+)*\\.v4", ptx)),
+        }
     print(json.dumps(out))
 """)
 
@@ -75,3 +90,10 @@ def test_compiles_for_sm90_with_vector_access(compiled, schedule, nesterov, bloc
     if admm:  # and so does the ADMM anchor: more 128-bit loads than without the term
         plain = compiled[f"{schedule}-{nesterov}-{block_loss_grad}-False"]
         assert counts["v4_loads"] > plain["v4_loads"], (counts, plain)
+
+
+@pytest.mark.parametrize("variant", ["adamw-4-False", "adamw-0-True"])
+def test_adamw_compiles_for_sm90_with_vector_access(compiled, variant):
+    counts = compiled[variant]
+    # w, g, m and v move as 128-bit loads and stores
+    assert counts["v4_loads"] >= 4 and counts["v4_stores"] >= 4, counts

@@ -11,6 +11,7 @@ import torch
 from rsst.schedules import SCHEDULES
 from rsst.update import BACKENDS, step
 from rsst_kernels import fused_update
+from rsst_kernels.compiled_update import SGD_PASS
 from rsst_kernels.fused_update import triton_available
 from rsst_kernels.scalars import HYPER_SLOTS, ScalarSlot, pack, unpack
 
@@ -209,15 +210,20 @@ def test_kernel_lambda_matches_python(schedule):
 def test_scalars_are_packed_in_their_named_slots():
     """The order the kernel reads (the test above: a literal hyper) is the order `pack` writes."""
     values = pack(lr=0.1, momentum=0.9, weight_decay=5e-4, lam_max=0.7, exponents=3.0, t=4, T=9,
-                  first_step=True)
-    assert values == [0.1, 0.9, 5e-4, 0.7, 3.0, 4.0, 9.0, 1.0, 0.0]
+                  first_step=True, rho=0.25, beta1=0.8, beta2=0.99, eps=1e-6,
+                  bias_correction1=0.2, bias_correction2_sqrt=0.1)
+    assert values == [0.1, 0.9, 5e-4, 0.7, 3.0, 4.0, 9.0, 1.0, 0.25, 0.8, 0.99, 1e-6, 0.2, 0.1]
     assert values[ScalarSlot.STEP] == 4.0 and values[ScalarSlot.WINDOW] == 9.0
+    assert values[ScalarSlot.BETA2] == 0.99 and values[ScalarSlot.BIAS_CORRECTION1] == 0.2
     assert len(HYPER_SLOTS) == len(ScalarSlot) == len(values)
     assert unpack(values) == {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "lam_max": 0.7,
                               "exponents": 3.0, "t": 4.0, "T": 9.0, "first_step": 1.0,
-                              "rho": 0.0}
+                              "rho": 0.25, "beta1": 0.8, "beta2": 0.99, "eps": 1e-6,
+                              "bias_correction1": 0.2, "bias_correction2_sqrt": 0.1}
+    assert unpack(values[:8])["first_step"] == 1.0  # the SGD slots alone still read by name
+    assert values[ScalarSlot.RHO] == 0.25
     assert pack(lr=0.1, momentum=0.9, weight_decay=0.0, lam_max=0.7, exponents=3.0, t=0, T=1,
-                first_step=False, rho=0.25)[ScalarSlot.RHO] == 0.25
+                first_step=False)[ScalarSlot.RHO] == 0.0  # ρ off by default
 
 
 # -- the ADMM term: g ← g + ρ·(w − a) for alive anchored elements (README "ADMM") -----------------
@@ -235,6 +241,8 @@ def check_admm(backend, n, *, nesterov, wd, first, block=False, codes="admm", rh
     step(backend, w, g, buf, code, lr=0.05, momentum=momentum, weight_decay=wd,
          nesterov=nesterov, block_loss_grad=block, first_step=first, schedule="x", t=3, T=10,
          lam_max=0.8, anchor=anchor, rho=rho)
+    if backend == "compiled":  # the compiled pass itself, not its fallback twin
+        assert not SGD_PASS.failed, SGD_PASS.failure
     torch.testing.assert_close(w.double(), w_ref, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(buf.double(), buf_ref, rtol=1e-5, atol=1e-6)
     assert torch.count_nonzero(g) == 0, "the gradient is left zeroed"
