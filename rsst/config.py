@@ -437,7 +437,8 @@ def validate(config: RunConfig) -> RunConfig:
                             f"between 0 and --epochs ({config.epochs})")
     _check_one_shot(config)
     if config.pretrained is not None and not Path(config.pretrained).is_file():
-        raise UserError(f"--pretrained {config.pretrained}: no such file; pass a local "
+        what = "is a folder" if Path(config.pretrained).is_dir() else "no such file"
+        raise UserError(f"--pretrained {config.pretrained}: {what}; pass a local "
                         ".safetensors or .pt/.pth checkpoint")
     if config.dataset != "synthetic" and config.data_dir is None:
         raise UserError(f"--dataset {config.dataset} reads files: pass --data-dir DIR "

@@ -5,14 +5,13 @@ resume with Z/U restored, and bad input. The per-step term itself is tested in t
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 from rich.console import Console
 from safetensors.torch import load_file
+from test_loop import metrics, strip_seconds, summary
 
 import rsst.loop as loop
 from rsst.config import RunConfig, validate
@@ -37,19 +36,6 @@ def config(**kw) -> RunConfig:
                 batch_size=64, eval_batch_size=256, device="cpu", backend="torch",
                 arch="resnet20")
     return validate(RunConfig(**{**base, **kw}))
-
-
-def summary(run_dir: Path) -> list[dict]:
-    return json.loads((run_dir / "summary.json").read_text())["states"]
-
-
-def strip_seconds(records: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
-
-
-def metrics(run_dir: Path) -> list[dict]:
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return strip_seconds([json.loads(line) for line in lines])
 
 
 def _clone(t):

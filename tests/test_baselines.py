@@ -149,6 +149,7 @@ def test_prune_at_init_comes_after_the_rewind_point(tmp_path, monkeypatch):
     (["--method", "omp", "--target-remain", "0.2", "--states", "5"],
      ["runs 2 state(s)", "drop --states"]),
     (["--pretrained", "/nonexistent/w.safetensors"], ["--pretrained", "no such file"]),
+    (["--pretrained", "/"], ["--pretrained", "is a folder"]),
     (["--prune-scope", "everything"], ["--prune-scope"]),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, words, monkeypatch, capsys, tmp_path):

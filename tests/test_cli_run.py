@@ -20,12 +20,10 @@ from PIL import Image
 CLASSES = ("cat", "dog")
 
 
-@pytest.fixture(scope="module")
-def image_dir(tmp_path_factory) -> Path:
-    """A tiny class-folder dataset: 8x8 RGB PNGs, 24 train and 4 test images per class."""
-    root = tmp_path_factory.mktemp("images")
+def write_two_classes(root: Path, train: int, test: int) -> Path:
+    """8x8 RGB PNGs of two classes (cat, dog) in train/ and test/ class folders."""
     rng = np.random.default_rng(0)
-    for split, n in (("train", 24), ("test", 4)):
+    for split, n in (("train", train), ("test", test)):
         for c, name in enumerate(CLASSES):
             folder = root / split / name
             folder.mkdir(parents=True)
@@ -34,6 +32,12 @@ def image_dir(tmp_path_factory) -> Path:
                 img = np.clip(base + rng.integers(-40, 40, (8, 8, 3)), 0, 255).astype(np.uint8)
                 Image.fromarray(img).save(folder / f"{i}.png")
     return root
+
+
+@pytest.fixture(scope="module")
+def image_dir(tmp_path_factory) -> Path:
+    """A tiny class-folder dataset: 24 train and 4 test images per class."""
+    return write_two_classes(tmp_path_factory.mktemp("images"), train=24, test=4)
 
 
 def rsst(cwd: Path, *args: str) -> subprocess.CompletedProcess:

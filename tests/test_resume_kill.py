@@ -19,12 +19,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from rich.console import Console
 from safetensors.torch import load_file
+from test_cli_run import write_two_classes
 
 from rsst.errors import UserError
 
@@ -47,17 +46,7 @@ KILLS = [
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> Path:
     """64 8×8 RGB PNGs in two classes: 28 train and 4 test images per class."""
-    root = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 28), ("test", 4)):
-        for c, name in enumerate(("cat", "dog")):
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            for i in range(n):
-                base = np.full((8, 8, 3), 60 + 120 * c, dtype=np.int16)
-                img = np.clip(base + rng.integers(-40, 40, (8, 8, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(img).save(folder / f"{i}.png")
-    return root
+    return write_two_classes(tmp_path_factory.mktemp("images"), train=28, test=4)
 
 
 def run_args(images: Path, out: Path) -> list[str]:
