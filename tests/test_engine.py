@@ -206,11 +206,14 @@ def test_real_cuda_graph_matches_eager_on_gpu(channels_last: bool):
 HOST_READS = ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__")
 
 
-def test_training_steps_read_nothing_back_from_the_device(monkeypatch: pytest.MonkeyPatch):
+@pytest.mark.parametrize("backend", ["torch", "compiled"])
+def test_training_steps_read_nothing_back_from_the_device(monkeypatch: pytest.MonkeyPatch,
+                                                          backend: str):
     """The step loop never reads a tensor on the host (each read is a sync on a GPU); progress
-    callbacks and the epoch's end are the only reads. Checked with the torch backend (the Triton
-    interpreter itself reads tensors); the fused path is checked on a GPU below."""
-    engine, _, _ = make_engine("torch", channels_last=True)
+    callbacks and the epoch's end are the only reads. Checked with the torch backend and the
+    compiled pass (the CPU default; the Triton interpreter itself reads tensors); the fused path
+    is checked on a GPU below."""
+    engine, _, _ = make_engine(backend, channels_last=True)
     data = batches([8] * 3)
     engine.train_epoch(data[:1], lambda i: 0.05, lambda i: i)  # first step: verify, lazy init
     reads: list[str] = []
