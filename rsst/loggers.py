@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from rsst.atomic import atomic_write_text
+from rsst.choices import LOGGERS
 from rsst.errors import UserError
 from rsst.rundir import read_metrics
 
-LOGGERS = ("tensorboard", "wandb", "csv")
 _PACKAGE = {"tensorboard": "tensorboard", "wandb": "wandb"}
 
 

@@ -15,11 +15,12 @@ import torch
 from torch import nn
 
 from rsst.arena import Arena
+from rsst.choices import PRUNE_SCOPES, STRUCTURE_KINDS
 from rsst.errors import UserError
 
-KINDS = ("channel", "head", "neuron")
+KINDS = STRUCTURE_KINDS
 #: --prune-scope: SPEC §1's default scope, or widened by the stem and/or the classifier
-SCOPES = ("default", "+stem", "+classifier", "all")
+SCOPES = PRUNE_SCOPES
 
 
 @dataclass

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import torch
 
 from rsst.arena import Arena, UpdateBackend
+from rsst.choices import OPTIMIZERS, UPDATE_BACKENDS
 from rsst.errors import UserError
 from rsst.schedules import lam_at, schedule_code
 from rsst_kernels import fused_update, fused_update_reference, triton_available
@@ -47,8 +48,7 @@ from rsst_kernels.fused_adamw import (
 from rsst_kernels.masks import ALIVE, ANCHORED, PENDING
 from rsst_kernels.scalars import pack, pack_switches
 
-BACKENDS: tuple[str, ...] = ("triton", "compiled", "torch", "eager")
-OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw")
+BACKENDS = UPDATE_BACKENDS
 
 
 @dataclass(frozen=True)

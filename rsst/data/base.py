@@ -10,9 +10,8 @@ from pathlib import Path
 
 import torch
 
+from rsst.choices import DATASETS as DATASETS  # re-exported: the names live there
 from rsst.errors import UserError
-
-DATASETS: tuple[str, ...] = ("synthetic", "cifar10", "cifar100", "imagefolder", "tiny-imagenet")
 
 
 @dataclass

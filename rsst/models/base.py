@@ -9,12 +9,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from rsst.choices import TIMM_PREFIX as TIMM_PREFIX  # re-exported
 from rsst.errors import UserError
 
 CIFAR10_MEAN: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD: tuple[float, float, float] = (0.2470, 0.2435, 0.2616)
 
-TIMM_PREFIX = "timm:"
 
 
 def use_channels_last(memory_format: str, model: nn.Module) -> bool:

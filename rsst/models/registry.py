@@ -8,16 +8,13 @@ from collections.abc import Callable
 
 from torch import nn
 
+from rsst.choices import CNN_MODELS as CNN_MODELS  # re-exported: the names live there
+from rsst.choices import VIT_MODELS as VIT_MODELS
 from rsst.models.base import TIMM_PREFIX
 
 ModelFn = Callable[..., nn.Module]
 _REGISTRY: dict[str, ModelFn] = {}
 
-CNN_MODELS: tuple[str, ...] = (
-    "resnet20", "resnet32", "resnet56", "resnet110",
-    "resnet18", "resnet50", "vgg16_bn", "mobilenet",
-)  # fmt: skip
-VIT_MODELS: tuple[str, ...] = ("vit_tiny", "vit_small", "vit_base", "vit_tiny_research")
 
 
 def register_model(fn: ModelFn) -> ModelFn:
