@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -13,106 +14,99 @@ from pathlib import Path
 from typing import Any
 
 from rsst import atomic
+from rsst.choices import (
+    BACKENDS,
+    CNN_MODELS,
+    CRITERIA,
+    DATASETS,
+    DEVICES,
+    LR_SCHEDULES,
+    MEMORY_FORMATS,
+    OPTIMIZERS,
+    PRUNE_SCOPES,
+    REFILL_SCOPES,
+    REG_RAMPS,
+    STRUCTURES,
+    TIMM_PREFIX,
+    VIT_MODELS,
+)
 from rsst.errors import UserError
-from rsst.methods import get_method, method_class, method_names
-from rsst.schedules import SCHEDULES
+from rsst.methods import get_method, method_class, method_names, method_summary
+from rsst.methods.catalog import declared_settings
+from rsst.settings import PANELS, Declared, Setting
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-METHODS = method_names()  # the registered pruning methods (rsst.methods)
-CRITERIA = ("remain", "magnitude", "l1", "l2", "saliency")
-STRUCTURES = ("auto", "channel", "head", "neuron", "head+neuron", "none")
-PRUNE_SCOPES = ("default", "+stem", "+classifier", "all")
-REFILL_SCOPES = ("unit", "global")
-REG_RAMPS = ("state", "epoch")
-LR_SCHEDULES = ("multistep", "cosine", "constant")
-OPTIMIZERS = ("sgd", "adamw")
-MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
-BACKENDS = ("auto", "triton", "compiled", "torch", "eager")
-DEVICES = ("auto", "cpu", "cuda")
+METHODS = method_names()  # the built-in pruning methods (rsst.methods.catalog)
 
-#: Help panels of `rsst run --help`, in the order they are shown.
-PANELS = ("Method", "Schedule/penalty", "Training", "Data", "Model", "Run directory", "Speed")
-
-Choices = tuple[str, ...] | Callable[[], tuple[str, ...]]
-
-
-@dataclass(frozen=True)
-class Setting:
-    """What the CLI and `validate` know about one `RunConfig` field (its ``metadata``).
-
-    ``choices`` is a tuple or a function returning one (a registry's names), so each choice list
-    exists once. ``low``/``high`` bound a number (``*_open`` excludes the bound); every float must
-    be finite unless ``finite`` is False. ``shown_default`` is what ``--help`` prints when the
-    default is None; ``hint`` follows a range error.
-    """
-
-    help: str
-    panel: str
-    choices: Choices | None = None
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-    finite: bool = True
-    shown_default: str | None = None
-    hint: str = ""
-
-    def choice_list(self) -> tuple[str, ...] | None:
-        if self.choices is None:
-            return None
-        return tuple(self.choices() if callable(self.choices) else self.choices)
-
-    def range_text(self) -> str:
-        """The allowed interval in words, e.g. ``(0, 1)``, ``> 0``, ``≥ 1``; '' if unbounded."""
-        if self.low is not None and self.high is not None:
-            return (f"{'(' if self.low_open else '['}{_num(self.low)}, {_num(self.high)}"
-                    f"{')' if self.high_open else ']'}")
-        if self.low is not None:
-            return f"{'>' if self.low_open else '≥'} {_num(self.low)}"
-        if self.high is not None:
-            return f"{'<' if self.high_open else '≤'} {_num(self.high)}"
-        return ""
-
-    def in_range(self, value: float) -> bool:
-        """False for NaN too: every comparison is written so that NaN fails it."""
-        if self.low is not None and not (value > self.low or (not self.low_open
-                                                              and value == self.low)):
-            return False
-        return self.high is None or value < self.high or (not self.high_open
-                                                          and value == self.high)
-
-
-def _num(x: float) -> str:
-    if isinstance(x, int) and x >= 2**32 and x & (x - 1) == 0:
-        return f"2^{x.bit_length() - 1}"
-    if isinstance(x, float) and x.is_integer() and abs(x) < 1e15:
-        return str(int(x))
-    return f"{x:g}" if isinstance(x, float) else str(x)
+__all__ = ["BACKENDS", "CRITERIA", "DATASETS", "DEVICES", "LR_SCHEDULES", "MEMORY_FORMATS",
+           "METHODS", "OPTIMIZERS", "PANELS", "PRESETS", "PRUNE_SCOPES", "REFILL_SCOPES",
+           "REG_RAMPS", "STRUCTURES", "RunConfig", "Setting", "build_config", "load_config",
+           "save_config", "settings", "validate"]
 
 
 def setting(default: Any = None, *, help: str, panel: str, default_factory: Any = None,
             **meta: Any) -> Any:
     """A dataclass field carrying its `Setting` (help, panel, choices, range) as metadata."""
-    if panel not in PANELS:
-        raise ValueError(f"unknown panel {panel!r}")
     metadata = {"setting": Setting(help=help, panel=panel, **meta)}
     if default_factory is not None:
         return field(default_factory=default_factory, metadata=metadata)
     return field(default=default, metadata=metadata)
 
 
+def _with_method_settings(cls: type) -> type:
+    """Add each method-declared setting (`rsst.methods.catalog`) to ``cls`` as a field, before
+    `dataclass` turns it into one: the methods' own settings follow the common ones."""
+    for name, (declared, _) in declared_settings().items():
+        if name in cls.__annotations__:
+            raise ValueError(f"method setting {name!r} is also a common RunConfig field")
+        cls.__annotations__[name] = declared.type
+        setattr(cls, name, field(default=declared.default,
+                                 metadata={"setting": declared.setting}))
+    return cls
+
+
 def _preset_names() -> tuple[str, ...]:
     return tuple(PRESETS)
 
 
+# When a common setting is in effect (`Setting.applies`): a flag given for nothing is warned
+# about. A method's own settings are in effect for that method (`rsst.methods.catalog`).
+def _reads_files(config: RunConfig) -> bool:
+    return config.dataset != "synthetic"
+
+
+def _iterative(config: RunConfig) -> bool:
+    return config.target_remain is None
+
+
+def _refills_groups(config: RunConfig) -> bool:
+    return config.structure != "none" and method_class(config.method).refill
+
+
+def _calibrates(config: RunConfig) -> bool:
+    return config.criteria in ("l1", "l2", "saliency") and _refills_groups(config)
+
+
+def _is_vit(config: RunConfig) -> bool:
+    return config.arch in VIT_MODELS or config.arch.startswith(TIMM_PREFIX)
+
+
+_GROUPS = dict(applies=_refills_groups, applies_text="with a method that refills whole groups "
+               "(not imp) and a --structure other than none")
+_SGD = dict(applies=lambda c: c.optimizer == "sgd", applies_text="with --optimizer sgd")
+_ADAMW = dict(applies=lambda c: c.optimizer == "adamw", applies_text="with --optimizer adamw")
+_MULTISTEP = dict(applies=lambda c: c.lr_schedule == "multistep",
+                  applies_text="with --lr-schedule multistep")
+
+
 def _method_help() -> str:
-    """``--method``'s help from the registered methods' summaries."""
+    """``--method``'s help from the methods' summaries (`rsst.methods.catalog`)."""
     return "Pruning method (one-shot forms: --target-remain). " + "; ".join(
-        f"{name}: {method_class(name).summary}" for name in method_names()) + "."
+        f"{name}: {method_summary(name)}" for name in method_names()) + "."
 
 
 def one_shot_methods() -> tuple[str, ...]:
@@ -128,39 +122,54 @@ def target_methods() -> tuple[str, ...]:
 
 
 @dataclass
+@_with_method_settings
 class RunConfig:
     """Everything that defines a run. Field names are the CLI flags with ``-`` → ``_``;
-    each field's `Setting` (``metadata["setting"]``) drives its flag, its help and `validate`."""
+    each field's `Setting` (``metadata["setting"]``) drives its flag, its help and `validate`.
+
+    The fields written here are common to every method; each method's own settings (ADMM's ρ,
+    RSST's penalty schedule, ...) are declared with the method in `rsst.methods.catalog` and added
+    after them.
+    """
 
     # what
     method: str = setting("rsst", panel="Method", choices=method_names, help=_method_help())
-    arch: str = setting("resnet20", panel="Model",
+    arch: str = setting("resnet20", panel="Model", suggestions=(*CNN_MODELS, *VIT_MODELS,
+                                                                TIMM_PREFIX),
                         help="resnet20/32/56/110, resnet18/50, vgg16_bn, mobilenet, "
                         "vit_tiny/small/base, vit_tiny_research, timm:<name>.")
-    dataset: str = setting("synthetic", panel="Data",
-                           help="synthetic | cifar10 | cifar100 | imagefolder.")
+    dataset: str = setting("synthetic", panel="Data", suggestions=DATASETS,
+                           help="synthetic (generated, no files) | cifar10 | cifar100 | "
+                           "imagefolder | tiny-imagenet.")
     data_dir: str | None = setting(None, panel="Data", shown_default="none",
-                                   help="Folder of the dataset (pickles or class folders).")
+                                   help="Folder of the dataset (pickles or class folders).",
+                                   applies=_reads_files, refuse_ignored=True,
+                                   applies_text="with a --dataset that reads files, not "
+                                   "synthetic (the default)", ignored_fix="add --dataset "
+                                   f"({', '.join(DATASETS[1:])}) or drop --data-dir")
     cache_dir: str | None = setting(None, panel="Data", shown_default="$RSST_CACHE or "
                                     "~/.cache/rsst", help="Where decoded images are cached.")
     # pruning
     states: int = setting(3, panel="Method", low=1, help="Number of pruning states "
                           "(research: 20).")
     rate: float = setting(0.3, panel="Method", low=0.0, high=1.0, low_open=True, high_open=True,
+                          applies=_iterative, applies_text="without --target-remain",
                           hint="it is the fraction of the remaining weights pruned per state, "
                           "e.g. 0.2", help="Fraction of the remaining weights pruned per state.")
-    criteria: str = setting("l1", panel="Method", choices=CRITERIA,
+    criteria: str = setting("l1", panel="Method", choices=CRITERIA, **_GROUPS,
                             help="Group score that picks the channels/heads/neurons to keep.")
-    criteria_batches: int = setting(1, panel="Method", low=1,
+    criteria_batches: int = setting(1, panel="Method", low=1, applies=_calibrates,
+                                    applies_text="with --criteria l1, l2 or saliency and a "
+                                    "method that refills whole groups",
                                     help="Calibration batches for l1/l2/saliency.")
-    fillback_rate: float = setting(0.0, panel="Method", low=0.0, high=1.0,
+    fillback_rate: float = setting(0.0, panel="Method", low=0.0, high=1.0, **_GROUPS,
                                    help="Extra groups refilled.")
     structure: str = setting("auto", panel="Method", choices=STRUCTURES,
                              help="Which units are pruned (auto: channels for CNNs, heads and "
                              "neurons for ViTs).")
-    rewind: str = setting("init", panel="Method",
+    rewind: str = setting("init", panel="Method", suggestions=("init", "none", "epoch:"),
                           help="Weights each state restarts from: init | epoch:K | none.")
-    refill_scope: str = setting("unit", panel="Method", choices=REFILL_SCOPES,
+    refill_scope: str = setting("unit", panel="Method", choices=REFILL_SCOPES, **_GROUPS,
                                 help="Refill's group ranking: per unit (each conv / attention / "
                                 "MLP keeps its own k) or global (one k per kind, groups ranked "
                                 "across all blocks; the research --sorting_mode global).")
@@ -176,56 +185,31 @@ class RunConfig:
                                           "e.g. 0.2", help="Fraction of prunable weights left: "
                                           "the one-shot form of omp/random/snip/grasp/synflow; "
                                           "admm reaches it at its last prune.")
-    score_batches: int = setting(1, panel="Method", low=1,
-                                 help="Training batches the snip/grasp scores sum over.")
-    grasp_temperature: float = setting(200.0, panel="Method", low=0.0, low_open=True,
-                                       help="GraSP's softmax temperature T (logits / T; the "
-                                       "reference's 200).")
-    synflow_iterations: int = setting(100, panel="Method", low=1,
-                                      help="SynFlow scorings on the exponential schedule.")
-    # RSST penalty
-    schedule: str = setting("x", panel="Schedule/penalty", choices=SCHEDULES,
-                            help="λ schedule of the RSST penalty.")
-    reg_granularity: float = setting(2.0, panel="Schedule/penalty", low=0.0,
-                                     help="λ_max, the penalty at the end of the ramp.")
-    exponents: float = setting(4.0, panel="Schedule/penalty", low=0.0, low_open=True,
-                               help="p of exp_custom_exponents.")
-    reg_ramp: str = setting("state", panel="Schedule/penalty", choices=REG_RAMPS,
-                            help="λ ramp window.")
-    block_loss_grad: bool = setting(False, panel="Schedule/penalty",
-                                    help="Pending weights get the penalty gradient only.")
-    fade_epochs: int = setting(0, panel="Schedule/penalty", low=0,
-                               help="RSST: before a cut, up to N extra epochs (λ doubling each) "
-                               "until the pending weights have faded (fade_ratio < 0.1); 0: cut "
-                               "when the state ends, with a warning if they have not.")
-    # ADMM penalty (--method admm)
-    admm_rho: float = setting(1e-2, panel="Schedule/penalty", low=0.0, low_open=True,
-                              help="ρ of the ADMM penalty ρ/2‖W − Z + U‖² (--method admm).")
-    admm_interval: int = setting(1, panel="Schedule/penalty", low=1,
-                                 help="Epochs between ADMM updates of Z and U (--method admm).")
     # training
     epochs: int = setting(2, panel="Training", low=1, help="Epochs per state.")
     batch_size: int = setting(128, panel="Training", low=1, help="Training batch size.")
     lr: float = setting(0.05, panel="Training", low=0.0, low_open=True,
                         help="Peak learning rate.")
-    momentum: float = setting(0.9, panel="Training", low=0.0, help="SGD momentum.")
+    momentum: float = setting(0.9, panel="Training", low=0.0, help="SGD momentum.", **_SGD)
     weight_decay: float = setting(5e-4, panel="Training", low=0.0, help="Weight decay.")
-    nesterov: bool = setting(False, panel="Training", help="Nesterov momentum.")
+    nesterov: bool = setting(False, panel="Training", help="Nesterov momentum.", **_SGD)
     optimizer: str = setting("sgd", panel="Training", choices=OPTIMIZERS,
                              help="Optimizer; the fused update implements both (momentum and "
                              "nesterov are SGD's, beta1/beta2/eps AdamW's).")
     beta1: float = setting(0.9, panel="Training", low=0.0, high=1.0, high_open=True,
-                           help="AdamW β1.")
+                           help="AdamW β1.", **_ADAMW)
     beta2: float = setting(0.999, panel="Training", low=0.0, high=1.0, high_open=True,
-                           help="AdamW β2.")
-    eps: float = setting(1e-8, panel="Training", low=0.0, low_open=True, help="AdamW ε.")
+                           help="AdamW β2.", **_ADAMW)
+    eps: float = setting(1e-8, panel="Training", low=0.0, low_open=True, help="AdamW ε.",
+                      **_ADAMW)
     lr_schedule: str = setting("cosine", panel="Training", choices=LR_SCHEDULES,
                                help="Learning-rate schedule, restarted each state.")
     warmup_epochs: float = setting(0.0, panel="Training", low=0.0,
                                    help="Linear warm-up epochs per state.")
     milestones: list[int] = setting(panel="Training", default_factory=list, shown_default="none",
+                                    **_MULTISTEP,
                                     help="Multistep decay epochs, e.g. 80,120.")
-    gamma: float = setting(0.1, panel="Training", low=0.0, low_open=True,
+    gamma: float = setting(0.1, panel="Training", low=0.0, low_open=True, **_MULTISTEP,
                            help="Multistep decay factor.")
     label_smoothing: float = setting(0.0, panel="Training", low=0.0, high=1.0, high_open=True,
                                      help="Label smoothing.")
@@ -258,6 +242,8 @@ class RunConfig:
     img_size: int | None = setting(None, panel="Model", low=8, shown_default="the dataset's",
                                    help="Input size (ViTs).")
     patch_size: int | None = setting(None, panel="Model", low=1, shown_default="4",
+                                     applies=_is_vit, applies_text="with a ViT --arch "
+                                     "(vit_*, timm:<name>)",
                                      help="ViT patch size.")
     pretrained: str | None = setting(None, panel="Model", shown_default="none (random init)",
                                      help="Initialize from a local .safetensors or torch/timm "
@@ -268,8 +254,9 @@ class RunConfig:
                               shown_default="runs/<method>-<arch>-<dataset>-<time>",
                               help="Run directory.")
     preset: str | None = setting(None, panel="Run directory", choices=_preset_names,
-                                 shown_default="none", help="A research recipe (SPEC §8); "
-                                 "flags given beside it override it.")
+                                 shown_default="none", help="A research recipe (dataset, model, "
+                                 "training and pruning schedule); flags given beside it "
+                                 "override it.")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -283,59 +270,42 @@ class RunConfig:
         return int(self.rewind.split(":", 1)[1])
 
 
-#: Research recipes (SPEC §8). Names say dataset, arch and whose recipe.
+# Research recipes, built from three base recipes plus each preset's differences. A preset sets
+# exactly the keys it lists; every other setting keeps its value from the defaults or --config.
+
+#: Structure-LTH / OpenLTH CIFAR recipe for CNNs
+_CIFAR_CNN: dict[str, Any] = dict(
+    dataset="cifar10", arch="resnet20", states=20, rate=0.2, criteria="l1", epochs=160,
+    batch_size=128, lr=0.1, momentum=0.9, weight_decay=1e-4, lr_schedule="multistep",
+    milestones=[80, 120], gamma=0.1, warmup_epochs=0.0, rewind="epoch:8",
+)
+#: from-scratch CIFAR ViTs: heads and MLP neurons are the groups; warm-up + cosine, label smoothing
+_CIFAR_VIT: dict[str, Any] = dict(
+    dataset="cifar10", patch_size=4, structure="head+neuron", states=10, rate=0.2,
+    criteria="l1", epochs=100, batch_size=128, lr_schedule="cosine", warmup_epochs=5.0,
+    label_smoothing=0.1, rewind="init",
+)
+#: SGD (the optimizer the fused update was first written for) with Nesterov
+_VIT_SGD: dict[str, Any] = dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-4)
+#: DeiT-style AdamW: lr 1e-3 scaled by batch/512, weight decay 0.05
+_VIT_ADAMW: dict[str, Any] = dict(optimizer="adamw", lr=1e-3 * 128 / 512, beta1=0.9,
+                                  beta2=0.999, eps=1e-8, weight_decay=0.05)
+
+#: Names say dataset, arch and whose recipe.
 PRESETS: dict[str, dict[str, Any]] = {
-    # Structure-LTH / OpenLTH CIFAR recipe
-    "cifar10-resnet20": dict(
-        dataset="cifar10", arch="resnet20", states=20, rate=0.2, criteria="l1", epochs=160,
-        batch_size=128, lr=0.1, momentum=0.9, weight_decay=1e-4, lr_schedule="multistep",
-        milestones=[80, 120], gamma=0.1, warmup_epochs=0.0, rewind="epoch:8",
-    ),
-    "cifar100-resnet20": dict(
-        dataset="cifar100", arch="resnet20", states=20, rate=0.2, criteria="l1", epochs=160,
-        batch_size=128, lr=0.1, momentum=0.9, weight_decay=1e-4, lr_schedule="multistep",
-        milestones=[80, 120], gamma=0.1, warmup_epochs=0.0, rewind="epoch:8",
-    ),
-    "cifar10-resnet18": dict(
-        dataset="cifar10", arch="resnet18", states=20, rate=0.2, criteria="l1", epochs=160,
-        batch_size=128, lr=0.1, momentum=0.9, weight_decay=1e-4, lr_schedule="multistep",
-        milestones=[80, 120], gamma=0.1, warmup_epochs=0.0, rewind="epoch:8",
-    ),
-    # from-scratch CIFAR ViTs: SGD (the optimizer the fused update implements) with Nesterov,
-    # warm-up + cosine and label smoothing; heads and MLP neurons are the groups
-    "cifar10-vit_tiny": dict(
-        dataset="cifar10", arch="vit_tiny", patch_size=4, structure="head+neuron", states=10,
-        rate=0.2, criteria="l1", epochs=100, batch_size=128, lr=0.05, momentum=0.9,
-        nesterov=True, weight_decay=1e-4, lr_schedule="cosine", warmup_epochs=5.0,
-        label_smoothing=0.1, rewind="init",
-    ),
-    "cifar10-vit_small": dict(
-        dataset="cifar10", arch="vit_small", patch_size=4, structure="head+neuron", states=10,
-        rate=0.2, criteria="l1", epochs=100, batch_size=128, lr=0.05, momentum=0.9,
-        nesterov=True, weight_decay=1e-4, lr_schedule="cosine", warmup_epochs=5.0,
-        label_smoothing=0.1, rewind="init",
-    ),
-    # DeiT-style AdamW for the same ViTs: lr 1e-3 scaled by batch/512, weight decay 0.05,
-    # warm-up + cosine, label smoothing 0.1
-    "cifar10-vit_tiny-adamw": dict(
-        dataset="cifar10", arch="vit_tiny", patch_size=4, structure="head+neuron", states=10,
-        rate=0.2, criteria="l1", epochs=100, batch_size=128, optimizer="adamw",
-        lr=1e-3 * 128 / 512, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.05,
-        lr_schedule="cosine", warmup_epochs=5.0, label_smoothing=0.1, rewind="init",
-    ),
-    "cifar10-vit_small-adamw": dict(
-        dataset="cifar10", arch="vit_small", patch_size=4, structure="head+neuron", states=10,
-        rate=0.2, criteria="l1", epochs=100, batch_size=128, optimizer="adamw",
-        lr=1e-3 * 128 / 512, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.05,
-        lr_schedule="cosine", warmup_epochs=5.0, label_smoothing=0.1, rewind="init",
-    ),
+    "cifar10-resnet20": _CIFAR_CNN,
+    "cifar100-resnet20": {**_CIFAR_CNN, "dataset": "cifar100"},
+    "cifar10-resnet18": {**_CIFAR_CNN, "arch": "resnet18"},
+    "cifar10-vit_tiny": {**_CIFAR_VIT, "arch": "vit_tiny", **_VIT_SGD},
+    "cifar10-vit_small": {**_CIFAR_VIT, "arch": "vit_small", **_VIT_SGD},
+    "cifar10-vit_tiny-adamw": {**_CIFAR_VIT, "arch": "vit_tiny", **_VIT_ADAMW},
+    "cifar10-vit_small-adamw": {**_CIFAR_VIT, "arch": "vit_small", **_VIT_ADAMW},
     # the research code's own recipe (main_imp_fillback.py defaults)
-    "cifar10-resnet20-research": dict(
-        dataset="cifar10", arch="resnet20", states=20, rate=0.2, criteria="l1", epochs=182,
-        batch_size=128, lr=0.01, momentum=0.9, weight_decay=1e-4, lr_schedule="multistep",
-        milestones=[91, 136], gamma=0.1, warmup_epochs=20.0, rewind="init",
-        schedule="exp_custom_exponents", reg_granularity=1.0, exponents=4.0,
-    ),
+    "cifar10-resnet20-research": {
+        **_CIFAR_CNN, "epochs": 182, "lr": 0.01, "milestones": [91, 136], "warmup_epochs": 20.0,
+        "rewind": "init", "schedule": "exp_custom_exponents", "reg_granularity": 1.0,
+        "exponents": 4.0,
+    },
 }
 
 
@@ -390,7 +360,22 @@ def coerce(name: str, value: Any, hint: Any) -> Any:
     raise TypeError(f"{name} must be {_type_word(hint)}, not {shown}")
 
 
+def _bad(name: str, message: str) -> UserError:
+    """A `UserError` about setting ``name`` (`build_config` then names where its value came
+    from, when that was not a flag the user typed)."""
+    error = UserError(message)
+    error.setting = name  # type: ignore[attr-defined]
+    return error
+
+
 def _check_setting(name: str, value: Any, meta: Setting) -> None:
+    try:
+        _check_value(name, value, meta)
+    except UserError as exc:
+        raise _bad(name, str(exc)) from None
+
+
+def _check_value(name: str, value: Any, meta: Setting) -> None:
     flag = _flag(name)
     choices = meta.choice_list()
     if choices is not None and value is not None and value not in choices:
@@ -424,17 +409,19 @@ def validate(config: RunConfig) -> RunConfig:
         try:
             coerce(name, value, hints[name])
         except TypeError as exc:
-            raise UserError(f"{_flag(name)}: {exc}") from None
+            raise _bad(name, f"{_flag(name)}: {exc}") from None
         _check_setting(name, value, meta)
     if any(m < 0 for m in config.milestones):
-        raise UserError(f"--milestones {config.milestones}: epochs must be ≥ 0, e.g. 80,120")
+        raise _bad("milestones", f"--milestones {config.milestones}: epochs must be ≥ 0, "
+                   "e.g. 80,120")
     if not (config.rewind in ("init", "none") or config.rewind.startswith("epoch:")):
-        raise UserError(f"--rewind {config.rewind!r}: use init, none or epoch:K (e.g. epoch:8)")
+        raise _bad("rewind", f"--rewind {config.rewind!r}: use init, none or epoch:K "
+                   "(e.g. epoch:8)")
     if config.rewind.startswith("epoch:"):
         k = config.rewind.split(":", 1)[1]
         if not k.isdigit() or not 0 <= int(k) <= config.epochs:
-            raise UserError(f"--rewind {config.rewind!r}: K must be an integer epoch of state 0 "
-                            f"between 0 and --epochs ({config.epochs})")
+            raise _bad("rewind", f"--rewind {config.rewind!r}: K must be an integer epoch of "
+                       f"state 0 between 0 and --epochs ({config.epochs})")
     _check_one_shot(config)
     if config.pretrained is not None and not Path(config.pretrained).is_file():
         what = "is a folder" if Path(config.pretrained).is_dir() else "no such file"
@@ -468,18 +455,28 @@ def _check_one_shot(config: RunConfig) -> None:
 def apply_preset(config: RunConfig, name: str) -> RunConfig:
     if name not in PRESETS:
         raise UserError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)} (--preset)")
-    return dataclasses.replace(config, **PRESETS[name], preset=name)
+    return dataclasses.replace(config, **copy.deepcopy(PRESETS[name]), preset=name)
 
 
 def build_config(
-    *, config_file: Path | None = None, preset: str | None = None, overrides: dict[str, Any]
+    *, config_file: Path | None = None, preset: str | None = None, overrides: dict[str, Any],
+    warn: Callable[[str], None] | None = None,
 ) -> RunConfig:
-    """Defaults ← config file ← preset ← flags given on the command line, then validated."""
+    """Defaults ← config file ← preset ← flags given on the command line, then validated.
+
+    ``overrides`` are the flags the user gave: one that has no effect in the resolved run is
+    reported through ``warn`` (or refused, see `Setting.applies`). An invalid value that came
+    from the file or the preset is reported with its source and the flag that overrides it.
+    """
     config = RunConfig()
+    sources: dict[str, str] = {}
     if config_file is not None:
         config = load_config(config_file)
+        sources = {name: f"--config {config_file}" for name, value in config.to_dict().items()
+                   if value != getattr(RunConfig(), name)}
     if preset is not None:
         config = apply_preset(config, preset)
+        sources.update(dict.fromkeys(PRESETS[preset], f"--preset {preset}"))
     known = {f.name for f in fields(RunConfig)}
     unknown = set(overrides) - known
     if unknown:
@@ -490,7 +487,44 @@ def build_config(
         # the one-shot form fixes the number of states (1 at init, 2 for omp)
         states = method_class(config.method).one_shot_states
         config = dataclasses.replace(config, states=states or config.states)
-    return validate(config)
+    try:
+        validate(config)
+    except UserError as exc:
+        name = getattr(exc, "setting", None)
+        if name is None or name in overrides or name not in sources:
+            raise
+        flag, value = _flag(name), _shown(getattr(config, name))
+        raise UserError(f"{exc} — {flag} {value} comes from {sources[name]}, not from a flag "
+                        f"you gave: give {flag} to override it") from None
+    for name in overrides:
+        when = not_in_effect(name, config)
+        if when is None:
+            continue
+        meta = settings()[name]
+        if meta.refuse_ignored:
+            raise UserError(f"{_flag(name)} {_shown(overrides[name])} would be ignored: it is "
+                            f"used only {when}; {meta.ignored_fix}")
+        if warn is not None:
+            warn(f"{_flag(name)} has no effect in this run: it is used only {when}")
+    return config
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def not_in_effect(name: str, config: RunConfig) -> str | None:
+    """None if setting ``name`` is in effect in ``config``; else when it would be, in words
+    ("with --optimizer sgd", "for --method admm")."""
+    declared: tuple[Declared, tuple[str, ...]] | None = declared_settings().get(name)
+    if declared is not None and config.method not in declared[1]:
+        return f"for --method {', '.join(declared[1])}"
+    meta = settings()[name]
+    if meta.applies is not None and not meta.applies(config):
+        return meta.applies_text
+    return None
 
 
 def load_config(path: Path) -> RunConfig:

@@ -71,8 +71,6 @@ def _from_canonical(arena: Arena, target: torch.Tensor, values: torch.Tensor) ->
 @register_method
 class ADMM(Method):
     name = "admm"
-    summary = ("ADMM: train with ρ/2‖W − Z + U‖² toward a sparse Z, prune hard to Z's support "
-               "(refilled), retrain masked")
     refill = True
     target_over_states = True
 

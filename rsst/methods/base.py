@@ -54,7 +54,7 @@ class Method:
 
     #: the ``--method`` name
     name: ClassVar[str] = ""
-    #: one line for ``--help`` and the docs
+    #: one line for ``--help``; a built-in method's is in its `rsst.methods.catalog.MethodSpec`
     summary: ClassVar[str] = ""
     #: SPEC §3's refill of U into whole groups (with --criteria / --fillback-rate)
     refill: ClassVar[bool] = False

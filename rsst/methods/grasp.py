@@ -19,7 +19,6 @@ if TYPE_CHECKING:
 @register_method
 class GraSP(ScoredMethod):
     name = "grasp"
-    summary = "GraSP's −θ·Hg at init"
 
     def score(self, ctx: PruneContext) -> torch.Tensor:
         scores = grasp_scores(ctx.model, ctx.structure.prunable_names,

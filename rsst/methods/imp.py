@@ -13,4 +13,3 @@ from rsst.methods.registry import register_method
 @register_method
 class IMP(Method):
     name = "imp"
-    summary = "iterative magnitude pruning, unstructured"

@@ -20,7 +20,6 @@ if TYPE_CHECKING:
 @register_method
 class OMP(ScoredMethod):
     name = "omp"
-    summary = "one-shot magnitude after dense training"
     at_init = False
 
     def score(self, ctx: PruneContext) -> torch.Tensor:

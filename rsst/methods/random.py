@@ -21,7 +21,6 @@ _STATE_STRIDE = 1_000_003
 @register_method
 class RandomPruning(ScoredMethod):
     name = "random"
-    summary = "random scores"
 
     def score(self, ctx: PruneContext) -> torch.Tensor:
         seed = (ctx.config.seed + _STATE_STRIDE * (ctx.state + 1)) % 2**63

@@ -9,5 +9,4 @@ from rsst.methods.registry import register_method
 @register_method
 class Refill(Method):
     name = "refill"
-    summary = "magnitude cut refilled into whole groups"
     refill = True

@@ -19,7 +19,6 @@ if TYPE_CHECKING:
 @register_method
 class RSST(Method):
     name = "rsst"
-    summary = "Refill's groups faded by a rising penalty, then cut"
     refill = True
     soft = True
 

@@ -18,7 +18,6 @@ if TYPE_CHECKING:
 @register_method
 class SNIP(ScoredMethod):
     name = "snip"
-    summary = "|θ·∂L/∂θ| at init"
 
     def score(self, ctx: PruneContext) -> torch.Tensor:
         scores = snip_scores(ctx.model, ctx.structure.prunable_names,

@@ -25,7 +25,6 @@ if TYPE_CHECKING:
 @register_method
 class SynFlow(ScoredMethod):
     name = "synflow"
-    summary = "iterative synaptic flow, data-free"
 
     def score(self, ctx: PruneContext) -> torch.Tensor:
         masks = hard_masks(ctx)
