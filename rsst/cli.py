@@ -22,7 +22,16 @@ except ImportError:  # pragma: no cover - depends on the installed typer
     from click.exceptions import ClickException, UsageError
 
 from rsst import __version__
-from rsst.config import PANELS, RunConfig, Setting, field_types
+from rsst.choices import (
+    CNN_MODELS,
+    DATASETS,
+    EVAL_SPLITS,
+    EXPORT_FORMS,
+    LOGGERS,
+    TIMM_PREFIX,
+    VIT_MODELS,
+)
+from rsst.config import PANELS, RunConfig, Setting, config_toml, field_types
 from rsst.errors import UserError, is_shown
 
 #: Width of output that goes to a pipe or a file: wide enough that no table cell is cut.
@@ -57,6 +66,39 @@ class _NoBoolMetavar:
             if param.metavar is not None and hasattr(param, "display_type_rich"):
                 param.display_type_rich = _shown_type(param.metavar or None)
         return params
+
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        """The help of an on/off flag shows ``--x`` alone, its default as on or off: a column
+        of ``--no-x`` forms would squeeze the help text at 80 columns until choice names are
+        cut. ``--no-x`` still parses (the ``run`` help says so)."""
+        hidden = [(p, p.secondary_opts, p.show_default) for p in self.get_params(ctx)
+                  if getattr(p, "is_flag", False) and p.secondary_opts]
+        for param, negative, _ in hidden:
+            param.secondary_opts = []
+            param.show_default = (f"on; {negative[0]} turns it off" if param.default is True
+                                  else "off")
+        try:
+            super().format_help(ctx, formatter)  # type: ignore[misc]
+        finally:
+            for param, negative, shown in hidden:
+                param.secondary_opts, param.show_default = negative, shown
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[call-arg]
+        if getattr(self, "help", None):
+            self.help = unwrap_paragraphs(self.help)  # type: ignore[has-type]
+
+
+def unwrap_paragraphs(text: str) -> str:
+    """Docstring paragraphs as one line each, so that help wraps them at the terminal's width
+    rather than at the source's line breaks; indented lines (examples) are kept as they are."""
+    paragraphs = []
+    for paragraph in text.split("\n\n"):
+        lines = paragraph.split("\n")
+        indented = any(line.startswith((" ", "-", "•")) for line in lines)
+        paragraphs.append(paragraph if indented else " ".join(line.strip() for line in lines))
+    return "\n\n".join(paragraphs)
 
 
 class RsstGroup(_NoBoolMetavar, TyperGroup):
@@ -183,8 +225,9 @@ RUN_EPILOG = """Examples:
 #: Fields the `run` command handles itself rather than as config overrides.
 _RUN_SPECIAL = ("out", "preset")
 _RUN_PANEL = "Run directory"
-#: Longer choice lists would be folded mid-name in the type column of the help.
-_LONGEST_CHOICE_COLUMN = 40
+#: Longer choice lists would be folded mid-name in the type column of an 80-column help: they
+#: get a ``<name>`` metavar and are listed in the help text, which wraps between words.
+_LONGEST_CHOICE_COLUMN = 14
 
 
 def _choice_enum(name: str, choices: Sequence[str]) -> type[Enum]:
@@ -225,9 +268,52 @@ def _config_option(f: dataclasses.Field, annotation: Any) -> inspect.Parameter:
         kwargs["metavar"] = "EPOCH,EPOCH"
     else:
         kind, decls = base, [flag]
+    if choices is None and meta.suggestions is not None:
+        kwargs["autocompletion"] = _arch_completion if f.name == "arch" else \
+            _completion(meta.completions)
     option = typer.Option(default, *decls, **kwargs)
     return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option,
                              annotation=kind if default is not None else kind | None)
+
+
+def _completion(names: Callable[[], Sequence[str]] | Sequence[str]) -> Callable[[str], list[str]]:
+    """Shell completion offering ``names`` (or what the function returns) that start with what
+    was typed."""
+    def complete(incomplete: str) -> list[str]:
+        return [n for n in (names() if callable(names) else names) if n.startswith(incomplete)]
+
+    return complete
+
+
+def _arch_completion(incomplete: str) -> list[str]:
+    """--arch: the built-in models and ``timm:``; timm's own names only once ``timm:`` is typed
+    (timm is imported for that alone)."""
+    if not incomplete.startswith(TIMM_PREFIX):
+        return _completion((*CNN_MODELS, *VIT_MODELS, TIMM_PREFIX))(incomplete)
+    import timm
+
+    pattern = incomplete[len(TIMM_PREFIX):] + "*"
+    return [TIMM_PREFIX + name for name in timm.list_models(pattern)]
+
+
+def _state_completion(ctx: typer.Context, args: list[str], incomplete: str) -> list[str]:
+    """export --state: last, best and the states the given run directory holds (the first
+    folder among the words typed so far; Click's completion does not always parse the run
+    directory into ``ctx.params``, so the shell's words are read too)."""
+    import shlex
+
+    names = ["last", "best"]
+    try:
+        words = shlex.split(os.environ.get("COMP_WORDS", ""))
+    except ValueError:  # an unclosed quote in what is being typed
+        words = []
+    typed = [ctx.params.get("run_dir"), *args, *words[1:]]
+    run_dir = next((Path(a) for a in typed if a is not None and Path(a).is_dir()
+                    and any(Path(a).glob("state_[0-9]*"))), None)
+    if run_dir is not None:
+        names += sorted((p.name.split("_", 1)[1].lstrip("0") or "0"
+                         for p in Path(run_dir).glob("state_[0-9]*") if p.is_dir()), key=int)
+    return [n for n in names if n.startswith(incomplete)]
 
 
 def _run_parameters() -> list[inspect.Parameter]:
@@ -249,6 +335,11 @@ def _run_parameters() -> list[inspect.Parameter]:
         (_RUN_PANEL, inspect.Parameter("overwrite", keyword, annotation=bool,
                                        default=typer.Option(
             False, help="Replace an existing run directory.", rich_help_panel=_RUN_PANEL))),
+        (_RUN_PANEL, inspect.Parameter("print_config", keyword, annotation=bool,
+                                       default=typer.Option(
+            False, "--print-config", help="Print the resolved settings (defaults ← --config ← "
+            "--preset ← flags) as config.toml and the run directory, then exit; creates nothing.",
+            rich_help_panel=_RUN_PANEL))),
         *((_RUN_PANEL, p) for p in _logger_parameters()),
     ]
     options.sort(key=lambda item: PANELS.index(item[0]))  # stable: field order within a panel
@@ -267,7 +358,8 @@ def _logger_parameters() -> list[inspect.Parameter]:
 
     return [
         option("logger", list[str] | None, "--logger", help="Also log to tensorboard | wandb | "
-               "csv (repeatable; extras rsst\\[tensorboard], rsst\\[wandb])."),
+               "csv (repeatable; extras rsst\\[tensorboard], rsst\\[wandb]).",
+               autocompletion=_completion(LOGGERS)),
         option("wandb_project", str | None, "--wandb-project", help="W&B project (default "
                "rsst)."),
         option("wandb_entity", str | None, "--wandb-entity", help="W&B entity (team or user)."),
@@ -307,9 +399,10 @@ def _run(ctx: typer.Context, **values: Any) -> None:
     to --target-remain for the one-shot baselines) and, unless --structure none, regroups them
     into whole channels / heads / neurons (--criteria). RSST fades the weights it will drop with a
     growing L2 penalty (--schedule, --reg-granularity) before cutting. --method lists them all.
-    Settings layer as defaults ← --config file ← --preset ← flags given here.
+    Settings layer as defaults ← --config file ← --preset ← flags given here; every on/off flag
+    --x also has --no-x, to turn off what a --config file or --preset turned on.
     """
-    from rsst.config import build_config
+    from rsst.config import build_config, load_config
     from rsst.loop import run as run_loop
 
     given = _given_overrides(ctx, values)
@@ -320,11 +413,42 @@ def _run(ctx: typer.Context, **values: Any) -> None:
     if resume is not None:
         if given or config is not None or preset is not None:
             _fail("--resume continues a run with its saved config.toml; drop the other flags")
+        if values["print_config"]:
+            _print_config(load_config(_resume_config(resume)), resume)
+            return
         run_loop(build_config(overrides={}), resume=resume, console=console, **logging)
         return
-    run_config = build_config(config_file=config, preset=preset, overrides=given)
+    run_config = build_config(config_file=config, preset=preset, overrides=given, warn=_warn)
+    if values["print_config"]:
+        from rsst.loop import default_run_dir
+
+        if out is not None:
+            run_config = dataclasses.replace(run_config, out=str(out))
+        _print_config(run_config, Path(run_config.out or default_run_dir(run_config)))
+        return
     run_loop(run_config, out=Path(out) if out is not None else None,
              overwrite=values["overwrite"], console=console, **logging)
+
+
+def _warn(line: str) -> None:
+    from rich.markup import escape
+
+    err_console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
+
+
+def _resume_config(run_dir: Path) -> Path:
+    path = Path(run_dir) / "config.toml"
+    if not path.is_file():
+        raise UserError(f"{run_dir} is not an rsst run directory (no config.toml); pass the "
+                        "directory `rsst run` printed")
+    return path
+
+
+def _print_config(config: RunConfig, run_dir: Path) -> None:
+    """--print-config: the settings as a config.toml (usable with --config) on stdout, with the
+    run directory as a comment; nothing is created."""
+    print(config_toml(config), end="")
+    print(f"# run directory: {run_dir}")
 
 
 def _with_signature(fn: Callable[..., Any], params: list[inspect.Parameter]) -> Callable[..., Any]:
@@ -346,15 +470,17 @@ run = app.command(name="run", cls=RsstCommand, epilog=RUN_EPILOG)(
     "  rsst export runs/my-vit --form timm -o vit.safetensors   # loads with timm alone",
 )
 def export(
+    ctx: typer.Context,
     run_dir: Path = typer.Argument(..., help="A run directory written by `rsst run`."),
     out: Path = typer.Option(..., "-o", "--out", help="The .safetensors file to write."),
     state: str = typer.Option("last", help="Which state: a number, last, or best (highest val "
-                              "accuracy)."),
+                              "accuracy).", autocompletion=_state_completion),
     compact: bool = typer.Option(True, "--compact/--masked", help="Physically remove pruned "
                                  "channels/heads/neurons, or keep dense shapes plus masks."),
     form: str | None = typer.Option(None, help="masked | compact | timm (stock timm keys and "
                                     "create_model arguments: loads without rsst; ViTs and "
-                                    "timm:<name>). Overrides --compact/--masked."),
+                                    "timm:<name>); instead of --compact/--masked.",
+                                    autocompletion=_completion(EXPORT_FORMS)),
 ) -> None:
     """Export a pruned state as safetensors (masked or physically compacted).
 
@@ -362,6 +488,11 @@ def export(
     """
     from rsst.export import export_model, export_table
 
+    source = ctx.get_parameter_source("compact")
+    if form is not None and source is not None and source.name == "COMMANDLINE":
+        flag = "--compact" if compact else "--masked"
+        _fail(f"{flag} and --form {form} both choose the export form: give one of them "
+              f"(--form {' | '.join(EXPORT_FORMS)}, or --compact / --masked)")
     chosen = form or ("compact" if compact else "masked")
     result = export_model(run_dir, out, state=state, form=chosen)
     console.print(export_table(result))
@@ -387,9 +518,10 @@ def evaluate(
     file: Path = typer.Argument(..., help="A .safetensors file from `rsst export` (or a run's "
                                 "state_XX/weights.safetensors)."),
     dataset: str | None = typer.Option(None, help="Dataset (default: the run's, from the "
-                                       "file's metadata)."),
+                                       "file's metadata).", autocompletion=_completion(DATASETS)),
     data_dir: str | None = typer.Option(None, help="Dataset folder (default: the run's)."),
-    split: str = typer.Option("val", help="val (the run's own val split) | test."),
+    split: str = typer.Option("val", help="val (the run's own val split) | test.",
+                              autocompletion=_completion(EVAL_SPLITS)),
     batch_size: int = typer.Option(256, help="Evaluation batch size."),
     device: BenchDevice = typer.Option(BenchDevice.auto, help="Device to evaluate on."),
     cache_dir: str | None = typer.Option(None, help="Where decoded images are cached."),

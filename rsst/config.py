@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import tomli_w
+
 from rsst import atomic
 from rsst.choices import (
     BACKENDS,
@@ -472,6 +474,9 @@ def build_config(
     sources: dict[str, str] = {}
     if config_file is not None:
         config = load_config(config_file)
+        if config.out is not None and _same_dir(config.out, Path(config_file).parent):
+            # a run directory's record of where it ran: a rerun starts a new run directory
+            config = dataclasses.replace(config, out=None)
         sources = {name: f"--config {config_file}" for name, value in config.to_dict().items()
                    if value != getattr(RunConfig(), name)}
     if preset is not None:
@@ -507,6 +512,13 @@ def build_config(
         if warn is not None:
             warn(f"{_flag(name)} has no effect in this run: it is used only {when}")
     return config
+
+
+def _same_dir(a: str | Path, b: Path) -> bool:
+    try:
+        return Path(a).resolve() == b.resolve()
+    except OSError:
+        return False
 
 
 def _shown(value: Any) -> str:
@@ -560,35 +572,27 @@ def load_config(path: Path) -> RunConfig:
     return RunConfig(**values)
 
 
-def _toml_value(value: Any) -> str:
-    """A TOML literal for the value types a `RunConfig` holds (JSON strings are TOML strings)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float) and not math.isfinite(value):
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    if isinstance(value, int | float | str):
-        return json.dumps(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"no TOML form for {type(value).__name__}")
+#: The first line of every config.toml rsst writes.
+CONFIG_HEADER = "# rsst run config: rerun with `rsst run --config FILE`"
+
+
+def config_toml(config: RunConfig, *, launch: dict[str, Any] | None = None) -> str:
+    """``config`` as the text of a config.toml (None values are left out: TOML has no null).
+
+    ``launch`` (e.g. ``{"world_size": 2}``) is recorded in a ``[launch]`` table: how the run was
+    started, which `load_config` does not read back (torchrun decides it, not a flag). Written
+    with ``tomli-w``, so any string (a Windows path, an emoji) reads back as it was.
+    """
+    document: dict[str, Any] = {"run": {key: value for key, value in config.to_dict().items()
+                                        if value is not None}}
+    if launch:
+        document["launch"] = dict(launch)
+    return f"{CONFIG_HEADER}\n{tomli_w.dumps(document)}"
 
 
 def save_config(config: RunConfig, path: Path, *, launch: dict[str, Any] | None = None) -> None:
-    """Write config.toml atomically (None values are left out: TOML has no null).
-
-    ``launch`` (e.g. ``{"world_size": 2}``) is recorded in a ``[launch]`` table: how the run was
-    started, which `load_config` does not read back (torchrun decides it, not a flag).
-
-    The config is one flat table of scalars and lists, so it is written directly rather than
-    through a TOML writer package (one dependency fewer on machines that have only torch's
-    stack); tests read it back with ``tomllib``.
-    """
-    lines = ["# rsst run config: rerun with `rsst run --config FILE`", "[run]"]
-    lines += [f"{key} = {_toml_value(value)}" for key, value in config.to_dict().items()
-              if value is not None]
-    if launch:
-        lines += ["", "[launch]", *(f"{k} = {_toml_value(v)}" for k, v in launch.items())]
-    atomic_write_text(Path(path), "\n".join(lines) + "\n")
+    """Write `config_toml` to ``path`` atomically."""
+    atomic_write_text(Path(path), config_toml(config, launch=launch))
 
 
 def atomic_write_text(path: Path, text: str) -> None:

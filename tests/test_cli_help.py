@@ -84,10 +84,12 @@ def test_help_shows_panels_defaults_and_choices(monkeypatch, capsys):
     for name in PRESETS:
         assert name in text
     assert "<bool>" not in text
-    for default in ("[default: 0.05]", "[default: rsst]", "[default: amp]",
-                    "[default: no-compile]", "[default: 512]", "[default: cosine]"):
+    # on/off flags show --x alone and their default as on/off (--no-x named where it is on)
+    for default in ("[default: 0.05]", "[default: rsst]", "[default: (on; --no-amp turns it "
+                    "off)]", "[default: (off)]", "[default: 512]", "[default: cosine]"):
         assert default in text, default
     assert "--no-amp" in text and "--optimizer" in text and "--eval-batch-size" in text
+    assert "--no-compile" not in text and "--no-x" in text  # the docstring names the form
     # every option shows a default
     options = [line for line in text.splitlines() if re.match(r"│ --(?!help)", line)]
     assert len(options) >= len(dataclasses.fields(RunConfig))

@@ -149,3 +149,58 @@ def test_the_cycle_finder_sees_a_planted_cycle(tmp_path):
                               "    from pkg import c\nfrom . import a\n")
     (pkg / "c.py").write_text("def f():\n    from pkg import a\n")
     assert import_cycles(pkg) == [["pkg.a", "pkg.b", "pkg.a"]]
+
+
+# -- completion offers every choice ------------------------------------------------------------
+@pytest.mark.parametrize(("words", "expected"), [
+    ("rsst run --dataset ", {"synthetic", "cifar10", "cifar100", "imagefolder", "tiny-imagenet"}),
+    ("rsst run --arch res", {"resnet20", "resnet18", "resnet110"}),
+    ("rsst run --arch ", {"vgg16_bn", "vit_tiny", "timm:"}),
+    ("rsst run --logger ", {"tensorboard", "wandb", "csv"}),
+    ("rsst run --rewind ", {"init", "none", "epoch:"}),
+    ("rsst run --structure ", {"auto", "head+neuron", "none"}),
+    ("rsst run --schedule exp", {"exp", "exp_custom_exponents"}),
+    ("rsst eval model.safetensors --split ", {"val", "test"}),
+    ("rsst export RUN --form ", {"masked", "compact", "timm"}),
+])
+def test_completion_offers_every_choice(words, expected):
+    proc = complete(words)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    offered = set(proc.stdout.split()[:-1])
+    assert expected <= offered, (expected - offered, offered)
+
+
+def test_export_state_completion_lists_the_runs_states(tmp_path):
+    for state in (0, 1, 12):
+        (tmp_path / f"state_{state:02d}").mkdir()
+    proc = complete(f"rsst export {tmp_path} --state ")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split()[:-1] == ["last", "best", "0", "1", "12"]
+    proc = complete(f"rsst export {tmp_path} --state 1")
+    assert proc.stdout.split()[:-1] == ["1", "12"]
+
+
+def test_arch_completion_asks_timm_only_after_the_prefix():
+    from rsst import cli
+
+    names = cli._arch_completion("timm:vit_tiny_patch16")
+    assert "timm:vit_tiny_patch16_224" in names and all(n.startswith("timm:") for n in names)
+
+
+# -- 80 columns --------------------------------------------------------------------------------
+def test_help_at_80_columns_keeps_every_choice_whole():
+    from rsst.config import settings
+
+    proc = subprocess.run([sys.executable, "-m", "rsst", "run", "--help"], capture_output=True,
+                          text=True, timeout=120, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "80"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert max(len(line) for line in proc.stdout.splitlines()) <= 80
+    assert "…" not in proc.stdout  # no cell cut short
+    cells = " ".join(cell.strip() for line in proc.stdout.splitlines()
+                     for cell in line.split("│"))
+    words = set(cells.replace(",", " ").replace(".", " ").replace("<", " ").replace(">", " ")
+                .replace("|", " ").split())
+    for name, meta in settings().items():
+        for choice in meta.choice_list() or ():
+            assert choice in words, (name, choice)  # shown whole, not folded mid-name
