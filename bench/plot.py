@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from rsst.errors import UserError
+from rsst.errors import UserError, install_hint
 
 PATH_ORDER: tuple[str, ...] = ("dense", "triton", "compiled", "torch", "eager", "seed")
 PATH_COLORS = {"dense": "#7f7f7f", "triton": "#2ca02c", "torch": "#1f77b4", "eager": "#ff7f0e",
@@ -24,8 +24,8 @@ def require_matplotlib() -> None:
         import matplotlib  # noqa: F401
     except ImportError:
         raise UserError(
-            "--plot needs matplotlib, which is not installed: pip install 'rsst[plot]' "
-            "(or drop --plot and use --json)"
+            f"--plot needs matplotlib, which is not installed: {install_hint('plot')}; "
+            "or drop --plot and use --json"
         ) from None
 
 

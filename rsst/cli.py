@@ -358,7 +358,8 @@ def _logger_parameters() -> list[inspect.Parameter]:
 
     return [
         option("logger", list[str] | None, "--logger", help="Also log to tensorboard | wandb | "
-               "csv (repeatable; extras rsst\\[tensorboard], rsst\\[wandb]).",
+               "csv (repeatable; needs the extras tensorboard, wandb: pip install "
+               "'rsst-prune\\[wandb]', or -e '.\\[wandb]' in a checkout).",
                autocompletion=_completion(LOGGERS)),
         option("wandb_project", str | None, "--wandb-project", help="W&B project (default "
                "rsst)."),
@@ -558,7 +559,7 @@ def compare(
                                "state delivers; RSST states otherwise show before and after "
                                "the cut)."),
     plot: Path | None = typer.Option(None, help="Write the accuracy-vs-sparsity plot here "
-                                     "(.png or .svg; needs rsst\\[plot])."),
+                                     "(.png or .svg; needs matplotlib: the plot extra)."),
     json_out: bool = typer.Option(False, "--json", help="Print the comparison as JSON only."),
     json_path: Path | None = typer.Option(None, "--json-out", help="Also write the comparison "
                                           "as JSON to this file."),
@@ -600,7 +601,7 @@ def compare(
 def report(
     run_dir: Path = typer.Argument(..., help="A run directory written by `rsst run`."),
     plot: Path | None = typer.Option(None, help="Where to write the plot (.png or .svg; default "
-                                     "RUN_DIR/report.png; needs rsst\\[plot])."),
+                                     "RUN_DIR/report.png; needs matplotlib: the plot extra)."),
 ) -> None:
     """One run: the per-state table, accuracy per state and the groups left per layer."""
     from rich.markup import escape
@@ -642,7 +643,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         from rich.markup import escape
 
         if is_shown(exc):  # under torchrun: rank 0, or an error of this rank alone
-            # escaped: a message such as "pip install 'rsst[plot]'" is text, not rich markup
+            # escaped: a message such as "pip install 'rsst-prune[plot]'" is text, not markup
             err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False,
                               soft_wrap=True)
         sys.exit(exc.exit_code)

@@ -7,6 +7,17 @@ The CLI turns a `UserError` into one line on stderr and its ``exit_code`` (2; 3 
 
 from __future__ import annotations
 
+#: The name rsst is published under on PyPI ("rsst" there is an unrelated project); the import
+#: package and the command are both ``rsst``.
+DISTRIBUTION = "rsst-prune"
+
+
+def install_hint(extra: str) -> str:
+    """How to install one of rsst's optional extras (plot, tensorboard, wandb), from PyPI and
+    from a source checkout."""
+    return (f"pip install '{DISTRIBUTION}[{extra}]' (in a source checkout: "
+            f"pip install -e '.[{extra}]')")
+
 
 class UserError(Exception):
     """A problem in the user's input, with a message that names the problem and the fix."""

@@ -24,7 +24,7 @@ from typing import Any
 
 from rsst.atomic import atomic_write_text
 from rsst.choices import LOGGERS
-from rsst.errors import UserError
+from rsst.errors import UserError, install_hint
 from rsst.rundir import read_metrics
 
 _PACKAGE = {"tensorboard": "tensorboard", "wandb": "wandb"}
@@ -41,7 +41,7 @@ def check_loggers(names: Sequence[str]) -> list[str]:
         package = _PACKAGE.get(name)
         if package and importlib.util.find_spec(package) is None:
             raise UserError(f"--logger {name} needs the {package} package, which is not "
-                            f"installed: pip install 'rsst[{name}]'")
+                            f"installed: {install_hint(name)}")
         if name not in chosen:
             chosen.append(name)
     return chosen

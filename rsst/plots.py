@@ -1,4 +1,4 @@
-"""matplotlib drawings of `rsst compare` / `rsst report` results (extra ``rsst[plot]``).
+"""matplotlib drawings of `rsst compare` / `rsst report` results (extra ``plot``).
 
 matplotlib is imported only here and only when a plot is asked for; its absence is a
 `UserError` naming the extra. Files are written to a temporary name and renamed.
@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from rsst.errors import UserError
+from rsst.errors import UserError, install_hint
 
 FORMATS = {".png": "png", ".svg": "svg"}
 DPI = 100
@@ -36,7 +36,7 @@ def pyplot(flag: str = "--plot") -> Any:
         import matplotlib
     except ImportError:
         raise UserError(f"{flag} needs matplotlib, which is not installed: "
-                        "pip install 'rsst[plot]'") from None
+                        f"{install_hint('plot')}") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

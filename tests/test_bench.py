@@ -257,7 +257,7 @@ def test_plot_needs_the_step_suite(tmp_path) -> None:
 
 def test_plot_without_matplotlib_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
-    with pytest.raises(UserError, match=r"pip install 'rsst\[plot\]'"):
+    with pytest.raises(UserError, match=r"pip install 'rsst-prune\[plot\]'"):
         require_matplotlib()
 
 

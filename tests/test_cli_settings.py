@@ -322,3 +322,16 @@ def test_rerun_from_config_starts_a_new_run_and_emoji_paths_round_trip(monkeypat
     assert build_config(config_file=first / "config.toml",
                         overrides={"out": str(tmp_path / "x")}).out == str(tmp_path / "x")
     rsst.loop.run(build_config(overrides={}), resume=first, console=QUIET)  # resumes in place
+
+
+# -- the distribution's name -------------------------------------------------------------------
+def test_install_hints_name_the_distribution_and_the_checkout_form():
+    from rsst.errors import DISTRIBUTION, install_hint
+
+    project = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml")
+                            .read_text())["project"]
+    assert project["name"] == DISTRIBUTION == "rsst-prune"
+    assert "rsst" in project["scripts"] and "plot" in project["optional-dependencies"]
+    assert any(dep.startswith("tomli-w") for dep in project["dependencies"])
+    assert install_hint("plot") == ("pip install 'rsst-prune[plot]' (in a source checkout: "
+                                    "pip install -e '.[plot]')")

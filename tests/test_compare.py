@@ -252,7 +252,7 @@ def test_plot_without_matplotlib_says_how_to_install(ref_runs, tmp_path, monkeyp
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     code, out, err = cli(monkeypatch, capsys, "compare", str(ref_runs["rsst"]), "--plot",
                          str(tmp_path / "c.png"))
-    assert code == 2 and "pip install 'rsst[plot]'" in err and "Traceback" not in err
+    assert code == 2 and "pip install 'rsst-prune[plot]'" in err and "Traceback" not in err
     assert not (tmp_path / "c.png").exists()
     code, out, err = cli(monkeypatch, capsys, "compare", str(ref_runs["rsst"]), "--plot",
                          str(tmp_path / "c.jpg"))

@@ -147,7 +147,8 @@ def test_missing_extra_fails_before_training(tmp_path, monkeypatch, capsys):
     assert exit_info.value.code == 2
     lines = [line for line in err.splitlines() if line.strip()]
     assert lines == ["error: --logger wandb needs the wandb package, which is not installed: "
-                     "pip install 'rsst[wandb]'"]
+                     "pip install 'rsst-prune[wandb]' (in a source checkout: pip install -e "
+                     "'.[wandb]')"]
     assert not out.exists()
 
 
