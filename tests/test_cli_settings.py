@@ -335,3 +335,10 @@ def test_install_hints_name_the_distribution_and_the_checkout_form():
     assert any(dep.startswith("tomli-w") for dep in project["dependencies"])
     assert install_hint("plot") == ("pip install 'rsst-prune[plot]' (in a source checkout: "
                                     "pip install -e '.[plot]')")
+
+
+def test_old_module_name_of_the_scored_baselines_still_imports():
+    from rsst.methods import oneshot, scored
+
+    assert oneshot.ScoredMethod is scored.ScoredMethod
+    assert oneshot.arena_scores is scored.arena_scores

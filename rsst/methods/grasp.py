@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from rsst.methods.oneshot import ScoredMethod, arena_scores
 from rsst.methods.registry import register_method
+from rsst.methods.scored import ScoredMethod, arena_scores
 from rsst.scores import grasp_scores
 
 if TYPE_CHECKING:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from rsst.methods.oneshot import ScoredMethod
 from rsst.methods.registry import register_method
+from rsst.methods.scored import ScoredMethod
 
 if TYPE_CHECKING:
     import torch

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from rsst.methods.oneshot import ScoredMethod
 from rsst.methods.registry import register_method
+from rsst.methods.scored import ScoredMethod
 from rsst.scores import random_scores
 
 if TYPE_CHECKING:

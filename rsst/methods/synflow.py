@@ -12,8 +12,8 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from rsst.methods.oneshot import ScoredMethod, arena_scores, hard_masks
 from rsst.methods.registry import register_method
+from rsst.methods.scored import ScoredMethod, arena_scores, hard_masks
 from rsst.scores import synflow_iterate
 
 if TYPE_CHECKING:
