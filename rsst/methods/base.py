@@ -1,11 +1,11 @@
-"""What a pruning method is: the questions SPEC §2's state machine asks it.
+"""What a pruning method is: the questions the state machine (train, prune, rewind) asks it.
 
 `rsst.loop` runs the states (train, evaluate, save, rewind) and asks the run's `Method`:
 
 - *when* it prunes: `prunes_at_init` (before state 0 trains) and `prunes_after_state`;
 - *what* to remove: `score` gives one score per arena element (lowest go first, ranked
   globally over the prunable scope) and `removal_count` how many alive prunable weights go;
-- *how* the unstructured mask U becomes the next masks: `refill` (SPEC §3's refill into whole
+- *how* the unstructured mask U becomes the next masks: `refill` (Refill's regrouping into whole
   groups, or U as is) and `soft` (dropped elements become the pending set P, faded by the
   penalty and cut at the end of the next state; otherwise they die at once);
 - *what it adds to the per-step update*: `update_terms`, fields of `rsst.update.UpdateConfig`
@@ -16,8 +16,8 @@
 - whether it has a one-shot form (``--target-remain``): `one_shot_states`, the number of states
   that form runs (`rsst.config` fills ``--states`` with it and checks it).
 
-This module imports no torch and nothing heavy, so the registry is cheap to import (the config
-and the CLI list the method names from it).
+This module imports no torch and nothing heavy. A method's name, summary and own settings are
+declared in `rsst.methods.catalog`, so the config and the CLI know them without importing it.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ class Method:
     name: ClassVar[str] = ""
     #: one line for ``--help``; a built-in method's is in its `rsst.methods.catalog.MethodSpec`
     summary: ClassVar[str] = ""
-    #: SPEC §3's refill of U into whole groups (with --criteria / --fillback-rate)
+    #: Refill: U regrouped into whole groups (with --criteria / --fillback-rate)
     refill: ClassVar[bool] = False
     #: dropped elements go to the pending set (faded by the penalty, cut after the next state)
     soft: ClassVar[bool] = False
