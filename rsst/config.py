@@ -47,7 +47,7 @@ METHODS = method_names()  # the built-in pruning methods (rsst.methods.catalog)
 __all__ = ["BACKENDS", "CRITERIA", "DATASETS", "DEVICES", "LR_SCHEDULES", "MEMORY_FORMATS",
            "METHODS", "OPTIMIZERS", "PANELS", "PRESETS", "PRUNE_SCOPES", "REFILL_SCOPES",
            "REG_RAMPS", "STRUCTURES", "RunConfig", "Setting", "build_config", "load_config",
-           "save_config", "settings", "validate"]
+           "save_config", "settings", "validate", "config_toml", "not_in_effect"]
 
 
 def setting(default: Any = None, *, help: str, panel: str, default_factory: Any = None,

@@ -342,3 +342,18 @@ def test_old_module_name_of_the_scored_baselines_still_imports():
 
     assert oneshot.ScoredMethod is scored.ScoredMethod
     assert oneshot.arena_scores is scored.arena_scores
+
+
+def test_print_config_of_a_run_to_resume(monkeypatch, capsys, captured, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    save_config(RunConfig(method="imp", out=str(run_dir)), run_dir / "config.toml")
+    code, out, err = call_main(monkeypatch, capsys, "run", "--resume", str(run_dir),
+                               "--print-config")
+    assert code == 0 and captured == [] and err == ""
+    assert tomllib.loads(out)["run"]["method"] == "imp"
+    assert out.rstrip().endswith(f"# run directory: {run_dir}")
+    code, out, err = call_main(monkeypatch, capsys, "run", "--resume", str(tmp_path / "no"),
+                               "--print-config")
+    assert code == 2 and out == ""
+    one_error_line(err, "not an rsst run directory")
