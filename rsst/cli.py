@@ -54,9 +54,10 @@ def _shown_type(metavar: str | None) -> Callable[[Any], str | None]:
     return lambda ctx: metavar
 
 
-class _NoBoolMetavar:
-    """Flags (``--x/--no-x``, ``--help``) take no value, so help shows no ``<bool>`` for them;
-    an option's own metavar (``--milestones EPOCH,EPOCH``) is shown instead of its type."""
+class _RsstHelp:
+    """How rsst's commands lay out their help. Flags (``--x/--no-x``, ``--help``) take no value,
+    so help shows no ``<bool>`` for them; an option's own metavar (``--milestones EPOCH,EPOCH``)
+    is shown instead of its type; docstring paragraphs wrap at the terminal's width."""
 
     def get_params(self, ctx: Any) -> list[Any]:
         params = super().get_params(ctx)  # type: ignore[misc]
@@ -66,7 +67,6 @@ class _NoBoolMetavar:
             if param.metavar is not None and hasattr(param, "display_type_rich"):
                 param.display_type_rich = _shown_type(param.metavar or None)
         return params
-
 
     def format_help(self, ctx: Any, formatter: Any) -> None:
         """The help of an on/off flag shows ``--x`` alone, its default as on or off: a column
@@ -101,11 +101,11 @@ def unwrap_paragraphs(text: str) -> str:
     return "\n\n".join(paragraphs)
 
 
-class RsstGroup(_NoBoolMetavar, TyperGroup):
+class RsstGroup(_RsstHelp, TyperGroup):
     pass
 
 
-class RsstCommand(_NoBoolMetavar, TyperCommand):
+class RsstCommand(_RsstHelp, TyperCommand):
     pass
 
 
