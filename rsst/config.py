@@ -33,6 +33,8 @@ OPTIMIZERS = ("sgd", "adamw")
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 BACKENDS = ("auto", "triton", "compiled", "torch", "eager")
 DEVICES = ("auto", "cpu", "cuda")
+SCORE_BN_MODES = ("eval", "train")
+ADMM_PROJECTIONS = ("layer", "global")
 
 #: Help panels of `rsst run --help`, in the order they are shown.
 PANELS = ("Method", "Schedule/penalty", "Training", "Data", "Model", "Run directory", "Speed")
@@ -183,6 +185,15 @@ class RunConfig:
                                        "reference's 200).")
     synflow_iterations: int = setting(100, panel="Method", low=1,
                                       help="SynFlow scorings on the exponential schedule.")
+    score_bn: str | None = setting(None, panel="Method", choices=SCORE_BN_MODES,
+                                   shown_default="snip: eval, grasp: train",
+                                   help="BatchNorm while snip/grasp score: eval (running "
+                                   "statistics) or train (batch statistics); the default is "
+                                   "each method's reference code.")
+    admm_projection: str = setting("layer", panel="Method", choices=ADMM_PROJECTIONS,
+                                   help="ADMM's sparse set: layer (each layer keeps the same "
+                                   "fraction, final prune by |W|, as the paper) or global (top-k "
+                                   "across layers, final prune to Z's support).")
     # RSST penalty
     schedule: str = setting("x", panel="Schedule/penalty", choices=SCHEDULES,
                             help="λ schedule of the RSST penalty.")

@@ -1,6 +1,8 @@
 """``grasp`` (Wang et al. 2020): GraSP's S = −θ ⊙ Hg (logits / --grasp-temperature, Hessian-
 gradient product by double backprop, `rsst.scores.grasp_scores`); the weights of HIGHEST S go,
-so the ranking score here is −S. No absolute value (the research code's abs() is a deviation)."""
+so the ranking score here is −S. No absolute value (the research code ranked |θ ⊙ Hg| and
+removed the smallest, a deviation). BatchNorm in training mode while scoring (the reference,
+alecwangcq/GraSP), or in eval mode with --score-bn eval."""
 
 from __future__ import annotations
 
@@ -20,9 +22,12 @@ if TYPE_CHECKING:
 class GraSP(ScoredMethod):
     name = "grasp"
     summary = "GraSP's −θ·Hg at init"
+    #: BatchNorm mode of the reference implementation, used without --score-bn
+    score_bn = "train"
 
     def score(self, ctx: PruneContext) -> torch.Tensor:
+        train = (ctx.config.score_bn or self.score_bn) == "train"
         scores = grasp_scores(ctx.model, ctx.structure.prunable_names,
                               ctx.batches(ctx.config.score_batches),
-                              temperature=ctx.config.grasp_temperature)
+                              temperature=ctx.config.grasp_temperature, train=train)
         return -arena_scores(ctx.arena, scores)

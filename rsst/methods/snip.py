@@ -1,5 +1,7 @@
 """``snip`` (Lee et al. 2019): connection sensitivity |θ ⊙ Σ_b ∂L_b/∂θ| over --score-batches
-training batches (`rsst.scores.snip_scores`), at initialization to --target-remain."""
+training batches (`rsst.scores.snip_scores`), at initialization to --target-remain. BatchNorm
+in eval mode while scoring (the authors' snip-public), or in training mode with --score-bn train
+(what the research code did)."""
 
 from __future__ import annotations
 
@@ -19,8 +21,11 @@ if TYPE_CHECKING:
 class SNIP(ScoredMethod):
     name = "snip"
     summary = "|θ·∂L/∂θ| at init"
+    #: BatchNorm mode of the reference implementation, used without --score-bn
+    score_bn = "eval"
 
     def score(self, ctx: PruneContext) -> torch.Tensor:
+        train = (ctx.config.score_bn or self.score_bn) == "train"
         scores = snip_scores(ctx.model, ctx.structure.prunable_names,
-                             ctx.batches(ctx.config.score_batches))
+                             ctx.batches(ctx.config.score_batches), train=train)
         return arena_scores(ctx.arena, scores)
