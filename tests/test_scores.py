@@ -8,16 +8,20 @@ schedule is the reference's loop written again. Numbers are compared, not only r
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from rsst.arena import Arena
 from rsst.config import RunConfig, validate
 from rsst.methods import PruneContext, get_method
 from rsst.models import create_model
+from rsst.models.base import Normalize
 from rsst.pruning import prune_lowest
 from rsst.scores import (
     grasp_scores,
@@ -311,11 +315,22 @@ def test_synflow_prune_follows_the_reference_loop():
     """The iterative prune equals the reference's loop (score, re-mask at density
     ρ^(k/n), repeat), re-implemented here with the oracle scores."""
     model = tiny_model()
-    total = sum(model.get_parameter(n).numel() for n in NAMES)
     keep, n = 9, 5
     masks = {nm: torch.ones_like(model.get_parameter(nm), dtype=torch.bool) for nm in NAMES}
     got = synflow_prune(model, masks, keep, n, (6,))
+    oracle = _synflow_reference_loop(model, masks, keep, n)
+    assert sum(int(v.sum()) for v in got.values()) == keep
+    for m in NAMES:
+        assert torch.equal(got[m], oracle[m]), m
+    # iterating matters: one scoring keeps a different set on this network
+    one_shot = keep_highest(_synflow_oracle_scores(model, masks), masks, keep)
+    assert any(not torch.equal(one_shot[m], got[m]) for m in NAMES)
 
+
+def _synflow_reference_loop(model, masks, keep, n):
+    """The reference's loop: n oracle scorings, each keeping the round(total·(keep/total)^(k/n))
+    highest (ties: lower index) and re-masking."""
+    total = sum(m.numel() for m in masks.values())
     oracle = dict(masks)
     for k in range(1, n + 1):
         scores = _synflow_oracle_scores(model, oracle)
@@ -330,12 +345,74 @@ def test_synflow_prune_follows_the_reference_loop():
             size = oracle[m].numel()
             oracle[m] = alive[start:start + size].view(oracle[m].shape)
             start += size
-    assert sum(int(v.sum()) for v in got.values()) == keep
-    for m in NAMES:
-        assert torch.equal(got[m], oracle[m]), m
-    # iterating matters: one scoring keeps a different set on this network
-    one_shot = keep_highest(_synflow_oracle_scores(model, masks), masks, keep)
-    assert any(not torch.equal(one_shot[m], got[m]) for m in NAMES)
+    return oracle
+
+
+@pytest.mark.parametrize("iterations", [1, 4])
+def test_synflow_method_follows_synflow_iterations(iterations):
+    """The method's prune (its scores, the loop's global cut) keeps exactly what the reference
+    loop keeps with --synflow-iterations scorings; 1 and 4 keep different sets here."""
+    ctx, _ = method_context("synflow", target_remain=0.15, synflow_iterations=iterations)
+    method, arena, prunable = get_method("synflow"), ctx.arena, ctx.structure.prunable
+    total = int(prunable.sum())
+    count = method.removal_count(total, total, ctx.config)
+    mask = prune_lowest(method.score(ctx), arena.hard_mask, prunable, count)
+    got = {n: arena.slots[n].shaped(mask) for n in NAMES}
+    keep = round(0.15 * total)
+    masks = {n: torch.ones_like(ctx.model.get_parameter(n), dtype=torch.bool) for n in NAMES}
+    model64 = copy.deepcopy(ctx.model).double()  # the same weights, in float64
+    for iters in (1, 4):
+        want = _synflow_reference_loop(model64, masks, keep, iters)
+        same = all(torch.equal(got[n], want[n]) for n in NAMES)
+        assert same == (iters == iterations), iters
+
+
+class NormalizedConv(nn.Module):
+    """Normalize → conv 3×3 (no bias) → BN → relu → flatten → linear, on 3×4×4 inputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = Normalize([0.4, 0.5, 0.6], [0.2, 0.3, 0.25])
+        self.conv = nn.Conv2d(3, 4, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(4, eps=EPS)
+        self.fc = nn.Linear(64, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.bn(self.conv(self.norm(x))))
+        return self.fc(h.flatten(1))
+
+
+def test_synflow_uses_ones_unnormalized_abs_parameters_and_eval_batchnorm():
+    """SynFlow's documented choices, pinned against a hand-written forward: the input is all
+    ones and reaches the first conv as ones (the model's input normalization is bypassed),
+    every parameter and buffer enters as its absolute value (negative BN bias, running mean
+    and weights here), BatchNorm uses its (abs'd) running statistics."""
+    torch.manual_seed(11)
+    model = NormalizedConv().double()
+    with torch.no_grad():
+        model.bn.weight.copy_(torch.tensor([1.2, -0.8, 0.9, -1.1]))
+        model.bn.bias.copy_(torch.tensor([0.3, -0.4, 0.2, -0.1]))
+        model.bn.running_mean.copy_(torch.tensor([-0.4, 0.3, -0.2, 0.1]))
+        model.bn.running_var.copy_(torch.tensor([0.5, 1.5, 2.0, 0.8]))
+    model.train()
+    names = ["conv.weight", "fc.weight"]
+    masks = {n: torch.rand(model.get_parameter(n).shape, generator=torch.Generator()
+                           .manual_seed(5)) > 0.2 for n in names}
+    got = synflow_scores(model, masks, (3, 4, 4))
+    assert model.training  # mode untouched
+
+    p = {k: v.abs() for k, v in params64(model).items()}
+    w = [(p[n] * masks[n].double()).requires_grad_(True) for n in names]
+    h = F.conv2d(torch.ones(1, 3, 4, 4, dtype=torch.float64), w[0], padding=1)
+    shape = (1, -1, 1, 1)
+    h = ((h - p["bn.running_mean"].view(shape)) / torch.sqrt(p["bn.running_var"].view(shape)
+                                                             + EPS)
+         * p["bn.weight"].view(shape) + p["bn.bias"].view(shape))
+    r = (torch.relu(h).flatten(1) @ w[1].T + p["fc.bias"]).sum()
+    grads = torch.autograd.grad(r, w)
+    for name, wi, g in zip(names, w, grads, strict=True):
+        torch.testing.assert_close(got[name], (wi.detach() * g).abs(), rtol=1e-10, atol=0)
+        assert float(got[name].max()) > 0
 
 
 def test_synflow_does_not_collapse_resnet20_at_99_percent():
@@ -374,3 +451,23 @@ def test_random_scores_are_seeded_uniform():
     assert torch.equal(a, b) and not torch.equal(a, random_scores(10_000, 6))
     assert a.dtype == torch.float64 and 0 <= float(a.min()) and float(a.max()) < 1
     assert abs(float(a.mean()) - 0.5) < 0.02
+
+
+def test_random_method_draws_from_seed_and_state():
+    """The random baseline's scores are U[0, 1) from the CPU generator seeded with
+    --seed + 1_000_003 · (state + 1) (state −1: pruning at init): a different --seed or state
+    gives another draw."""
+    for seed, state in [(0, -1), (5, -1), (5, 2)]:
+        ctx, _ = method_context("random", seed=seed)
+        ctx = dataclasses.replace(ctx, state=state)
+        got = get_method("random").score(ctx)
+        generator = torch.Generator().manual_seed(seed + 1_000_003 * (state + 1))
+        want = torch.rand(ctx.arena.numel, generator=generator, dtype=torch.float64)
+        assert torch.equal(got, want), (seed, state)
+
+
+def test_omp_scores_the_weight_magnitude():
+    ctx, _ = method_context("omp", states=2)
+    weight = ctx.arena.weight
+    assert (weight < 0).any()
+    assert torch.equal(get_method("omp").score(ctx), weight.abs())
