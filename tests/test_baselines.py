@@ -174,6 +174,10 @@ def test_prune_at_init_comes_after_the_rewind_point(tmp_path, monkeypatch):
     (["--pretrained", "/nonexistent/w.safetensors"], ["--pretrained", "no such file"]),
     (["--pretrained", "/"], ["--pretrained", "is a folder"]),
     (["--prune-scope", "everything"], ["--prune-scope"]),
+    (["--method", "snip", "--score-bn", "batch"],
+     ["--score-bn", "'batch' is not one of 'eval', 'train'"]),
+    (["--method", "admm", "--admm-projection", "unit"],
+     ["--admm-projection", "'unit' is not one of 'layer', 'global'"]),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, words, monkeypatch, capsys, tmp_path):
     monkeypatch.chdir(tmp_path)
