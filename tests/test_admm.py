@@ -237,15 +237,19 @@ def test_refilled_variant_keeps_whole_channels(tmp_path):
             assert torch.count_nonzero(tensors[name][~mask]) == 0, name
 
 
+@pytest.mark.parametrize("projection,tolerance", [("global", 2e-5), ("layer", 1e-4)])
 @pytest.mark.parametrize("target,expected", [(0.25, [1.0, 0.5, 0.25]), (None, [1.0, 0.7, 0.49])],
                          ids=["target-remain", "rate"])
-def test_iterative_form(tmp_path, target, expected):
+def test_iterative_form(tmp_path, target, expected, projection, tolerance):
     """Three states: two ADMM states (each pruning to its own Z), then masked retraining.
-    --target-remain R: R^(1/2) then R of all prunable weights; otherwise --rate of the alive."""
+    --target-remain R: R^(1/2) then R of all prunable weights — of every layer's own weights
+    with the per-layer projection, whatever the first prune left alive in it; otherwise --rate
+    of the alive (per layer: within one weight per layer)."""
     run_dir = loop.run(config(states=3, epochs=1, admm_interval=1, target_remain=target,
-                              rate=0.3), out=tmp_path / "iterative", console=QUIET)
+                              rate=0.3, admm_projection=projection),
+                       out=tmp_path / "iterative", console=QUIET)
     remain = [r["remain_weight"] for r in summary(run_dir)]
-    assert remain == pytest.approx(expected, abs=2e-5)
+    assert remain == pytest.approx(expected, abs=tolerance)
 
 
 def test_backends_run_the_same_admm(tmp_path):
