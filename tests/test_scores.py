@@ -327,12 +327,12 @@ def test_synflow_prune_follows_the_reference_loop():
     assert any(not torch.equal(one_shot[m], got[m]) for m in NAMES)
 
 
-def _synflow_reference_loop(model, masks, keep, n):
+def _synflow_reference_loop(model, masks, keep, n, stop=None):
     """The reference's loop: n oracle scorings, each keeping the round(total·(keep/total)^(k/n))
-    highest (ties: lower index) and re-masking."""
+    highest (ties: lower index) and re-masking; ``stop``: the masks after that many."""
     total = sum(m.numel() for m in masks.values())
     oracle = dict(masks)
-    for k in range(1, n + 1):
+    for k in range(1, (n if stop is None else stop) + 1):
         scores = _synflow_oracle_scores(model, oracle)
         target = round(total * (keep / total) ** (k / n))
         flat = torch.cat([torch.where(oracle[m], scores[m], torch.tensor(-1.0)).reshape(-1)
@@ -356,11 +356,16 @@ def test_synflow_method_follows_synflow_iterations(iterations):
     method, arena, prunable = get_method("synflow"), ctx.arena, ctx.structure.prunable
     total = int(prunable.sum())
     count = method.removal_count(total, total, ctx.config)
-    mask = prune_lowest(method.score(ctx), arena.hard_mask, prunable, count)
+    scores = method.score(ctx)
+    mask = prune_lowest(scores, arena.hard_mask, prunable, count)
     got = {n: arena.slots[n].shaped(mask) for n in NAMES}
     keep = round(0.15 * total)
     masks = {n: torch.ones_like(ctx.model.get_parameter(n), dtype=torch.bool) for n in NAMES}
     model64 = copy.deepcopy(ctx.model).double()  # the same weights, in float64
+    # what the first n − 1 iterations removed scores −inf: the cut takes them whatever the ties
+    before_last = _synflow_reference_loop(model64, masks, keep, iterations, iterations - 1)
+    for n in NAMES:
+        assert torch.equal(torch.isinf(arena.slots[n].shaped(scores)), ~before_last[n]), n
     for iters in (1, 4):
         want = _synflow_reference_loop(model64, masks, keep, iters)
         same = all(torch.equal(got[n], want[n]) for n in NAMES)
