@@ -44,3 +44,8 @@ LOGGERS: tuple[str, ...] = ("tensorboard", "wandb", "csv")
 EXPORT_FORMS: tuple[str, ...] = ("masked", "compact", "timm")
 #: held-out splits `rsst eval` reads (`rsst.export.evaluate_file`)
 EVAL_SPLITS: tuple[str, ...] = ("val", "test")
+
+#: --score-bn: BatchNorm mode while SNIP/GraSP score
+SCORE_BN_MODES = ("eval", "train")
+#: --admm-projection: per-layer cardinality (the paper) or one global top-k
+ADMM_PROJECTIONS = ("layer", "global")

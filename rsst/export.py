@@ -195,6 +195,12 @@ def _as_float32(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             for k, v in tensors.items()}
 
 
+def _nonfinite_names(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating tensors holding NaN or ±infinity (a diverged run's weights)."""
+    return [k for k, v in tensors.items()
+            if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild the runnable model stored in an rsst export (or a run's state file), in eval mode.
 
@@ -202,11 +208,18 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Modul
     ``rsst.compact`` plan, weights from the tensors, in float32 whatever precision the file
     holds (call ``.half()`` on the result for half-precision inference). The model carries
     ``rsst_arch``, ``rsst_num_classes``, ``rsst_input_size``, ``rsst_patch_size`` and
-    ``rsst_metadata``.
+    ``rsst_metadata``. A file whose floating tensors hold NaN or infinity is a `UserError`
+    naming them.
     """
     path = Path(path)
     tensors, meta = read_file(path)
     tensors = _as_float32(tensors)
+    bad = _nonfinite_names(tensors)
+    if bad:  # such a model computes NaN: no accuracy to report, no network to hand out
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise UserError(f"{path}: tensor(s) {shown} hold NaN or infinity (the weights "
+                        "diverged or the file was damaged); use a state saved before that or "
+                        f"retrain (a lower --lr), then {_REEXPORT}")
     spec = model_spec(meta, path)
     form = meta.get("rsst.form", "masked")
     if form not in FORMS:

@@ -11,9 +11,12 @@ with an independent float64 re-implementation.
 - `synflow_scores` (Tanaka et al. 2020): |θ ⊙ ∂R/∂θ|, R = Σ f_|θ|(1), data-free; `synflow_prune`
   iterates it with the exponential schedule, re-masking between iterations.
 
-SNIP and GraSP run the model in training mode (batch statistics in BatchNorm, as the authors'
-code) and restore every buffer afterwards, so scoring leaves the model exactly as it found it;
-gradients are taken with ``torch.autograd.grad``, never accumulated into ``.grad``.
+SNIP and GraSP score with BatchNorm in the mode each reference implementation used — SNIP in
+eval mode (running statistics: snip-public feeds ``is_train=False`` when it prunes), GraSP in
+training mode (batch statistics: alecwangcq/GraSP scores a copy of the freshly built, training-mode
+network) — or the other one on request (``train=``). Either way every buffer is restored
+afterwards, so scoring leaves the model exactly as it found it; gradients are taken with
+``torch.autograd.grad``, never accumulated into ``.grad``.
 """
 
 from __future__ import annotations
@@ -69,27 +72,30 @@ def _summed_grads(model: nn.Module, weights: list[torch.Tensor], batches: Iterab
     return total
 
 
-def snip_scores(model: nn.Module, names: Sequence[str], batches: Iterable[Batch]
-                ) -> dict[str, torch.Tensor]:
+def snip_scores(model: nn.Module, names: Sequence[str], batches: Iterable[Batch],
+                train: bool = False) -> dict[str, torch.Tensor]:
     """SNIP's connection sensitivity |θ ⊙ Σ_b ∂L_b/∂θ| (gradients summed over the batches,
-    then the absolute value, as the reference and the research code do)."""
+    then the absolute value, as the reference and the research code do); BatchNorm in eval
+    mode unless ``train`` (the authors' code prunes with ``is_train=False``)."""
     weights = _weights(model, names)
-    with _scoring_mode(model, train=True):
+    with _scoring_mode(model, train=train):
         grads = _summed_grads(model, weights, list(batches))
     return {n: (w.detach() * g).abs() for n, w, g in zip(names, weights, grads, strict=True)}
 
 
 def grasp_scores(model: nn.Module, names: Sequence[str], batches: Iterable[Batch],
-                 temperature: float = 200.0) -> dict[str, torch.Tensor]:
+                 temperature: float = 200.0, train: bool = True) -> dict[str, torch.Tensor]:
     """GraSP's score S = −θ ⊙ H g over the named weights (H and g restricted to them).
 
     g = Σ_b ∂L_b/∂θ with logits divided by ``temperature`` (the reference's T = 200), then
     H g = ∂/∂θ Σ_b ⟨stopgrad(g), ∂L_b/∂θ⟩ by double backprop. GraSP removes the weights with the
     HIGHEST S (their removal reduces the gradient flow least); no absolute value is taken.
+    BatchNorm in training mode unless ``train`` is False (the reference scores the network as
+    built, in training mode).
     """
     weights = _weights(model, names)
     batches = list(batches)
-    with _scoring_mode(model, train=True):
+    with _scoring_mode(model, train=train):
         g = _summed_grads(model, weights, batches, temperature)
         hg = [torch.zeros_like(w) for w in weights]
         for x, y in batches:

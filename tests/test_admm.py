@@ -1,6 +1,7 @@
 """``--method admm`` end to end on ResNet-20 (tiny synthetic data): Z, U and the anchor against an
-independent top-k projection, the hard prune to Z's support at the target, the refilled variant,
-resume with Z/U restored, and bad input. The per-step term itself is tested in test_update.py."""
+independent top-k projection (global, and per layer with the final prune by |W|), the hard prune
+to Z's support at the target, the refilled variant, resume with Z/U restored, and bad input.
+The per-step term itself is tested in test_update.py."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ def config(**kw) -> RunConfig:
     base = dict(method="admm", states=2, epochs=3, admm_interval=2, admm_rho=0.05,
                 target_remain=TARGET, structure="none", train_subset=128, val_split=64,
                 batch_size=64, eval_batch_size=256, device="cpu", backend="torch",
-                arch="resnet20")
+                arch="resnet20", admm_projection="global")
     return validate(RunConfig(**{**base, **kw}))
 
 
@@ -44,7 +45,19 @@ def _clone(t):
 
 @pytest.fixture(scope="module")
 def admm_run(tmp_path_factory, tiny_data):
-    """One unstructured run (2 states, 3 epochs, Z/U every 2 epochs) with every hook observed."""
+    """One unstructured run (2 states, 3 epochs, Z/U every 2 epochs, global projection) with
+    every hook observed."""
+    return observed_run(config(), tmp_path_factory.mktemp("admm") / "run")
+
+
+@pytest.fixture(scope="module")
+def admm_layer_run(tmp_path_factory, tiny_data):
+    """The same run with the per-layer projection (the default)."""
+    return observed_run(config(admm_projection="layer"),
+                        tmp_path_factory.mktemp("admm_layer") / "run")
+
+
+def observed_run(cfg: RunConfig, out):
     seen: dict = {"begin": [], "epochs": [], "launches": []}
     begin, after, launch = ADMM.begin_state, ADMM.after_epoch, TorchBackend.launch
 
@@ -76,7 +89,7 @@ def admm_run(tmp_path_factory, tiny_data):
         mp.setattr(ADMM, "begin_state", observed_begin)
         mp.setattr(ADMM, "after_epoch", observed_after)
         mp.setattr(TorchBackend, "launch", observed_launch)
-        run_dir = loop.run(config(), out=tmp_path_factory.mktemp("admm") / "run", console=QUIET)
+        run_dir = loop.run(cfg, out=out, console=QUIET)
     return run_dir, seen
 
 
@@ -163,6 +176,53 @@ def test_hard_prune_to_z_support_reaches_the_target(admm_run):
         assert torch.count_nonzero(tensors[name][~mask]) == 0, name
 
 
+def layer_support(values: torch.Tensor, scope: torch.Tensor, ranges: list[tuple[int, int]]
+                  ) -> torch.Tensor:
+    """The paper's projection, independently: in each layer's range the round(R · n_l) largest
+    |value| by torch.topk (all weights alive in the first ADMM state)."""
+    support = torch.zeros_like(scope)
+    for start, stop in ranges:
+        k = round(TARGET * (stop - start))
+        support[start:stop] = independent_support(values[start:stop], scope[start:stop], k)
+    return support
+
+
+def test_layer_projection_holds_every_layer_to_the_fraction(admm_layer_run):
+    """--admm-projection layer (the default, the paper's): Z keeps round(R · n_l) weights of
+    every layer — at the start, at each update — and the prune after the state keeps each
+    layer's largest |W| of the trained weights, not Z's support."""
+    assert RunConfig().admm_projection == "layer"
+    run_dir, seen = admm_layer_run
+    arena, structure = seen["arena"], seen["structure"]
+    prunable = structure.prunable
+    ranges = [(arena.slots[n].offset, arena.slots[n].stop) for n in structure.prunable_names]
+    first = seen["begin"][0]
+    assert torch.equal(first["support"], layer_support(first["weight"], prunable, ranges))
+    epochs = [e for e in seen["epochs"] if e["state"] == 0]
+    update = epochs[1]
+    assert update["epoch"] == 2 and update["extra"]
+    before = update["before"]
+    v = torch.where(prunable, before["weight"], 0.0).double() + before["dual"].double()
+    support = layer_support(v, prunable, ranges)
+    assert torch.equal(update["after"]["support"], support)
+    # the flag matters: the global projection of the same values keeps another set
+    assert not torch.equal(support, independent_support(v, prunable, int(support.sum())))
+    z = torch.where(support, v, 0.0)
+    dual = v - z  # U + W − Z
+    torch.testing.assert_close(update["after"]["dual"].double(), dual, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(update["after"]["anchor"].double(), z - dual, rtol=1e-6,
+                               atol=1e-6)
+
+    final = epochs[-1]["before"]["weight"]  # W when state 0 ends, i.e. at the prune
+    kept = arena.hard_mask & prunable
+    assert torch.equal(kept, layer_support(final, prunable, ranges))
+    assert not torch.equal(kept, update["after"]["support"])  # |W|, not Z's support
+    for start, stop in ranges:
+        assert int(kept[start:stop].sum()) == round(TARGET * (stop - start))
+    assert summary(run_dir)[1]["remain_weight"] == pytest.approx(
+        int(kept.sum()) / int(prunable.sum()), abs=1e-12)
+
+
 def test_refilled_variant_keeps_whole_channels(tmp_path):
     run_dir = loop.run(config(structure="channel", epochs=1, admm_interval=1),
                        out=tmp_path / "refill", console=QUIET)
@@ -177,15 +237,19 @@ def test_refilled_variant_keeps_whole_channels(tmp_path):
             assert torch.count_nonzero(tensors[name][~mask]) == 0, name
 
 
+@pytest.mark.parametrize("projection,tolerance", [("global", 2e-5), ("layer", 1e-4)])
 @pytest.mark.parametrize("target,expected", [(0.25, [1.0, 0.5, 0.25]), (None, [1.0, 0.7, 0.49])],
                          ids=["target-remain", "rate"])
-def test_iterative_form(tmp_path, target, expected):
+def test_iterative_form(tmp_path, target, expected, projection, tolerance):
     """Three states: two ADMM states (each pruning to its own Z), then masked retraining.
-    --target-remain R: R^(1/2) then R of all prunable weights; otherwise --rate of the alive."""
+    --target-remain R: R^(1/2) then R of all prunable weights — of every layer's own weights
+    with the per-layer projection, whatever the first prune left alive in it; otherwise --rate
+    of the alive (per layer: within one weight per layer)."""
     run_dir = loop.run(config(states=3, epochs=1, admm_interval=1, target_remain=target,
-                              rate=0.3), out=tmp_path / "iterative", console=QUIET)
+                              rate=0.3, admm_projection=projection),
+                       out=tmp_path / "iterative", console=QUIET)
     remain = [r["remain_weight"] for r in summary(run_dir)]
-    assert remain == pytest.approx(expected, abs=2e-5)
+    assert remain == pytest.approx(expected, abs=tolerance)
 
 
 def test_backends_run_the_same_admm(tmp_path):

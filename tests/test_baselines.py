@@ -52,6 +52,29 @@ def test_registry_and_one_shot_forms():
     assert PRUNE_SCOPES == SCOPES
 
 
+@pytest.mark.parametrize("method", BASELINES)
+def test_when_and_how_much_each_form_prunes(method):
+    """One-shot (--target-remain R): one prune — at init, or after the dense state 0 for omp —
+    removing alive − round(R·total); iterative (no --target-remain): after every state but the
+    last, round(rate · alive). Numbers written out, so a flag read wrongly fails."""
+    m = get_method(method)
+    one_shot = tiny(method=method, target_remain=0.3)
+    assert m.prunes_at_init(one_shot) == (method != "omp")
+    assert [m.prunes_after_state(s, one_shot) for s in range(one_shot.states)] == (
+        [True, False] if method == "omp" else [False])
+    assert m.removal_count(1000, 1000, one_shot) == 700
+    assert m.removal_count(500, 1000, one_shot) == 200
+    assert m.removal_count(250, 1000, one_shot) == 0
+    assert m.removal_count(1000, 1000, tiny(method=method, target_remain=0.25)) == 750
+
+    iterative = tiny(method=method, states=4, rate=0.3)
+    assert not m.prunes_at_init(iterative)
+    assert [m.prunes_after_state(s, iterative) for s in range(4)] == [True, True, True, False]
+    assert m.removal_count(1000, 1000, iterative) == 300
+    assert m.removal_count(500, 1000, iterative) == 150
+    assert m.removal_count(500, 1000, tiny(method=method, states=4, rate=0.5)) == 250
+
+
 @pytest.mark.usefixtures("tiny_data")
 @pytest.mark.parametrize("arch", ["resnet20", "vit_tiny"])
 @pytest.mark.parametrize("method", BASELINES)
@@ -151,6 +174,10 @@ def test_prune_at_init_comes_after_the_rewind_point(tmp_path, monkeypatch):
     (["--pretrained", "/nonexistent/w.safetensors"], ["--pretrained", "no such file"]),
     (["--pretrained", "/"], ["--pretrained", "is a folder"]),
     (["--prune-scope", "everything"], ["--prune-scope"]),
+    (["--method", "snip", "--score-bn", "batch"],
+     ["--score-bn", "'batch' is not one of 'eval', 'train'"]),
+    (["--method", "admm", "--admm-projection", "unit"],
+     ["--admm-projection", "'unit' is not one of 'layer', 'global'"]),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, words, monkeypatch, capsys, tmp_path):
     monkeypatch.chdir(tmp_path)

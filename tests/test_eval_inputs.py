@@ -233,3 +233,48 @@ def test_synthetic_needs_no_data_dir_anywhere(tmp_path: Path, monkeypatch, capsy
     loose = tmp_path / "loose.safetensors"
     loose.write_bytes(state.read_bytes())
     assert json_result(monkeypatch, capsys, str(loose), "--split", "test")["n"] > 0
+
+
+# -- weights holding NaN or infinity -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("form", ["state", "compact"])
+def test_weights_with_nan_or_infinity_are_refused(tmp_path: Path, monkeypatch, capsys,
+                                                  form: str) -> None:
+    """A diverged model has no accuracy: `rsst eval` prints one line naming the tensors and
+    exits 2, `rsst.load` raises the same UserError; the finite file still evaluates."""
+    import rsst
+
+    state = write_state(tmp_path / "run", RunConfig(), img_size=32)
+    path = state
+    if form == "compact":
+        path = export_model(tmp_path / "run", tmp_path / "model.safetensors", form="compact").path
+    if form == "state":  # the file as written evaluates
+        assert json_result(monkeypatch, capsys, str(path), "--split", "test")["n"] > 0
+    tensors, meta = read_file(path)
+    conv, bn = "layers.1.0.conv1.weight", "layers.2.0.bn2.running_var"
+    tensors[conv].view(-1)[3] = float("nan")
+    tensors[bn][0] = float("inf")
+    tensors["fc.bias"][1] = float("-inf")
+    bad = tmp_path / "bad.safetensors"
+    save_file(tensors, str(bad), metadata=meta)
+
+    code, out, err = invoke(monkeypatch, capsys, "eval", str(bad), "--split", "test")
+    assert code == 2 and out == "", (out, err)
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    line = " ".join(err.split())
+    for name in (conv, bn, "fc.bias"):
+        assert name in line, line
+    assert "NaN or infinity" in line
+    assert "layers.1.0.conv2.weight" not in line  # only the offending tensors are named
+    with pytest.raises(UserError, match="NaN or infinity") as info:
+        rsst.load(bad)
+    assert str(info.value).splitlines()[0] in line
+
+    # half precision: an infinity that float16 holds is refused too
+    half = converted(path, tmp_path / "half.safetensors", torch.float16)
+    tensors, meta = read_file(half)
+    tensors["fc.weight"][0, 0] = float("inf")
+    save_file(tensors, str(half), metadata=meta)
+    with pytest.raises(UserError, match="fc.weight hold NaN or infinity"):
+        load_model(half)

@@ -8,16 +8,20 @@ schedule is the reference's loop written again. Numbers are compared, not only r
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from rsst.arena import Arena
-from rsst.config import RunConfig
+from rsst.config import RunConfig, validate
 from rsst.methods import PruneContext, get_method
 from rsst.models import create_model
+from rsst.models.base import Normalize
 from rsst.pruning import prune_lowest
 from rsst.scores import (
     grasp_scores,
@@ -69,44 +73,86 @@ def params64(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to(torch.float64).clone() for k, v in model.state_dict().items()}
 
 
-def forward_train(p: dict[str, torch.Tensor], w: list[torch.Tensor], x: torch.Tensor):
-    """The tiny network by hand, BatchNorm on batch statistics (biased variance)."""
+def forward(p: dict[str, torch.Tensor], w: list[torch.Tensor], x: torch.Tensor, bn: str):
+    """The tiny network by hand; BatchNorm on batch statistics (biased variance) for ``train``,
+    on the running statistics for ``eval``."""
     h = x @ w[0].T + p["fc1.bias"]
-    mean, var = h.mean(0), h.var(0, unbiased=False)
+    if bn == "train":
+        mean, var = h.mean(0), h.var(0, unbiased=False)
+    else:
+        mean, var = p["bn.running_mean"], p["bn.running_var"]
     h = (h - mean) / torch.sqrt(var + EPS) * p["bn.weight"] + p["bn.bias"]
     h = torch.tanh(torch.clamp(h, min=0) @ w[1].T + p["fc2.bias"])
     return h @ w[2].T + p["fc3.bias"]
 
 
-def oracle_loss(p, w, x, y, temperature=1.0):
-    logits = forward_train(p, w, x.double()) / temperature
+def oracle_loss(p, w, x, y, temperature=1.0, bn="train"):
+    logits = forward(p, w, x.double(), bn) / temperature
     return -(logits.log_softmax(1)[torch.arange(len(y)), y]).mean()
 
 
 # -- SNIP ------------------------------------------------------------------------------------
-def test_snip_matches_oracle_and_leaves_the_model_alone():
-    model, batches = tiny_model(), tiny_batches()
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    model.eval()
-    got = snip_scores(model, NAMES, batches)
-    assert not model.training  # mode restored, running stats untouched
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    assert all(p.grad is None for p in model.parameters())
-
+def _snip_oracle(model, batches, bn):
+    """|θ ⊙ Σ_b ∂L_b/∂θ|: the gradients summed over the batches, then the absolute value."""
     p = params64(model)
     w = [p[n].clone().requires_grad_(True) for n in NAMES]
     total = [torch.zeros_like(t) for t in w]
     for x, y in batches:
-        for acc, g in zip(total, torch.autograd.grad(oracle_loss(p, w, x, y), w), strict=True):
+        for acc, g in zip(total, torch.autograd.grad(oracle_loss(p, w, x, y, bn=bn), w),
+                          strict=True):
             acc += g
-    for name, wi, gi in zip(NAMES, w, total, strict=True):
-        want = (wi.detach() * gi).abs()
-        torch.testing.assert_close(got[name], want, rtol=1e-9, atol=1e-12)
-        assert float(want.abs().max()) > 1e-3  # a real signal, not all zeros
+    return {n: (wi.detach() * gi).abs() for n, wi, gi in zip(NAMES, w, total, strict=True)}
+
+
+def _differ(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    """The two score sets differ by far more than the comparisons' tolerance."""
+    scale = max(float(v.abs().max()) for v in a.values())
+    return max(float((a[n] - b[n]).abs().max()) for n in a) > 1e-3 * scale
+
+
+@pytest.mark.parametrize(("train", "bn"), [(None, "eval"), (False, "eval"), (True, "train")])
+@pytest.mark.parametrize("start_mode", ["eval", "train"])
+def test_snip_matches_oracle_and_leaves_the_model_alone(train, bn, start_mode):
+    """SNIP's default is BatchNorm in eval mode (the authors' snip-public prunes with
+    is_train=False); train=True uses batch statistics. Either way the model's mode, buffers
+    and .grad are untouched."""
+    model, batches = tiny_model(), tiny_batches()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.train(start_mode == "train")
+    kw = {} if train is None else {"train": train}
+    got = snip_scores(model, NAMES, batches, **kw)
+    assert model.training == (start_mode == "train")  # mode restored
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+
+    want = _snip_oracle(model, batches, bn)
+    for name in NAMES:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-9, atol=1e-12)
+        assert float(want[name].abs().max()) > 1e-3  # a real signal, not all zeros
+    other = _snip_oracle(model, batches, "train" if bn == "eval" else "eval")
+    assert _differ(want, other)  # the BatchNorm mode changes the scores on this network
+
+
+def test_snip_sums_the_gradients_before_the_absolute_value():
+    """|Σ_b g_b ⊙ θ|, not Σ_b |g_b ⊙ θ| nor the first batch only: on these two batches the three
+    differ, and only the first matches."""
+    model, batches = tiny_model(), tiny_batches()
+    got = snip_scores(model, NAMES, batches)
+    per_batch = [_snip_oracle(model, [b], "eval") for b in batches]
+    summed_abs = {n: per_batch[0][n] + per_batch[1][n] for n in NAMES}
+    assert _differ(got, summed_abs) and _differ(got, per_batch[0])
+    # signed: the score is |θ·g| ≥ 0, while θ·g itself takes both signs here
+    p = params64(model)
+    w = [p[n].clone().requires_grad_(True) for n in NAMES]
+    loss = sum(oracle_loss(p, w, x, y, bn="eval") for x, y in batches)
+    signed = torch.cat([(wi.detach() * g).reshape(-1)
+                        for wi, g in zip(w, torch.autograd.grad(loss, w), strict=True)])
+    assert (signed < 0).any() and (signed > 0).any()
+    assert all(bool((got[n] >= 0).all()) for n in NAMES)
 
 
 # -- GraSP -----------------------------------------------------------------------------------
-def _grasp_oracle(model, batches, temperature):
+def _grasp_oracle(model, batches, temperature, bn="train"):
     """S = −θ ⊙ (H g) with H the explicit Hessian of Σ_b L_b over the flat weights."""
     p = params64(model)
     shapes = [p[n].shape for n in NAMES]
@@ -121,7 +167,7 @@ def _grasp_oracle(model, batches, temperature):
         return out
 
     def total_loss(flat):
-        return sum(oracle_loss(p, split(flat), x, y, temperature) for x, y in batches)
+        return sum(oracle_loss(p, split(flat), x, y, temperature, bn) for x, y in batches)
 
     flat = flat0.clone().requires_grad_(True)
     g = torch.autograd.grad(total_loss(flat), flat)[0]
@@ -130,11 +176,17 @@ def _grasp_oracle(model, batches, temperature):
     return dict(zip(NAMES, split(-flat0 * (hessian @ g)), strict=True))
 
 
+@pytest.mark.parametrize(("train", "bn"), [(None, "train"), (True, "train"), (False, "eval")])
 @pytest.mark.parametrize("temperature", [1.0, 200.0])
-def test_grasp_matches_explicit_hessian_oracle_with_its_sign(temperature):
+def test_grasp_matches_explicit_hessian_oracle_with_its_sign(temperature, train, bn):
+    """GraSP's default is BatchNorm in training mode (alecwangcq/GraSP scores the network as
+    built, in training mode); train=False uses the running statistics."""
     model, batches = tiny_model(), tiny_batches()
-    got = grasp_scores(model, NAMES, batches, temperature=temperature)
-    want = _grasp_oracle(model, batches, temperature)
+    model.eval()
+    kw = {} if train is None else {"train": train}
+    got = grasp_scores(model, NAMES, batches, temperature=temperature, **kw)
+    assert not model.training
+    want = _grasp_oracle(model, batches, temperature, bn)
     scale = max(float(v.abs().max()) for v in want.values())
     assert scale > 0
     for name in NAMES:
@@ -142,6 +194,8 @@ def test_grasp_matches_explicit_hessian_oracle_with_its_sign(temperature):
     # signed: both signs occur, so an abs() or a flipped sign would not match
     flat = torch.cat([v.reshape(-1) for v in want.values()])
     assert (flat > 0).any() and (flat < 0).any()
+    assert _differ(want, _grasp_oracle(model, batches, temperature,
+                                       "eval" if bn == "train" else "train"))
 
 
 def test_grasp_method_removes_the_highest_score():
@@ -165,6 +219,59 @@ def test_grasp_method_removes_the_highest_score():
     top = torch.zeros_like(removed)
     top[torch.argsort(s, descending=True)[:count]] = True
     assert torch.equal(removed, top)
+
+
+# -- the methods read their flags --------------------------------------------------------------
+def method_context(method: str, **kw) -> tuple[PruneContext, list]:
+    """A PruneContext over the tiny network (float32 arena, every weight prunable)."""
+    model = tiny_model(torch.float32)
+    arena = Arena(model)
+    structure = build_structure(model, arena, "none", scope="all")
+    batches = tiny_batches(torch.float32, n=3)
+    config = validate(RunConfig(**{"method": method, "target_remain": 0.5, "states": 1, **kw}))
+    return PruneContext(model, arena, structure, config, lambda n: batches[:n], -1), batches
+
+
+def method_scores(ctx: PruneContext) -> dict[str, torch.Tensor]:
+    flat = get_method(ctx.config.method).score(ctx)
+    return {n: ctx.arena.slots[n].shaped(flat) for n in NAMES}
+
+
+@pytest.mark.parametrize(("flags", "bn", "batches"), [
+    ({}, "eval", 1),
+    ({"score_bn": "eval"}, "eval", 1),
+    ({"score_bn": "train"}, "train", 1),
+    ({"score_batches": 3}, "eval", 3),
+    ({"score_batches": 2, "score_bn": "train"}, "train", 2),
+])
+def test_snip_method_follows_score_bn_and_score_batches(flags, bn, batches):
+    ctx, data = method_context("snip", **flags)
+    got = method_scores(ctx)
+    want = _snip_oracle(ctx.model, data[:batches], bn)
+    for name in NAMES:
+        torch.testing.assert_close(got[name], want[name].double(), rtol=1e-4, atol=1e-7)
+    # the flag matters: a setting other than the default gives other scores on this network
+    default = _snip_oracle(ctx.model, data[:1], "eval")
+    assert _differ(want, default) == ((bn, batches) != ("eval", 1))
+
+
+@pytest.mark.parametrize(("flags", "temperature", "bn", "batches"), [
+    ({}, 200.0, "train", 1),
+    ({"score_bn": "eval"}, 200.0, "eval", 1),
+    ({"score_bn": "train"}, 200.0, "train", 1),
+    ({"grasp_temperature": 1.0}, 1.0, "train", 1),
+    ({"score_batches": 3}, 200.0, "train", 3),
+])
+def test_grasp_method_follows_score_bn_temperature_and_score_batches(flags, temperature, bn,
+                                                                     batches):
+    ctx, data = method_context("grasp", **flags)
+    got = method_scores(ctx)
+    want = _grasp_oracle(ctx.model, data[:batches], temperature, bn)
+    scale = max(float(v.abs().max()) for v in want.values())
+    for name in NAMES:  # the method's ranking score is −S
+        torch.testing.assert_close(got[name], -want[name], rtol=1e-3, atol=1e-6 * scale)
+    default = _grasp_oracle(ctx.model, data[:1], 200.0, "train")
+    assert _differ(want, default) == ((temperature, bn, batches) != (200.0, "train", 1))
 
 
 # -- SynFlow ---------------------------------------------------------------------------------
@@ -208,13 +315,24 @@ def test_synflow_prune_follows_the_reference_loop():
     """The iterative prune equals the reference's loop (score, re-mask at density
     ρ^(k/n), repeat), re-implemented here with the oracle scores."""
     model = tiny_model()
-    total = sum(model.get_parameter(n).numel() for n in NAMES)
     keep, n = 9, 5
     masks = {nm: torch.ones_like(model.get_parameter(nm), dtype=torch.bool) for nm in NAMES}
     got = synflow_prune(model, masks, keep, n, (6,))
+    oracle = _synflow_reference_loop(model, masks, keep, n)
+    assert sum(int(v.sum()) for v in got.values()) == keep
+    for m in NAMES:
+        assert torch.equal(got[m], oracle[m]), m
+    # iterating matters: one scoring keeps a different set on this network
+    one_shot = keep_highest(_synflow_oracle_scores(model, masks), masks, keep)
+    assert any(not torch.equal(one_shot[m], got[m]) for m in NAMES)
 
+
+def _synflow_reference_loop(model, masks, keep, n, stop=None):
+    """The reference's loop: n oracle scorings, each keeping the round(total·(keep/total)^(k/n))
+    highest (ties: lower index) and re-masking; ``stop``: the masks after that many."""
+    total = sum(m.numel() for m in masks.values())
     oracle = dict(masks)
-    for k in range(1, n + 1):
+    for k in range(1, (n if stop is None else stop) + 1):
         scores = _synflow_oracle_scores(model, oracle)
         target = round(total * (keep / total) ** (k / n))
         flat = torch.cat([torch.where(oracle[m], scores[m], torch.tensor(-1.0)).reshape(-1)
@@ -227,12 +345,79 @@ def test_synflow_prune_follows_the_reference_loop():
             size = oracle[m].numel()
             oracle[m] = alive[start:start + size].view(oracle[m].shape)
             start += size
-    assert sum(int(v.sum()) for v in got.values()) == keep
-    for m in NAMES:
-        assert torch.equal(got[m], oracle[m]), m
-    # iterating matters: one scoring keeps a different set on this network
-    one_shot = keep_highest(_synflow_oracle_scores(model, masks), masks, keep)
-    assert any(not torch.equal(one_shot[m], got[m]) for m in NAMES)
+    return oracle
+
+
+@pytest.mark.parametrize("iterations", [1, 4])
+def test_synflow_method_follows_synflow_iterations(iterations):
+    """The method's prune (its scores, the loop's global cut) keeps exactly what the reference
+    loop keeps with --synflow-iterations scorings; 1 and 4 keep different sets here."""
+    ctx, _ = method_context("synflow", target_remain=0.15, synflow_iterations=iterations)
+    method, arena, prunable = get_method("synflow"), ctx.arena, ctx.structure.prunable
+    total = int(prunable.sum())
+    count = method.removal_count(total, total, ctx.config)
+    scores = method.score(ctx)
+    mask = prune_lowest(scores, arena.hard_mask, prunable, count)
+    got = {n: arena.slots[n].shaped(mask) for n in NAMES}
+    keep = round(0.15 * total)
+    masks = {n: torch.ones_like(ctx.model.get_parameter(n), dtype=torch.bool) for n in NAMES}
+    model64 = copy.deepcopy(ctx.model).double()  # the same weights, in float64
+    # what the first n − 1 iterations removed scores −inf: the cut takes them whatever the ties
+    before_last = _synflow_reference_loop(model64, masks, keep, iterations, iterations - 1)
+    for n in NAMES:
+        assert torch.equal(torch.isinf(arena.slots[n].shaped(scores)), ~before_last[n]), n
+    for iters in (1, 4):
+        want = _synflow_reference_loop(model64, masks, keep, iters)
+        same = all(torch.equal(got[n], want[n]) for n in NAMES)
+        assert same == (iters == iterations), iters
+
+
+class NormalizedConv(nn.Module):
+    """Normalize → conv 3×3 (no bias) → BN → relu → flatten → linear, on 3×4×4 inputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = Normalize([0.4, 0.5, 0.6], [0.2, 0.3, 0.25])
+        self.conv = nn.Conv2d(3, 4, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(4, eps=EPS)
+        self.fc = nn.Linear(64, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.bn(self.conv(self.norm(x))))
+        return self.fc(h.flatten(1))
+
+
+def test_synflow_uses_ones_unnormalized_abs_parameters_and_eval_batchnorm():
+    """SynFlow's documented choices, pinned against a hand-written forward: the input is all
+    ones and reaches the first conv as ones (the model's input normalization is bypassed),
+    every parameter and buffer enters as its absolute value (negative BN bias, running mean
+    and weights here), BatchNorm uses its (abs'd) running statistics."""
+    torch.manual_seed(11)
+    model = NormalizedConv().double()
+    with torch.no_grad():
+        model.bn.weight.copy_(torch.tensor([1.2, -0.8, 0.9, -1.1]))
+        model.bn.bias.copy_(torch.tensor([0.3, -0.4, 0.2, -0.1]))
+        model.bn.running_mean.copy_(torch.tensor([-0.4, 0.3, -0.2, 0.1]))
+        model.bn.running_var.copy_(torch.tensor([0.5, 1.5, 2.0, 0.8]))
+    model.train()
+    names = ["conv.weight", "fc.weight"]
+    masks = {n: torch.rand(model.get_parameter(n).shape, generator=torch.Generator()
+                           .manual_seed(5)) > 0.2 for n in names}
+    got = synflow_scores(model, masks, (3, 4, 4))
+    assert model.training  # mode untouched
+
+    p = {k: v.abs() for k, v in params64(model).items()}
+    w = [(p[n] * masks[n].double()).requires_grad_(True) for n in names]
+    h = F.conv2d(torch.ones(1, 3, 4, 4, dtype=torch.float64), w[0], padding=1)
+    shape = (1, -1, 1, 1)
+    h = ((h - p["bn.running_mean"].view(shape)) / torch.sqrt(p["bn.running_var"].view(shape)
+                                                             + EPS)
+         * p["bn.weight"].view(shape) + p["bn.bias"].view(shape))
+    r = (torch.relu(h).flatten(1) @ w[1].T + p["fc.bias"]).sum()
+    grads = torch.autograd.grad(r, w)
+    for name, wi, g in zip(names, w, grads, strict=True):
+        torch.testing.assert_close(got[name], (wi.detach() * g).abs(), rtol=1e-10, atol=0)
+        assert float(got[name].max()) > 0
 
 
 def test_synflow_does_not_collapse_resnet20_at_99_percent():
@@ -271,3 +456,23 @@ def test_random_scores_are_seeded_uniform():
     assert torch.equal(a, b) and not torch.equal(a, random_scores(10_000, 6))
     assert a.dtype == torch.float64 and 0 <= float(a.min()) and float(a.max()) < 1
     assert abs(float(a.mean()) - 0.5) < 0.02
+
+
+def test_random_method_draws_from_seed_and_state():
+    """The random baseline's scores are U[0, 1) from the CPU generator seeded with
+    --seed + 1_000_003 · (state + 1) (state −1: pruning at init): a different --seed or state
+    gives another draw."""
+    for seed, state in [(0, -1), (5, -1), (5, 2)]:
+        ctx, _ = method_context("random", seed=seed)
+        ctx = dataclasses.replace(ctx, state=state)
+        got = get_method("random").score(ctx)
+        generator = torch.Generator().manual_seed(seed + 1_000_003 * (state + 1))
+        want = torch.rand(ctx.arena.numel, generator=generator, dtype=torch.float64)
+        assert torch.equal(got, want), (seed, state)
+
+
+def test_omp_scores_the_weight_magnitude():
+    ctx, _ = method_context("omp", states=2)
+    weight = ctx.arena.weight
+    assert (weight < 0).any()
+    assert torch.equal(get_method("omp").score(ctx), weight.abs())

@@ -4,8 +4,10 @@ Alternating Direction Methods of Multipliers"), unstructured or refilled into wh
 Every state but the last is an *ADMM state*: it trains f(W) + ρ/2‖W − Z + U‖² over the prunable
 scope S (the weights alive and prunable when the state starts), where
 
-- Z is the projection of W + U onto the target sparsity: the k entries of largest |W + U| in S,
-  ranked globally across layers, the others 0 (k: `kept_count`);
+- Z is the projection of W + U onto the target sparsity, the others 0 (k: `kept_count`):
+  ``--admm-projection layer`` (the paper's per-layer cardinality constraint) keeps in every
+  layer the k_l entries of largest |W + U|, each layer at the same kept fraction;
+  ``global`` keeps the k entries of largest |W + U| in S, ranked across layers;
 - U is the scaled dual variable;
 - at the start of the state Z = Π(W), U = 0; after every ``--admm-interval`` epochs
   Z ← Π(W + U), then U ← U + W − Z.
@@ -13,9 +15,10 @@ scope S (the weights alive and prunable when the state starts), where
 The penalty's gradient ρ·(W − Z + U) is added inside the per-step update (`rsst.update`): the
 arena holds one flat anchor a = Z − U and the update adds ρ·(w − a) to the gradient of every
 alive element in S (code bit ``ANCHORED``), after the hard mask and the RSST term and before
-weight decay. After the state, the network is pruned hard to Z's support — refilled into whole
-groups first (SPEC §3) when ``--structure`` has groups — and the last state retrains it masked,
-with the ADMM term off. The projection itself is always unstructured.
+weight decay. After the state the network is pruned hard — ``layer``: to the k_l largest |W| of
+every layer (the paper's final hard prune of the trained weights); ``global``: to Z's support —
+refilled into whole groups first when ``--structure`` has groups, and the last state retrains it
+masked, with the ADMM term off. The projection itself is always unstructured.
 """
 
 from __future__ import annotations
@@ -51,6 +54,32 @@ def project(values: torch.Tensor, scope: torch.Tensor, k: int) -> torch.Tensor:
     return prune_lowest(values.abs(), scope, scope, int(scope.sum()) - k)
 
 
+#: one layer's part of the projection: its flat range [start, stop) and how many it keeps
+Segment = tuple[int, int, int]
+
+
+def layer_segments(arena: Arena, names: list[str], scope: torch.Tensor, state: int,
+                   config: RunConfig) -> list[Segment]:
+    """The per-layer projection's segments: each prunable layer keeps `kept_count` of its own
+    alive weights, so every layer is held to the same fraction (the paper's constraint)."""
+    segments = []
+    for name in names:
+        slot = arena.slots[name]
+        alive = int(scope[slot.offset:slot.stop].sum())
+        segments.append((slot.offset, slot.stop, kept_count(state, alive, slot.numel, config)))
+    return segments
+
+
+def project_layers(values: torch.Tensor, scope: torch.Tensor, segments: list[Segment]
+                   ) -> torch.Tensor:
+    """Support of the per-layer Π(values): in each segment the ``k`` elements of ``scope`` with
+    the largest |value| (ties keep the lower flat index); nothing outside the segments."""
+    support = torch.zeros_like(scope)
+    for start, stop, k in segments:
+        support[start:stop] = project(values[start:stop], scope[start:stop], k)
+    return support
+
+
 def _canonical(arena: Arena, flat: torch.Tensor) -> torch.Tensor:
     index = arena.canonical_index()
     return flat.clone() if index is None else flat[index]
@@ -81,6 +110,8 @@ class ADMM(Method):
         self.support: torch.Tensor | None = None
         self._scope: torch.Tensor | None = None
         self._kept = 0
+        #: the per-layer projection's segments (None: --admm-projection global)
+        self._segments: list[Segment] | None = None
 
     def check(self, config: RunConfig) -> None:
         if config.optimizer != "sgd":
@@ -108,10 +139,13 @@ class ADMM(Method):
         scope = arena.hard_mask & prunable
         self._scope = scope
         self._kept = kept_count(ctx.state, int(scope.sum()), int(prunable.sum()), config)
+        self._segments = (layer_segments(arena, ctx.structure.prunable_names, scope, ctx.state,
+                                         config)
+                          if config.admm_projection == "layer" else None)
         anchor = arena.set_anchored(scope)
         if start_epoch == 0 or self.dual is None:  # a fresh problem: Z = Π(W), U = 0
             weight = arena.weight
-            self.support = project(weight, scope, self._kept)
+            self.support = self._project(weight)
             self.dual = torch.zeros_like(weight)
             anchor.copy_(torch.where(self.support, weight, 0.0))
         return {"rho": config.admm_rho}
@@ -129,7 +163,7 @@ class ADMM(Method):
         scope, weight, dual = self._scope, arena.weight, self.dual
         w = torch.where(scope, weight, 0.0)
         v = w + dual
-        self.support = project(v, scope, self._kept)
+        self.support = self._project(v)
         z = torch.where(self.support, v, 0.0)
         dual.add_(w - z)
         torch.sub(z, dual, out=arena.anchor_buffer())
@@ -137,10 +171,24 @@ class ADMM(Method):
         residual = float((w - z).norm()) / norm if norm > 0 else 0.0
         return residual if math.isfinite(residual) else 0.0
 
-    # -- the prune after an ADMM state: exactly Z's support ----------------------------------
+    def _project(self, values: torch.Tensor) -> torch.Tensor:
+        assert self._scope is not None
+        if self._segments is None:
+            return project(values, self._scope, self._kept)
+        return project_layers(values, self._scope, self._segments)
+
+    # -- the prune after an ADMM state: |W| per layer (layer) or Z's support (global) ---------
     def score(self, ctx: PruneContext) -> torch.Tensor:
+        """1 for the weights the prune keeps, 0 for the others (`removal_count` removes exactly
+        the 0s): ``layer`` keeps each layer's k_l largest |W| of the trained weights — as many
+        per layer as Z keeps — ``global`` keeps Z's support."""
         if self.support is None:
             raise RuntimeError("admm prunes after an ADMM state only (no Z support yet)")
+        if ctx.config.admm_projection == "layer":
+            scope = ctx.arena.hard_mask & ctx.structure.prunable
+            segments = layer_segments(ctx.arena, ctx.structure.prunable_names, scope, ctx.state,
+                                      ctx.config)
+            return project_layers(ctx.arena.weight, scope, segments).to(torch.float32)
         return self.support.to(torch.float32)
 
     def removal_count(self, alive: int, total: int, config: RunConfig) -> int:

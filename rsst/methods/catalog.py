@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rsst.choices import REG_RAMPS
+from rsst.choices import ADMM_PROJECTIONS, REG_RAMPS, SCORE_BN_MODES
 from rsst.schedules import SCHEDULES
 from rsst.settings import Declared, Setting
 
@@ -80,6 +80,10 @@ CATALOG: tuple[MethodSpec, ...] = (
         Declared("score_batches", int, 1, Setting(
             panel="Method", low=1, help="Training batches the snip/grasp scores sum over."),
             also=("grasp",)),
+        Declared("score_bn", str | None, None, Setting(
+            panel="Method", choices=SCORE_BN_MODES, shown_default="snip: eval, grasp: train",
+            help="BatchNorm while snip/grasp score: eval (running statistics) or train (batch "
+            "statistics); the default is each method's reference code."), also=("grasp",)),
     )),
     MethodSpec("grasp", "rsst.methods.grasp", "GraSP's −θ·Hg at init", settings=(
         Declared("grasp_temperature", float, 200.0, Setting(
@@ -99,6 +103,10 @@ CATALOG: tuple[MethodSpec, ...] = (
         Declared("admm_interval", int, 1, Setting(
             panel=_PENALTY, low=1,
             help="Epochs between ADMM updates of Z and U (--method admm).")),
+        Declared("admm_projection", str, "layer", Setting(
+            panel="Method", choices=ADMM_PROJECTIONS,
+            help="ADMM's sparse set: layer (each layer keeps the same fraction, final prune by "
+            "|W|, as the paper) or global (top-k across layers, final prune to Z's support).")),
     )),
 )
 

@@ -19,9 +19,12 @@ if TYPE_CHECKING:
 @register_method
 class GraSP(ScoredMethod):
     name = "grasp"
+    #: BatchNorm mode of the reference implementation, used without --score-bn
+    score_bn = "train"
 
     def score(self, ctx: PruneContext) -> torch.Tensor:
+        train = (ctx.config.score_bn or self.score_bn) == "train"
         scores = grasp_scores(ctx.model, ctx.structure.prunable_names,
                               ctx.batches(ctx.config.score_batches),
-                              temperature=ctx.config.grasp_temperature)
+                              temperature=ctx.config.grasp_temperature, train=train)
         return -arena_scores(ctx.arena, scores)

@@ -18,8 +18,11 @@ if TYPE_CHECKING:
 @register_method
 class SNIP(ScoredMethod):
     name = "snip"
+    #: BatchNorm mode of the reference implementation, used without --score-bn
+    score_bn = "eval"
 
     def score(self, ctx: PruneContext) -> torch.Tensor:
+        train = (ctx.config.score_bn or self.score_bn) == "train"
         scores = snip_scores(ctx.model, ctx.structure.prunable_names,
-                             ctx.batches(ctx.config.score_batches))
+                             ctx.batches(ctx.config.score_batches), train=train)
         return arena_scores(ctx.arena, scores)
