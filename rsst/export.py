@@ -212,19 +212,19 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Modul
     if form not in FORMS:
         raise UserError(f"{path}: rsst.form={form!r} is not masked, compact or timm; {_REEXPORT}")
     plan_modules = None
-    if form == "timm":
-        from rsst.export_timm import load_timm_export
-
-        model = load_timm_export(path, tensors, spec, _build).to(device)
-        model.rsst_metadata = meta
-        return model
-    if form == "compact":
+    if form == "compact" or (form == "timm" and meta.get("timm.compacted") == "true"):
         try:
             plan = json.loads(meta["rsst.compact"])
             plan_modules = dict(plan["modules"])
         except (KeyError, ValueError, TypeError, json.JSONDecodeError):
             raise UserError(f"{path}: a compact export without a valid rsst.compact plan; "
                             f"{_REEXPORT}") from None
+    if form == "timm":
+        from rsst.export_timm import load_timm_export
+
+        model = load_timm_export(path, tensors, spec, _build, plan_modules).to(device)
+        model.rsst_metadata = meta
+        return model
         state = tensors
         if any(k.endswith(".mask") for k in state):
             state, _ = _split_masks(state)
@@ -388,11 +388,14 @@ def export_model(run_dir: str | Path, out: str | Path, *, state: str | int = "la
     if form == "compact":
         body = compact_sd
     elif form == "timm":
-        from rsst.export_timm import timm_export_body
+        from rsst.export_timm import stock_compactable, timm_export_body
 
-        body, timm_meta = timm_export_body(dense, state_dict, spec.arch, spec.num_classes,
-                                           spec.input_size, spec.mean, spec.std)
+        shrink = stock_compactable(plan.modules)  # a ViT: written compacted, blocks resized
+        body, timm_meta = timm_export_body(compact if shrink else dense,
+                                           compact_sd if shrink else state_dict, spec.arch,
+                                           spec.num_classes, spec.input_size, spec.mean, spec.std)
         out_meta.update(timm_meta)
+        out_meta["timm.compacted"] = "true" if shrink else "false"
     else:
         body = dict(state_dict)
         body.update({f"{k}.mask": (v != 0).to(torch.uint8) for k, v in masks.items()})

@@ -74,7 +74,13 @@ def test_timm_form_loads_with_timm_alone(vit_run, tmp_path):
         meta = f.metadata()
     args = json.loads(meta["timm.create_model"])
     assert args["model_name"] == "vit_tiny_patch16_224"
-    assert set(tensors) == set(timm.create_model(**args).state_dict())
+    stock_dense = timm.create_model(**args).state_dict()
+    assert set(tensors) == set(stock_dense)
+    # compacted: stock timm blocks with their own head counts / MLP widths, fewer parameters
+    assert meta["timm.compacted"] == "true"
+    blocks = json.loads(meta["timm.blocks"])
+    assert [b["num_heads"] for b in blocks] != [3] * len(blocks)
+    assert sum(t.numel() for t in tensors.values()) < sum(t.numel() for t in stock_dense.values())
 
     # the documented recipe, verbatim, with timm + safetensors + torch only
     x = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(5))

@@ -10,7 +10,7 @@ from torch import nn
 
 from rsst.compact.base import Plan
 from rsst.compact.cnn import plan_cnn
-from rsst.compact.vit import CompactAttention, plan_transformer
+from rsst.compact.vit import plan_transformer, stock_attention
 from rsst.structure import attention_blocks, mlp_blocks
 
 
@@ -122,11 +122,5 @@ def _smaller(old: nn.Module, spec: dict[str, Any]) -> nn.Module:
         if int(old.num_heads) != heads or int(old.head_dim) != d:
             raise ValueError(f"attention has {old.num_heads} heads of {old.head_dim}, the plan "
                              f"says {heads} of {d}")
-        new = CompactAttention(
-            old.qkv.in_features, _count(spec["heads"], heads), d,
-            dim_out=old.proj.out_features, qkv_bias=old.qkv.bias is not None,
-            proj_bias=old.proj.bias is not None, q_norm=old.q_norm, k_norm=old.k_norm,
-            attn_drop=old.attn_drop.p, proj_drop=old.proj_drop.p, device=old.qkv.weight.device)
-        new.fused_attn = bool(getattr(old, "fused_attn", new.fused_attn))
-        return new
+        return stock_attention(old, _count(spec["heads"], heads), d)
     raise ValueError(f"plan entry of type {kind!r} does not fit module {type(old).__name__}")
