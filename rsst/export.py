@@ -16,6 +16,10 @@ compact totals; flops are multiply-accumulates for one input), ``rsst.compact`` 
 at export). A run's own ``state_XX/weights.safetensors`` has the same layout minus ``rsst.form``
 and loads as a masked export.
 
+Other forms (``--form``): ``timm`` (stock timm keys, `rsst.export_timm`), ``hf`` (a timm /
+Hugging Face folder, `rsst.export_hf`), ``onnx`` and ``pt2`` (traced graphs checked by loading
+them back, `rsst.export_graph`).
+
 Files are written to a temporary name in the destination folder and renamed, so a failed export
 leaves nothing behind.
 """
@@ -42,7 +46,11 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-FORMS = ("masked", "compact", "timm")  # timm: stock keys, see rsst.export_timm
+#: forms `rsst.load` reads back (safetensors files with rsst metadata)
+LOADABLE_FORMS = ("masked", "compact", "timm")  # timm: stock keys, see rsst.export_timm
+#: every ``--form``: hf is a folder (rsst.export_hf), onnx / pt2 traced graphs
+#: (rsst.export_graph)
+FORMS = (*LOADABLE_FORMS, "hf", "onnx", "pt2")
 _REEXPORT = "re-export it with `rsst export RUN_DIR -o FILE.safetensors`"
 
 
@@ -209,7 +217,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Modul
     tensors = _as_float32(tensors)
     spec = model_spec(meta, path)
     form = meta.get("rsst.form", "masked")
-    if form not in FORMS:
+    if form not in LOADABLE_FORMS:
         raise UserError(f"{path}: rsst.form={form!r} is not masked, compact or timm; {_REEXPORT}")
     plan_modules = None
     if form == "compact" or (form == "timm" and meta.get("timm.compacted") == "true"):
@@ -304,6 +312,7 @@ class ExportResult:
     flops: dict[str, int]
     max_abs_diff: float
     file_bytes: int
+    check: dict[str, Any] | None = None  # hf / onnx / pt2: the load-back check of the output
 
 
 def check_output_path(out: str | Path) -> Path:
@@ -339,8 +348,17 @@ def export_model(run_dir: str | Path, out: str | Path, *, state: str | int = "la
     )
 
     if form not in FORMS:
-        raise UserError(f"form {form!r}: pass --form masked, compact or timm")
-    out = check_output_path(out)
+        raise UserError(f"form {form!r}: pass --form {', '.join(FORMS)}")
+    if form == "hf":
+        from rsst.export_hf import check_folder_output
+
+        out = check_folder_output(out, form)
+    else:
+        out = check_output_path(out)
+    if form == "onnx":
+        from rsst.export_graph import require_onnx
+
+        require_onnx()
     index, source = resolve_state(run_dir, state)
     tensors, meta = read_file(source)
     spec = model_spec(meta, source)
@@ -385,6 +403,10 @@ def export_model(run_dir: str | Path, out: str | Path, *, state: str | int = "la
     for key, default in (("rsst.method", "unknown"), ("rsst.sparsity", "{}"),
                          ("rsst.config", "{}")):
         out_meta.setdefault(key, default)
+    if form in ("hf", "onnx", "pt2"):
+        return _export_other(form, out, index, run_dir, out_meta, dense=dense, compact=compact,
+                             state_dict=state_dict, plan=plan, spec=spec, rows=rows,
+                             params=params, flops=flops, diff=diff)
     if form == "compact":
         body = compact_sd
     elif form == "timm":
@@ -409,6 +431,38 @@ def export_model(run_dir: str | Path, out: str | Path, *, state: str | int = "la
     size = _safe_write(out, body, out_meta)
     write_card_beside(out, card)
     return ExportResult(out, form, index, rows, plan.notes, params, flops, diff, size)
+
+
+def _export_other(form: str, out: Path, index: int, run_dir: str | Path, meta: dict[str, str],
+                  *, dense: nn.Module, compact: nn.Module, state_dict: dict[str, torch.Tensor],
+                  plan: Any, spec: ModelSpec, rows: list[dict[str, Any]], params: dict[str, int],
+                  flops: dict[str, Any], diff: float) -> ExportResult:
+    """The hf folder or an onnx / pt2 file (each checked by loading it back)."""
+    from rsst.model_card import model_card, write_card_beside
+
+    meta = dict(meta, **{"rsst.form": form})
+    card = model_card(meta, rundir.read_state_record(Path(run_dir), index), form=form,
+                      export_command=f"rsst export {Path(run_dir)} --state {index} --form {form}"
+                      f" -o {out.name}", units=plan.units, params=params, macs=flops)
+    if form == "hf":
+        from rsst.export_hf import write_hf
+
+        check = write_hf(out, dense=dense, compact=compact, state_dict=state_dict,
+                         plan_modules=plan.modules, spec=spec, meta=meta, card=card)
+        size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
+    else:
+        from rsst.export_graph import write_onnx, write_pt2
+
+        meta["rsst.model_card"] = card
+        write = write_onnx if form == "onnx" else write_pt2
+        try:
+            check = write(out, compact, spec.input_size, meta)
+        except OSError as exc:
+            raise UserError(f"cannot write {out} ({exc.strerror or exc}); pick a writable -o "
+                            "path") from None
+        size = out.stat().st_size
+        write_card_beside(out, card)
+    return ExportResult(out, form, index, rows, plan.notes, params, flops, diff, size, check)
 
 
 # ---------------------------------------------------------------------------------------------
