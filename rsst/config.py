@@ -24,7 +24,8 @@ else:  # pragma: no cover
 
 METHODS = method_names()  # the registered pruning methods (rsst.methods)
 CRITERIA = ("remain", "magnitude", "l1", "l2", "saliency")
-STRUCTURES = ("auto", "channel", "head", "neuron", "head+neuron", "none")
+STRUCTURES = ("auto", "channel", "head", "neuron", "head+neuron", "embed", "head+embed",
+              "neuron+embed", "head+neuron+embed", "none")
 PRUNE_SCOPES = ("default", "+stem", "+classifier", "all")
 REFILL_SCOPES = ("unit", "global")
 REG_RAMPS = ("state", "epoch")

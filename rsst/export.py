@@ -173,6 +173,10 @@ def _build(spec: ModelSpec, state: dict[str, torch.Tensor], plan_modules: dict[s
     if any(t.is_meta for t in list(model.parameters()) + list(model.buffers())):
         model = shaped("cpu")
         _load_into(model, state, path, spec.arch, assign=False)
+    from rsst.models.stream_norm import has_dead_stream_dims, use_stream_norms
+
+    if has_dead_stream_dims(model):  # an embed-pruned ViT: norms over its live width
+        use_stream_norms(model)
     for attr, value in (("rsst_arch", spec.arch), ("rsst_num_classes", spec.num_classes),
                         ("rsst_input_size", spec.input_size),
                         ("rsst_patch_size", spec.patch_size)):
@@ -415,7 +419,9 @@ def export_model(run_dir: str | Path, out: str | Path, *, state: str | int = "la
         shrink = stock_compactable(plan.modules)  # a ViT: written compacted, blocks resized
         body, timm_meta = timm_export_body(compact if shrink else dense,
                                            compact_sd if shrink else state_dict, spec.arch,
-                                           spec.num_classes, spec.input_size, spec.mean, spec.std)
+                                           spec.num_classes, spec.input_size, spec.mean, spec.std,
+                                           narrowed=shrink and any(
+                                               v["type"] == "embed" for v in plan.modules.values()))
         out_meta.update(timm_meta)
         out_meta["timm.compacted"] = "true" if shrink else "false"
     else:
@@ -601,7 +607,7 @@ def export_table(result: ExportResult) -> Any:
     table.add_column("layer", overflow="fold")
     for header in ("kept", "pruned", "params", "MACs"):
         table.add_column(header, justify="right", no_wrap=True)
-    short = {"channel": "ch", "head": "heads", "neuron": "neur"}
+    short = {"channel": "ch", "head": "heads", "neuron": "neur", "embed": "dims"}
     for row in result.rows:
         kept = ("" if row["total"] is None
                 else f"{row['kept']}/{row['total']} {short.get(row['kind'], row['kind'])}")

@@ -10,7 +10,9 @@ an image of the trained size to itself, so the centre crop keeps every pixel.
 - timm models (``vit_*``, ``timm:<name>``): the stock architecture, stock keys, dense shapes with
   pruned weights zero (timm's ``create_model`` takes one head count for all blocks; for a
   physically smaller ViT use ``--form timm``); loads with timm alone.
-- rsst CNNs: architecture ``rsst_model`` (`rsst.timm_models`) with the compaction plan in
+- rsst CNNs and embed-pruned ViTs (whose LayerNorms skip the pruned width, which stock timm
+  cannot express at dense shapes): architecture ``rsst_model`` (`rsst.timm_models`) with the
+  compaction plan in
   ``model_args``, so the folder holds the compacted network; loading needs
   ``import rsst.timm_models`` first. The input normalization is inside the model, so the
   folder's mean/std are 0/1 and timm's transform only scales pixels to [0, 1].
@@ -92,7 +94,9 @@ def write_hf(out: Path, *, dense: nn.Module, compact: nn.Module,
     """Write the folder (see module doc); returns the load-back check record."""
     from timm.models import save_for_hf
 
-    if hasattr(dense, "net") and hasattr(dense, "normalize"):
+    from rsst.models.stream_norm import has_dead_stream_dims
+
+    if hasattr(dense, "net") and hasattr(dense, "normalize") and not has_dead_stream_dims(dense):
         model, mean, std = _stock_hf_model(dense, state_dict, spec)
         reference, loader = dense, "timm"
     else:

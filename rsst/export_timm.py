@@ -58,12 +58,15 @@ def _stock_model(args: dict[str, Any], blocks: list[dict[str, Any]]) -> nn.Modul
     return model
 
 
-_VIT_PART = re.compile(r"net\.blocks\.\d+\.(attn|mlp\.fc1|mlp\.fc2)")
+_VIT_PART = re.compile(r"net(\.blocks\.\d+\.(attn|mlp\.fc1|mlp\.fc2|norm1|norm2)"
+                       r"|\.patch_embed\.proj|\.norm|\.fc_norm|\.norm_pre|\.head)?")
 
 
 def stock_compactable(plan_modules: dict[str, Any]) -> bool:
     """True when every module the compaction plan shrinks is one `USAGE` can resize (a ViT
-    block's attention or MLP linears), so the timm form can be written compacted."""
+    block's attention or MLP linears) or one ``create_model(embed_dim=...)`` makes narrower
+    (the embedding width: tokens, patch embedding, norms, classifier input), so the timm form
+    can be written compacted."""
     return all(_VIT_PART.fullmatch(name) for name in plan_modules)
 
 
@@ -81,9 +84,12 @@ def block_widths(net: nn.Module) -> list[dict[str, Any]]:
 
 
 def timm_create_args(wrapper: nn.Module, num_classes: int, input_size: tuple[int, int, int],
-                     mean: tuple[float, ...], std: tuple[float, ...]) -> dict[str, Any]:
+                     mean: tuple[float, ...], std: tuple[float, ...],
+                     narrowed: bool = False) -> dict[str, Any]:
     """The keyword arguments of ``timm.create_model`` that rebuild ``wrapper.net``; the
-    pretrained_cfg overlay makes ``timm.data.resolve_data_config`` report rsst's mean/std."""
+    pretrained_cfg overlay makes ``timm.data.resolve_data_config`` report rsst's mean/std.
+    ``narrowed``: an embed-pruned ViT, built at its own ``embed_dim`` (one head per block
+    there, so any width divides; `USAGE` then sets every block's heads)."""
     net = wrapper.net
     cfg = getattr(net, "pretrained_cfg", None) or getattr(net, "default_cfg", None) or {}
     name = cfg.get("architecture")
@@ -95,6 +101,8 @@ def timm_create_args(wrapper: nn.Module, num_classes: int, input_size: tuple[int
     if patch is not None:
         args["img_size"] = int(input_size[1])
         args["patch_size"] = int(patch[0] if isinstance(patch, tuple | list) else patch)
+    if narrowed:
+        args["embed_dim"], args["num_heads"] = int(net.embed_dim), 1
     args["pretrained_cfg_overlay"] = {"mean": list(mean), "std": list(std),
                                       "input_size": list(input_size), "num_classes": num_classes}
     return args
@@ -102,7 +110,7 @@ def timm_create_args(wrapper: nn.Module, num_classes: int, input_size: tuple[int
 
 def timm_export_body(dense: nn.Module, state_dict: dict[str, torch.Tensor], arch: str,
                      num_classes: int, input_size: tuple[int, int, int],
-                     mean: tuple[float, ...], std: tuple[float, ...]
+                     mean: tuple[float, ...], std: tuple[float, ...], narrowed: bool = False
                      ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """(stock state_dict, ``timm.*`` metadata) of an rsst timm model (``dense``: the masked
     or the compacted one, ``state_dict`` its tensors), checked: the stock model built from the
@@ -112,7 +120,10 @@ def timm_export_body(dense: nn.Module, state_dict: dict[str, torch.Tensor], arch
                         f"or timm:<name>); {arch} is rsst's own model: export --masked or "
                         "--compact and load it with rsst.load")
     stock = {k[len("net."):]: v for k, v in state_dict.items() if k.startswith("net.")}
-    args = timm_create_args(dense, num_classes, input_size, mean, std)
+    # the normalization the weights were trained behind (the model's buffers) is the truth
+    mean = tuple(float(v) for v in dense.normalize.mean.flatten())
+    std = tuple(float(v) for v in dense.normalize.std.flatten())
+    args = timm_create_args(dense, num_classes, input_size, mean, std, narrowed)
     blocks = block_widths(dense.net)
     model = _stock_model(args, blocks).eval()
     model.load_state_dict(stock, strict=True)

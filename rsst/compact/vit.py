@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from rsst.compact.base import Plan, summarize_stayed
-from rsst.structure import attention_blocks, mlp_blocks
+from rsst.models.stream_norm import StreamLayerNorm, stream_norms
+from rsst.structure import attention_blocks, mlp_blocks, vision_transformer
 
 
 def _timm_attention_ok(m: nn.Module) -> str | None:
@@ -101,21 +102,85 @@ def plan_transformer(model: nn.Module, plan: Plan, masks: dict[str, torch.Tensor
         if len(kept) < hidden:
             plan.modules[f"{name}.fc1"] = {"type": "linear", "in": None, "out": kept}
             plan.modules[f"{name}.fc2"] = {"type": "linear", "in": kept, "out": None}
+    _plan_embed(model, plan, masks)
     summarize_stayed(plan)
 
 
-def stock_attention(old: nn.Module, num_heads: int, head_dim: int) -> nn.Module:
+def _embed_why(vit: nn.Module) -> str | None:
+    """None when the ViT's stream dimensions can be removed exactly, else why not."""
+    norms = stream_norms(vit)
+    if not norms or not all(isinstance(n, StreamLayerNorm) for n in norms):
+        return "stock LayerNorm statistics span the full width"
+    if any(name.endswith(("ls1.gamma", "ls2.gamma")) for name, _ in vit.named_parameters()):
+        return "layer scale is not compacted"
+    if getattr(vit, "attn_pool", None) is not None or not isinstance(vit.head, nn.Linear):
+        return "the pooling / head reads the full width"
+    return None
+
+
+def _plan_embed(model: nn.Module, plan: Plan, masks: dict[str, torch.Tensor]) -> None:
+    """Residual-stream dimensions: removable when everything writing the stream is zero there
+    (patch embedding row and bias, tokens, every proj / fc2 row and bias) and every stream norm
+    has γ = β = 0 there (a `StreamLayerNorm` leaves it out of its statistics and outputs 0, so
+    what reads it — qkv / fc1 / classifier columns — multiplies zeros)."""
+    found = vision_transformer(model)
+    if found is None:
+        return
+    root, vit = found
+    prefix = f"{root}." if root else ""
+    width = int(vit.embed_dim)
+    zero = torch.ones(width, dtype=torch.bool)
+    writers = [vit.patch_embed.proj.weight.reshape(width, -1), vit.patch_embed.proj.bias]
+    writers += [getattr(vit, t).reshape(-1, width).t() for t in ("cls_token", "reg_token",
+                                                                "pos_embed")
+                if getattr(vit, t, None) is not None]
+    for name, m in vit.named_modules():
+        if isinstance(m, nn.Linear) and name.endswith(("attn.proj", "mlp.fc2")):
+            writers += [m.weight, m.bias]
+    writers += [t for n in stream_norms(vit) for t in (n.weight, n.bias)]
+    for t in writers:
+        if t is not None:
+            zero &= (t.detach().reshape(width, -1) == 0).all(1).cpu()
+    if not bool(zero.any()):
+        return
+    mask = masks.get(f"{prefix}norm.weight")
+    pruned = zero.clone() if mask is None else mask.cpu() == 0
+    kept = _kept_units(plan, f"{prefix}embed".lstrip("."), "embed", zero, pruned,
+                       _embed_why(vit))
+    if len(kept) == width:
+        return
+    plan.modules[root] = {"type": "embed", "width": width, "out": kept}
+    plan.modules[f"{prefix}patch_embed.proj"] = {"type": "conv", "in": None, "out": kept}
+    for n in stream_norms(vit):
+        name = next(k for k, v in vit.named_modules() if v is n)
+        plan.modules[f"{prefix}{name}"] = {"type": "norm", "out": kept}
+    for name, m in vit.named_modules():
+        full = f"{prefix}{name}"
+        if name.endswith("attn") and any(full == n for n, _ in attention_blocks(model)):
+            entry = plan.modules.setdefault(full, {
+                "type": "attention", "heads": list(range(int(m.num_heads))),
+                "num_heads": int(m.num_heads), "head_dim": int(m.head_dim)})
+            entry["in"], entry["out"] = kept, kept
+        elif isinstance(m, nn.Linear) and name.endswith("mlp.fc1"):
+            plan.modules.setdefault(full, {"type": "linear", "out": None})["in"] = kept
+        elif isinstance(m, nn.Linear) and name.endswith("mlp.fc2"):
+            plan.modules.setdefault(full, {"type": "linear", "in": None})["out"] = kept
+    plan.modules[f"{prefix}head"] = {"type": "linear", "in": kept, "out": None}
+
+
+def stock_attention(old: nn.Module, num_heads: int, head_dim: int, dim: int | None = None,
+                    dim_out: int | None = None) -> nn.Module:
     """timm's own ``Attention`` with ``num_heads`` heads of ``head_dim`` (shapes only).
 
     timm (1.0.23+) builds its attention width from ``attn_head_dim`` and reshapes with it, so a
     block with fewer heads is a stock module: a compacted ViT is made of timm classes only and
     loads in stock timm. Dropouts, q/k norms (per head, unchanged) and the fused-attention
-    choice come from ``old``.
+    choice come from ``old``; ``dim`` / ``dim_out``: a narrower embedding width.
     """
     from timm.layers import Attention
 
-    new = Attention(old.qkv.in_features, num_heads=num_heads, attn_head_dim=head_dim,
-                    dim_out=old.proj.out_features, qkv_bias=old.qkv.bias is not None,
+    new = Attention(dim or old.qkv.in_features, num_heads=num_heads, attn_head_dim=head_dim,
+                    dim_out=dim_out or old.proj.out_features, qkv_bias=old.qkv.bias is not None,
                     proj_bias=old.proj.bias is not None, attn_drop=old.attn_drop.p,
                     proj_drop=old.proj_drop.p, device=old.qkv.weight.device)
     new.q_norm, new.k_norm = old.q_norm, old.k_norm
