@@ -150,3 +150,14 @@ def test_cli_form_timm(vit_run, tmp_path, monkeypatch, capsys):
         main()
     assert (exit_info.value.code or 0) == 0, capsys.readouterr().err
     assert out.exists() and (tmp_path / "cli.md").exists()
+
+
+def test_model_card_starts_with_hub_front_matter(tmp_path):
+    yaml = pytest.importorskip("yaml")  # pyyaml: a timm / huggingface_hub dependency
+    run, _ = write_run(tmp_path / "run", "resnet20")
+    export_model(run, tmp_path / "m.safetensors", form="compact")
+    card = (tmp_path / "m.md").read_text()
+    data = yaml.safe_load(card.split("---\n")[1])
+    assert data["library_name"] == "rsst" and data["pipeline_tag"] == "image-classification"
+    assert {"rsst", "resnet20", "pruning"} <= set(data["tags"])
+    assert card.split("---\n", 2)[2].lstrip().startswith("# resnet20 pruned by rsst (state 2)")

@@ -165,3 +165,20 @@ def test_a_run_prunes_the_embedding_width(tmp_path, tiny_data) -> None:
     x = torch.rand(4, 3, 8, 8)
     with torch.no_grad():
         assert torch.allclose(compact(x), masked(x), atol=1e-4)
+
+
+def test_embed_pruned_vit_hf_folder_is_compacted_and_exact(embed_run, tmp_path) -> None:
+    import timm
+
+    import rsst.timm_models  # noqa: F401 - registers rsst_model with timm
+
+    run, masked = embed_run
+    out = tmp_path / "hf"
+    result = export_model(run, out, form="hf")
+    config = json.loads((out / "config.json").read_text())
+    assert config["architecture"] == "rsst_model"  # stock shapes cannot hold the narrow norms
+    loaded = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
+    assert sum(p.numel() for p in loaded.parameters()) == result.params["compact"]
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), masked(x), atol=1e-4)
