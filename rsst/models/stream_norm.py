@@ -22,12 +22,17 @@ class StreamLayerNorm(nn.LayerNorm):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        alive = ((self.weight != 0) | (self.bias != 0)).to(x.dtype)
+        # statistics in float32, like layer_norm under autocast; the result in the dtype the
+        # stock norm would return (float32 under autocast, half for a half model)
+        out_dtype = torch.promote_types(x.dtype, self.weight.dtype)
+        x = x.float()
+        weight, bias = self.weight.float(), self.bias.float()
+        alive = ((weight != 0) | (bias != 0)).float()
         count = alive.sum().clamp_min(1)
         mean = (x * alive).sum(-1, keepdim=True) / count
         centered = (x - mean) * alive
         var = (centered * centered).sum(-1, keepdim=True) / count
-        return centered * torch.rsqrt(var + self.eps) * self.weight + self.bias
+        return (centered * torch.rsqrt(var + self.eps) * weight + bias).to(out_dtype)
 
 
 def stream_norms(model: nn.Module) -> list[nn.LayerNorm]:
