@@ -377,9 +377,11 @@ def export(
         console.print("load without rsst: see the file's timm.usage metadata or README "
                       "(Export and eval)", highlight=False)
     elif chosen in ("hf", "onnx", "pt2") and result.check:
-        console.print(f"checked: {result.check.get('loader') or result.check['checked_with']} "
-                      f"gives the rsst model's logits to max |Δlogit| "
-                      f"{result.check['max_abs_logit_diff']:.2g}", highlight=False)
+        needs = (" (import rsst.timm_models first: the folder's architecture is rsst_model)"
+                 if result.check.get("loader") == "rsst.timm_models" else "")
+        console.print(f"checked: {result.check['checked_with']} gives the rsst model's logits "
+                      f"to max |Δlogit| {result.check['max_abs_logit_diff']:.2g}{needs}",
+                      highlight=False)
     elif result.params["compact"] == result.params["dense"]:
         console.print("[yellow]note:[/] nothing was removable: compaction needs whole channels/"
                       "heads/neurons pruned with their BatchNorm γ/β or biases zeroed (refill/"
