@@ -26,15 +26,17 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
+def atomic_write(path: str | Path, write: Callable[[Path], None], *,
+                 suffix: str = ".tmp") -> None:
     """Call ``write(tmp)`` on a fresh temp file beside ``path``, then rename it over ``path``.
 
     The temp file lives in the destination folder (so the rename is atomic on one file
     system), has a unique name (two writers never share one) and gets the usual umask-based
     mode (``mkstemp`` makes 0600). On any failure it is removed and the error propagates.
+    ``suffix`` ends the temp name, for writers that insist on an extension (``.pt2``).
     """
     path = Path(path)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     os.close(fd)
     tmp = Path(name)
     try:

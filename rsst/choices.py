@@ -11,8 +11,9 @@ from __future__ import annotations
 #: group scores (`rsst.criteria`)
 CRITERIA: tuple[str, ...] = ("remain", "magnitude", "l1", "l2", "saliency")
 #: group kinds (`rsst.structure`); ``--structure`` also takes auto, head+neuron and none
-STRUCTURE_KINDS: tuple[str, ...] = ("channel", "head", "neuron")
-STRUCTURES: tuple[str, ...] = ("auto", "channel", "head", "neuron", "head+neuron", "none")
+STRUCTURE_KINDS: tuple[str, ...] = ("channel", "head", "neuron", "embed")
+STRUCTURES: tuple[str, ...] = ("auto", "channel", "head", "neuron", "head+neuron", "embed",
+                               "head+embed", "neuron+embed", "head+neuron+embed", "none")
 #: prunable weights (`rsst.structure`)
 PRUNE_SCOPES: tuple[str, ...] = ("default", "+stem", "+classifier", "all")
 #: Refill's group ranking (`rsst.pruning`)
@@ -41,7 +42,7 @@ TIMM_PREFIX = "timm:"
 #: extra metric loggers (`rsst.loggers`)
 LOGGERS: tuple[str, ...] = ("tensorboard", "wandb", "csv")
 #: export forms (`rsst.export.FORMS`; a test holds the two equal)
-EXPORT_FORMS: tuple[str, ...] = ("masked", "compact", "timm")
+EXPORT_FORMS: tuple[str, ...] = ("masked", "compact", "timm", "hf", "onnx", "pt2")
 #: held-out splits `rsst eval` reads (`rsst.export.evaluate_file`)
 EVAL_SPLITS: tuple[str, ...] = ("val", "test")
 

@@ -468,19 +468,25 @@ run = app.command(name="run", cls=RsstCommand, epilog=RUN_EPILOG)(
     epilog="Examples:\n\n"
     "  rsst export runs/my-run --state last --compact -o model.safetensors\n\n"
     "  rsst export runs/my-run --state best --masked -o masked.safetensors\n\n"
-    "  rsst export runs/my-vit --form timm -o vit.safetensors   # loads with timm alone",
+    "  rsst export runs/my-vit --form timm -o vit.safetensors   # loads with timm alone\n\n"
+    "  rsst export runs/my-run --form hf -o my-model/            # a timm / Hugging Face folder\n\n"
+    "  rsst export runs/my-run --form onnx -o model.onnx         # needs the onnx extra",
 )
 def export(
     ctx: typer.Context,
     run_dir: Path = typer.Argument(..., help="A run directory written by `rsst run`."),
-    out: Path = typer.Option(..., "-o", "--out", help="The .safetensors file to write."),
+    out: Path = typer.Option(..., "-o", "--out", help="The file to write (.safetensors, .onnx "
+                             "or .pt2), or the new folder for --form hf."),
     state: str = typer.Option("last", help="Which state: a number, last, or best (highest val "
                               "accuracy).", autocompletion=_state_completion),
     compact: bool = typer.Option(True, "--compact/--masked", help="Physically remove pruned "
                                  "channels/heads/neurons, or keep dense shapes plus masks."),
     form: str | None = typer.Option(None, help="masked | compact | timm (stock timm keys and "
                                     "create_model arguments: loads without rsst; ViTs and "
-                                    "timm:<name>); instead of --compact/--masked.",
+                                    "timm:<name>) | hf (a timm / Hugging Face folder for "
+                                    "timm.create_model('local-dir:DIR')) | onnx (checked in "
+                                    "onnxruntime; needs the onnx extra) | pt2 (torch.export); "
+                                    "instead of --compact/--masked.",
                                     autocompletion=_completion(EXPORT_FORMS)),
 ) -> None:
     """Export a pruned state as safetensors (masked or physically compacted).
@@ -502,6 +508,12 @@ def export(
     if chosen == "timm":
         console.print("load without rsst: see the file's timm.usage metadata or README "
                       "(Export and eval)", highlight=False)
+    elif chosen in ("hf", "onnx", "pt2") and result.check:
+        needs = (" (import rsst.timm_models first: the folder's architecture is rsst_model)"
+                 if result.check.get("loader") == "rsst.timm_models" else "")
+        console.print(f"checked: {result.check['checked_with']} gives the rsst model's logits "
+                      f"to max |Δlogit| {result.check['max_abs_logit_diff']:.2g}{needs}",
+                      highlight=False)
     elif result.params["compact"] == result.params["dense"]:
         console.print("[yellow]note:[/] nothing was removable: compaction needs whole channels/"
                       "heads/neurons pruned with their BatchNorm γ/β or biases zeroed (refill/"

@@ -168,7 +168,8 @@ class RunConfig:
                                    help="Extra groups refilled.")
     structure: str = setting("auto", panel="Method", choices=STRUCTURES,
                              help="Which units are pruned (auto: channels for CNNs, heads and "
-                             "neurons for ViTs).")
+                             "neurons for ViTs; embed: a ViT's embedding width, combinable as "
+                             "head+neuron+embed).")
     rewind: str = setting("init", panel="Method", suggestions=("init", "none", "epoch:"),
                           help="Weights each state restarts from: init | epoch:K | none.")
     refill_scope: str = setting("unit", panel="Method", choices=REFILL_SCOPES, **_GROUPS,

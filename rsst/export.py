@@ -16,6 +16,10 @@ compact totals; flops are multiply-accumulates for one input), ``rsst.compact`` 
 at export). A run's own ``state_XX/weights.safetensors`` has the same layout minus ``rsst.form``
 and loads as a masked export.
 
+Other forms (``--form``): ``timm`` (stock timm keys, `rsst.export_timm`), ``hf`` (a timm /
+Hugging Face folder, `rsst.export_hf`), ``onnx`` and ``pt2`` (traced graphs checked by loading
+them back, `rsst.export_graph`).
+
 Files are written to a temporary name in the destination folder and renamed, so a failed export
 leaves nothing behind.
 """
@@ -42,7 +46,11 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-FORMS = ("masked", "compact", "timm")  # timm: stock keys, see rsst.export_timm
+#: forms `rsst.load` reads back (safetensors files with rsst metadata)
+LOADABLE_FORMS = ("masked", "compact", "timm")  # timm: stock keys, see rsst.export_timm
+#: every ``--form``: hf is a folder (rsst.export_hf), onnx / pt2 traced graphs
+#: (rsst.export_graph)
+FORMS = (*LOADABLE_FORMS, "hf", "onnx", "pt2")
 _REEXPORT = "re-export it with `rsst export RUN_DIR -o FILE.safetensors`"
 
 
@@ -165,6 +173,10 @@ def _build(spec: ModelSpec, state: dict[str, torch.Tensor], plan_modules: dict[s
     if any(t.is_meta for t in list(model.parameters()) + list(model.buffers())):
         model = shaped("cpu")
         _load_into(model, state, path, spec.arch, assign=False)
+    from rsst.models.stream_norm import has_dead_stream_dims, use_stream_norms
+
+    if has_dead_stream_dims(model):  # an embed-pruned ViT: norms over its live width
+        use_stream_norms(model)
     for attr, value in (("rsst_arch", spec.arch), ("rsst_num_classes", spec.num_classes),
                         ("rsst_input_size", spec.input_size),
                         ("rsst_patch_size", spec.patch_size)):
@@ -222,22 +234,22 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Modul
                         f"retrain (a lower --lr), then {_REEXPORT}")
     spec = model_spec(meta, path)
     form = meta.get("rsst.form", "masked")
-    if form not in FORMS:
+    if form not in LOADABLE_FORMS:
         raise UserError(f"{path}: rsst.form={form!r} is not masked, compact or timm; {_REEXPORT}")
     plan_modules = None
-    if form == "timm":
-        from rsst.export_timm import load_timm_export
-
-        model = load_timm_export(path, tensors, spec, _build).to(device)
-        model.rsst_metadata = meta
-        return model
-    if form == "compact":
+    if form == "compact" or (form == "timm" and meta.get("timm.compacted") == "true"):
         try:
             plan = json.loads(meta["rsst.compact"])
             plan_modules = dict(plan["modules"])
         except (KeyError, ValueError, TypeError, json.JSONDecodeError):
             raise UserError(f"{path}: a compact export without a valid rsst.compact plan; "
                             f"{_REEXPORT}") from None
+    if form == "timm":
+        from rsst.export_timm import load_timm_export
+
+        model = load_timm_export(path, tensors, spec, _build, plan_modules).to(device)
+        model.rsst_metadata = meta
+        return model
         state = tensors
         if any(k.endswith(".mask") for k in state):
             state, _ = _split_masks(state)
@@ -317,6 +329,7 @@ class ExportResult:
     flops: dict[str, int]
     max_abs_diff: float
     file_bytes: int
+    check: dict[str, Any] | None = None  # hf / onnx / pt2: the load-back check of the output
 
 
 def check_output_path(out: str | Path) -> Path:
@@ -352,8 +365,17 @@ def export_model(run_dir: str | Path, out: str | Path, *, state: str | int = "la
     )
 
     if form not in FORMS:
-        raise UserError(f"form {form!r}: pass --form masked, compact or timm")
-    out = check_output_path(out)
+        raise UserError(f"form {form!r}: pass --form {', '.join(FORMS)}")
+    if form == "hf":
+        from rsst.export_hf import check_folder_output
+
+        out = check_folder_output(out, form)
+    else:
+        out = check_output_path(out)
+    if form == "onnx":
+        from rsst.export_graph import require_onnx
+
+        require_onnx()
     index, source = resolve_state(run_dir, state)
     tensors, meta = read_file(source)
     spec = model_spec(meta, source)
@@ -398,14 +420,23 @@ def export_model(run_dir: str | Path, out: str | Path, *, state: str | int = "la
     for key, default in (("rsst.method", "unknown"), ("rsst.sparsity", "{}"),
                          ("rsst.config", "{}")):
         out_meta.setdefault(key, default)
+    if form in ("hf", "onnx", "pt2"):
+        return _export_other(form, out, index, run_dir, out_meta, dense=dense, compact=compact,
+                             state_dict=state_dict, plan=plan, spec=spec, rows=rows,
+                             params=params, flops=flops, diff=diff)
     if form == "compact":
         body = compact_sd
     elif form == "timm":
-        from rsst.export_timm import timm_export_body
+        from rsst.export_timm import stock_compactable, timm_export_body
 
-        body, timm_meta = timm_export_body(dense, state_dict, spec.arch, spec.num_classes,
-                                           spec.input_size, spec.mean, spec.std)
+        shrink = stock_compactable(plan.modules)  # a ViT: written compacted, blocks resized
+        body, timm_meta = timm_export_body(compact if shrink else dense,
+                                           compact_sd if shrink else state_dict, spec.arch,
+                                           spec.num_classes, spec.input_size, spec.mean, spec.std,
+                                           narrowed=shrink and any(
+                                               v["type"] == "embed" for v in plan.modules.values()))
         out_meta.update(timm_meta)
+        out_meta["timm.compacted"] = "true" if shrink else "false"
     else:
         body = dict(state_dict)
         body.update({f"{k}.mask": (v != 0).to(torch.uint8) for k, v in masks.items()})
@@ -419,6 +450,38 @@ def export_model(run_dir: str | Path, out: str | Path, *, state: str | int = "la
     size = _safe_write(out, body, out_meta)
     write_card_beside(out, card)
     return ExportResult(out, form, index, rows, plan.notes, params, flops, diff, size)
+
+
+def _export_other(form: str, out: Path, index: int, run_dir: str | Path, meta: dict[str, str],
+                  *, dense: nn.Module, compact: nn.Module, state_dict: dict[str, torch.Tensor],
+                  plan: Any, spec: ModelSpec, rows: list[dict[str, Any]], params: dict[str, int],
+                  flops: dict[str, Any], diff: float) -> ExportResult:
+    """The hf folder or an onnx / pt2 file (each checked by loading it back)."""
+    from rsst.model_card import model_card, write_card_beside
+
+    meta = dict(meta, **{"rsst.form": form})
+    card = model_card(meta, rundir.read_state_record(Path(run_dir), index), form=form,
+                      export_command=f"rsst export {Path(run_dir)} --state {index} --form {form}"
+                      f" -o {out.name}", units=plan.units, params=params, macs=flops)
+    if form == "hf":
+        from rsst.export_hf import write_hf
+
+        check = write_hf(out, dense=dense, compact=compact, state_dict=state_dict,
+                         plan_modules=plan.modules, spec=spec, meta=meta, card=card)
+        size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
+    else:
+        from rsst.export_graph import write_onnx, write_pt2
+
+        meta["rsst.model_card"] = card
+        write = write_onnx if form == "onnx" else write_pt2
+        try:
+            check = write(out, compact, spec.input_size, meta)
+        except OSError as exc:
+            raise UserError(f"cannot write {out} ({exc.strerror or exc}); pick a writable -o "
+                            "path") from None
+        size = out.stat().st_size
+        write_card_beside(out, card)
+    return ExportResult(out, form, index, rows, plan.notes, params, flops, diff, size, check)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -557,7 +620,7 @@ def export_table(result: ExportResult) -> Any:
     table.add_column("layer", overflow="fold")
     for header in ("kept", "pruned", "params", "MACs"):
         table.add_column(header, justify="right", no_wrap=True)
-    short = {"channel": "ch", "head": "heads", "neuron": "neur"}
+    short = {"channel": "ch", "head": "heads", "neuron": "neur", "embed": "dims"}
     for row in result.rows:
         kept = ("" if row["total"] is None
                 else f"{row['kept']}/{row['total']} {short.get(row['kind'], row['kind'])}")

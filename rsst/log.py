@@ -36,7 +36,7 @@ def training_progress(console: Console) -> Progress:
     )
 
 
-SHORT = {"channel": "ch.", "head": "heads", "neuron": "neur."}
+SHORT = {"channel": "ch.", "head": "heads", "neuron": "neur.", "embed": "embed"}
 
 
 def _pct(value: float | None) -> str:

@@ -44,6 +44,19 @@ def _pct(value: Any) -> str:
     return "–"
 
 
+def front_matter(meta: dict[str, str], config: dict[str, Any], form: str) -> list[str]:
+    """The YAML header model hubs read (Hugging Face: ``library_name``, ``tags``,
+    ``pipeline_tag``); strings are JSON-quoted, which YAML reads as they are."""
+    tags = ["image-classification", "pruning", "rsst", "lottery-ticket",
+            str(meta.get("rsst.method", "unknown")), str(meta.get("rsst.arch", "unknown"))]
+    lines = ["---", f"library_name: {'timm' if form == 'hf' else 'rsst'}",
+             "pipeline_tag: image-classification",
+             "tags:", *[f"- {json.dumps(t)}" for t in dict.fromkeys(tags)]]
+    if config.get("dataset"):
+        lines += ["datasets:", f"- {json.dumps(str(config['dataset']))}"]
+    return [*lines, "---", ""]
+
+
 def model_card(meta: dict[str, str], record: dict[str, Any] | None, *, form: str,
                export_command: str, units: list[dict[str, Any]], params: dict[str, int],
                macs: dict[str, Any]) -> str:
@@ -58,6 +71,7 @@ def model_card(meta: dict[str, str], record: dict[str, Any] | None, *, form: str
     sparsity = load("rsst.sparsity", {}) or {}
     record = record or {}
     lines = [
+        *front_matter(meta, config, form),
         f"# {meta.get('rsst.arch', '?')} pruned by {meta.get('rsst.method', '?')} "
         f"(state {meta.get('rsst.state', '?')})", "",
         "## Model",

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from rsst.structure import Structure
+from rsst.structure import Structure, Unit
 
 
 def prune_lowest(scores: torch.Tensor, hard_mask: torch.Tensor, prunable: torch.Tensor,
@@ -42,6 +42,24 @@ def kept_groups(density: float, num_groups: int, alive_groups: int, fillback_rat
     return max(1, min(k, alive_groups))
 
 
+class _Decided:
+    """Collects each unit's kept groups; an element several units share (a ViT embedding
+    column inside a head's qkv rows) stays alive only when every unit holding it keeps it."""
+
+    def __init__(self, structured: torch.Tensor) -> None:
+        self.structured = structured
+        self.alive = torch.ones_like(structured, dtype=torch.bool)
+        self.covered = torch.zeros_like(structured, dtype=torch.bool)
+
+    def keep(self, unit: Unit, kept: torch.Tensor) -> None:
+        self.alive[unit.member_index] &= kept[unit.member_group].to(torch.bool)
+        self.covered[unit.member_index] = True
+
+    def apply(self) -> torch.Tensor:
+        self.structured[self.covered] = self.alive[self.covered].to(self.structured.dtype)
+        return self.structured
+
+
 def refill(structure: Structure, unstructured: torch.Tensor, hard_mask: torch.Tensor,
            scores: dict[str, torch.Tensor], fillback_rate: float = 0.0,
            scope: str = "unit") -> torch.Tensor:
@@ -56,6 +74,7 @@ def refill(structure: Structure, unstructured: torch.Tensor, hard_mask: torch.Te
     if scope != "unit":
         raise ValueError(f"unknown refill scope {scope!r}")
     structured = unstructured.clone()
+    decided = _Decided(structured)
     for unit in structure.units:
         in_u = unstructured[unit.weight_index]
         density = float(in_u.sum()) / unit.weight_index.numel()
@@ -67,8 +86,8 @@ def refill(structure: Structure, unstructured: torch.Tensor, hard_mask: torch.Te
         keep = torch.zeros(unit.num_groups, dtype=torch.bool, device=hard_mask.device)
         keep[order[:k]] = True
         keep &= alive
-        structured[unit.member_index] = keep[unit.member_group]
-    return structured
+        decided.keep(unit, keep)
+    return decided.apply()
 
 
 def refill_global(structure: Structure, unstructured: torch.Tensor, hard_mask: torch.Tensor,
@@ -81,7 +100,7 @@ def refill_global(structure: Structure, unstructured: torch.Tensor, hard_mask: t
     an alive group keeps at least its best one (so no layer or block is emptied; k grows to the
     number of such units if smaller). Ties keep the earlier unit, then the lower group index.
     """
-    structured = unstructured.clone()
+    decided = _Decided(unstructured.clone())
     for kind in structure.kinds:
         units = [u for u in structure.units if u.kind == kind]
         weights = sum(u.weight_index.numel() for u in units)
@@ -107,9 +126,9 @@ def refill_global(structure: Structure, unstructured: torch.Tensor, hard_mask: t
         start = 0
         for unit in units:
             kept = keep[start:start + unit.num_groups]
-            structured[unit.member_index] = kept[unit.member_group]
+            decided.keep(unit, kept)
             start += unit.num_groups
-    return structured
+    return decided.apply()
 
 
 #: `fade_ratio` above which an RSST cut removes weights the network still uses (warned; the

@@ -3,8 +3,10 @@
 A *unit* is a layer (or a pair of layers) whose outputs can be removed one by one: a conv's output
 channels (conv weight row, bias, and the γ/β of the BatchNorm that directly follows it), an
 attention block's heads (q, k, v rows of ``qkv`` with their biases, and ``proj`` columns), an MLP's
-neurons (``fc1`` row and bias, ``fc2`` column). Each unit is stored as flat index tensors into the
-arena, built once, so scoring and masking are scatter/gather ops, not loops over elements.
+neurons (``fc1`` row and bias, ``fc2`` column), a ViT's embedding width (`embed_unit`: one
+dimension of the residual stream across every tensor that writes or reads it). Each unit is
+stored as flat index tensors into the arena, built once, so scoring and masking are
+scatter/gather ops, not loops over elements.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from torch import nn
 from rsst.arena import Arena
 from rsst.choices import PRUNE_SCOPES, STRUCTURE_KINDS
 from rsst.errors import UserError
+from rsst.models.stream_norm import use_stream_norms
 
 KINDS = STRUCTURE_KINDS
 #: --prune-scope: SPEC §1's default scope, or widened by the stem and/or the classifier
@@ -208,6 +211,74 @@ def _neuron_unit(name: str, mlp: nn.Module, arena: Arena) -> Unit:
     return Unit("neuron", name, hidden, weight_index, weight_group, index, group, mlp.fc2)
 
 
+def vision_transformer(model: nn.Module) -> tuple[str, nn.Module] | None:
+    """(name, module) of the timm ``VisionTransformer`` inside ``model``, or None."""
+    for name, m in model.named_modules():
+        if all(hasattr(m, a) for a in ("patch_embed", "blocks", "head", "embed_dim")):
+            return name, m
+    return None
+
+
+def _lastdim(arena: Arena, name: str, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat indices of a parameter ``[..., width]``; group = position along the last dim."""
+    slot = arena.slots[name]
+    flat = torch.arange(slot.numel, device=arena.device)
+    return slot.offset + flat, flat % width
+
+
+def embed_unit(model: nn.Module, arena: Arena) -> Unit:
+    """The ViT embedding width as groups: dimension *e* of the residual stream.
+
+    Members of group *e*: row *e* of the patch embedding (weight and bias), entry *e* of the
+    class / register tokens and the position embedding, of every LayerNorm over the stream
+    (``norm1``, ``norm2``, the final ``norm``, ``fc_norm``, ``norm_pre``) and of the layer-scale
+    gammas, column *e* of every ``qkv`` and ``fc1`` (what blocks read), row *e* and bias *e* of
+    every ``proj`` and ``fc2`` (what blocks write), and column *e* of the classifier.
+    The group's prunable weights — what its share alive ``d`` counts, and what decides whether
+    the group is alive — are those in the default prunable scope: its ``qkv`` / ``fc1`` columns
+    and ``proj`` / ``fc2`` rows in every block. The activation criteria read the stream where
+    the final norm reads it.
+    """
+    found = vision_transformer(model)
+    if found is None:
+        raise UserError("--structure embed needs a timm VisionTransformer (vit_tiny, vit_small, "
+                        "vit_base, vit_tiny_research); drop embed for this model")
+    root, vit = found
+    prefix = f"{root}." if root else ""
+    width = int(vit.embed_dim)
+    if getattr(vit, "attn_pool", None) is not None or getattr(vit, "dist_token", None) is not None:
+        raise UserError("--structure embed supports ViTs with a class token or average pooling, "
+                        "not attention pooling or distillation tokens; drop embed")
+    all_rows = torch.arange(width, device=arena.device)
+    weights, members = [], []
+    for name, m in vit.named_modules():
+        full = f"{prefix}{name}"
+        if isinstance(m, nn.Linear) and name.endswith(("attn.qkv", "mlp.fc1")):
+            weights.append(_cols(arena, f"{full}.weight", all_rows))
+        elif isinstance(m, nn.Linear) and name.endswith(("attn.proj", "mlp.fc2")):
+            weights.append(_rows(arena, f"{full}.weight", all_rows))
+            if m.bias is not None:
+                members.append(_rows(arena, f"{full}.bias", all_rows))
+        elif isinstance(m, nn.LayerNorm) and tuple(m.normalized_shape) == (width,):
+            members += [_rows(arena, f"{full}.{p}", all_rows) for p in ("weight", "bias")
+                        if getattr(m, p, None) is not None]
+    for p in ("cls_token", "reg_token", "pos_embed"):
+        if getattr(vit, p, None) is not None and f"{prefix}{p}" in arena.slots:
+            members.append(_lastdim(arena, f"{prefix}{p}", width))
+    for name, _ in vit.named_parameters():
+        if name.endswith(("ls1.gamma", "ls2.gamma")):
+            members.append(_rows(arena, f"{prefix}{name}", all_rows))
+    members.append(_rows(arena, f"{prefix}patch_embed.proj.weight", all_rows))
+    if vit.patch_embed.proj.bias is not None:
+        members.append(_rows(arena, f"{prefix}patch_embed.proj.bias", all_rows))
+    if isinstance(vit.head, nn.Linear):
+        members.append(_cols(arena, f"{prefix}head.weight", all_rows))
+    weight_index, weight_group = _cat(weights)
+    index, group = _cat([(weight_index, weight_group), *members])
+    return Unit("embed", f"{prefix}embed".lstrip("."), width, weight_index, weight_group,
+                index, group, vit.norm)
+
+
 def is_transformer(model: nn.Module) -> bool:
     return bool(attention_blocks(model))
 
@@ -251,11 +322,14 @@ def build_structure(model: nn.Module, arena: Arena, structure: str = "auto",
         names += [f"{n}.{p}.weight" for n, _ in mlps for p in ("fc1", "fc2")]
         if kinds & {"channel"}:
             raise UserError("--structure channel is for CNNs; this model is a transformer: use "
-                            "head, neuron, head+neuron or none")
+                            "head, neuron, embed (combined with +) or none")
         units = [_head_unit(n, m, arena) for n, m in attn] if "head" in kinds else []
         units += [_neuron_unit(n, m, arena) for n, m in mlps] if "neuron" in kinds else []
+        if "embed" in kinds:
+            units.append(embed_unit(model, arena))
+            use_stream_norms(model)
     else:
-        if kinds & {"head", "neuron"}:
+        if kinds & {"head", "neuron", "embed"}:
             raise UserError(f"--structure {structure} needs a transformer; this model is a CNN: "
                             "use channel or none")
         convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]

@@ -74,7 +74,13 @@ def test_timm_form_loads_with_timm_alone(vit_run, tmp_path):
         meta = f.metadata()
     args = json.loads(meta["timm.create_model"])
     assert args["model_name"] == "vit_tiny_patch16_224"
-    assert set(tensors) == set(timm.create_model(**args).state_dict())
+    stock_dense = timm.create_model(**args).state_dict()
+    assert set(tensors) == set(stock_dense)
+    # compacted: stock timm blocks with their own head counts / MLP widths, fewer parameters
+    assert meta["timm.compacted"] == "true"
+    blocks = json.loads(meta["timm.blocks"])
+    assert [b["num_heads"] for b in blocks] != [3] * len(blocks)
+    assert sum(t.numel() for t in tensors.values()) < sum(t.numel() for t in stock_dense.values())
 
     # the documented recipe, verbatim, with timm + safetensors + torch only
     x = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(5))
@@ -144,3 +150,14 @@ def test_cli_form_timm(vit_run, tmp_path, monkeypatch, capsys):
         main()
     assert (exit_info.value.code or 0) == 0, capsys.readouterr().err
     assert out.exists() and (tmp_path / "cli.md").exists()
+
+
+def test_model_card_starts_with_hub_front_matter(tmp_path):
+    yaml = pytest.importorskip("yaml")  # pyyaml: a timm / huggingface_hub dependency
+    run, _ = write_run(tmp_path / "run", "resnet20")
+    export_model(run, tmp_path / "m.safetensors", form="compact")
+    card = (tmp_path / "m.md").read_text()
+    data = yaml.safe_load(card.split("---\n")[1])
+    assert data["library_name"] == "rsst" and data["pipeline_tag"] == "image-classification"
+    assert {"rsst", "resnet20", "pruning"} <= set(data["tags"])
+    assert card.split("---\n", 2)[2].lstrip().startswith("# resnet20 pruned by rsst (state 2)")

@@ -5,7 +5,8 @@ that computes the same function (to float32 rounding), and records what it remov
 lists, so `apply_plan` can rebuild the smaller module shapes from metadata alone.
 
 One module per part: `rsst.compact.cnn` (channel spaces over the torch.fx graph, with the
-exactness rules for CNNs), `rsst.compact.vit` (heads and MLP neurons, `CompactAttention`),
+exactness rules for CNNs), `rsst.compact.vit` (heads and MLP neurons;
+compacted blocks are timm's own `Attention`),
 `rsst.compact.plan` (`plan_compaction`, `compact_state_dict`, `apply_plan`),
 `rsst.compact.count` (parameters and multiply-accumulates), `rsst.compact.random_masks`
 (`random_prune`); the `Plan` itself in `rsst.compact.base`.
@@ -20,11 +21,10 @@ from rsst.compact.base import PLAN_VERSION, Plan
 from rsst.compact.count import compact_cost, count_macs, count_params, layer_rows
 from rsst.compact.plan import apply_plan, compact_state_dict, plan_compaction
 from rsst.compact.random_masks import random_prune
-from rsst.compact.vit import CompactAttention
+from rsst.compact.vit import stock_attention
 
 __all__ = [
     "PLAN_VERSION",
-    "CompactAttention",
     "Plan",
     "apply_plan",
     "compact_cost",
@@ -34,4 +34,5 @@ __all__ = [
     "layer_rows",
     "plan_compaction",
     "random_prune",
+    "stock_attention",
 ]

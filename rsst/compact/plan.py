@@ -10,7 +10,7 @@ from torch import nn
 
 from rsst.compact.base import Plan
 from rsst.compact.cnn import plan_cnn
-from rsst.compact.vit import CompactAttention, plan_transformer
+from rsst.compact.vit import plan_transformer, stock_attention
 from rsst.structure import attention_blocks, mlp_blocks
 
 
@@ -53,6 +53,21 @@ def compact_state_dict(model: nn.Module, plan: Plan) -> dict[str, torch.Tensor]:
                     state[key] = state[key][rows.to(state[key].device)]
             key = f"{name}.proj.weight"
             state[key] = state[key][:, cols.to(state[key].device)]
+            inp, out = spec.get("in"), spec.get("out")  # embedding width (embed pruning)
+            if inp is not None:
+                key = f"{name}.qkv.weight"
+                state[key] = state[key][:, _idx(inp, state[key].device)].contiguous()
+            if out is not None:
+                for key in (f"{name}.proj.weight", f"{name}.proj.bias"):
+                    if key in state:
+                        state[key] = state[key][_idx(out, state[key].device)].contiguous()
+            continue
+        if kind == "embed":  # the ViT's own tokens / position embedding: last dim
+            for token in ("cls_token", "reg_token", "pos_embed"):
+                key = f"{name}.{token}" if name else token
+                if key in state:
+                    t = state[key]
+                    state[key] = t.index_select(-1, _idx(spec["out"], t.device)).contiguous()
             continue
         out, inp = spec.get("out"), spec.get("in")
         for key in [k for k in state if k.rsplit(".", 1)[0] == name]:
@@ -81,6 +96,8 @@ def apply_plan(model: nn.Module, modules: dict[str, dict[str, Any]]) -> nn.Modul
         if old is None:
             raise KeyError(f"the model has no module {name!r}")
         new = _smaller(old, spec)
+        if new is old:  # resized in place (the ViT's own tokens)
+            continue
         parent_name, _, child = name.rpartition(".")
         setattr(named[parent_name] if parent_name else model, child, new)
     return model
@@ -122,11 +139,20 @@ def _smaller(old: nn.Module, spec: dict[str, Any]) -> nn.Module:
         if int(old.num_heads) != heads or int(old.head_dim) != d:
             raise ValueError(f"attention has {old.num_heads} heads of {old.head_dim}, the plan "
                              f"says {heads} of {d}")
-        new = CompactAttention(
-            old.qkv.in_features, _count(spec["heads"], heads), d,
-            dim_out=old.proj.out_features, qkv_bias=old.qkv.bias is not None,
-            proj_bias=old.proj.bias is not None, q_norm=old.q_norm, k_norm=old.k_norm,
-            attn_drop=old.attn_drop.p, proj_drop=old.proj_drop.p, device=old.qkv.weight.device)
-        new.fused_attn = bool(getattr(old, "fused_attn", new.fused_attn))
-        return new
+        return stock_attention(old, _count(spec["heads"], heads), d,
+                               dim=_count(spec.get("in"), old.qkv.in_features),
+                               dim_out=_count(spec.get("out"), old.proj.out_features))
+    if kind == "norm" and isinstance(old, nn.LayerNorm):
+        width = _count(out, old.normalized_shape[0])  # all kept dims alive: the stock norm
+        return nn.LayerNorm(width, eps=old.eps, device=old.weight.device)
+    if kind == "embed":
+        width = _count(out, int(spec["width"]))
+        for token in ("cls_token", "reg_token", "pos_embed"):
+            t = getattr(old, token, None)
+            if isinstance(t, nn.Parameter):
+                setattr(old, token, nn.Parameter(t.new_empty(*t.shape[:-1], width)))
+        old.embed_dim = old.num_features = width
+        if hasattr(old, "head_hidden_size"):
+            old.head_hidden_size = width
+        return old
     raise ValueError(f"plan entry of type {kind!r} does not fit module {type(old).__name__}")

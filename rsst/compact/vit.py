@@ -5,27 +5,26 @@
   multiply zeros;
 - an MLP neuron is removable when its ``fc1`` row and bias are zero and the activation maps
   0 to 0 (GELU, ReLU, SiLU, tanh).
-timm's attention reshapes its output with the width it was built with, so compacted blocks use
-`CompactAttention` (explicit head count and head width, timm's fused and unfused paths); each
-block keeps its own head count.
+A compacted attention block is timm's own ``Attention`` built with ``attn_head_dim`` (its width
+is ``num_heads * attn_head_dim``, not the embedding width), so each block keeps its own head
+count and the compacted model is made of stock timm modules only (`stock_attention`).
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from rsst.compact.base import Plan, summarize_stayed
-from rsst.structure import attention_blocks, mlp_blocks
+from rsst.models.stream_norm import StreamLayerNorm, stream_norms
+from rsst.structure import attention_blocks, mlp_blocks, vision_transformer
 
 
 def _timm_attention_ok(m: nn.Module) -> str | None:
-    """None when ``m`` computes what `CompactAttention` computes, else the reason it does not."""
-    if isinstance(m, CompactAttention):
-        return None
+    """None when ``m`` is timm's plain ``Attention`` (what `stock_attention` rebuilds smaller),
+    else the reason it cannot lose heads."""
     try:
-        from timm.models.vision_transformer import Attention
+        from timm.layers import Attention
     except ImportError:  # pragma: no cover - timm is a dependency
         return "timm is not installed"
     if type(m) is not Attention:
@@ -103,64 +102,87 @@ def plan_transformer(model: nn.Module, plan: Plan, masks: dict[str, torch.Tensor
         if len(kept) < hidden:
             plan.modules[f"{name}.fc1"] = {"type": "linear", "in": None, "out": kept}
             plan.modules[f"{name}.fc2"] = {"type": "linear", "in": kept, "out": None}
+    _plan_embed(model, plan, masks)
     summarize_stayed(plan)
 
 
-class CompactAttention(nn.Module):
-    """timm ``Attention`` with an explicit head count and head width.
+def _embed_why(vit: nn.Module) -> str | None:
+    """None when the ViT's stream dimensions can be removed exactly, else why not."""
+    norms = stream_norms(vit)
+    if not norms or not all(isinstance(n, StreamLayerNorm) for n in norms):
+        return "stock LayerNorm statistics span the full width"
+    if any(name.endswith(("ls1.gamma", "ls2.gamma")) for name, _ in vit.named_parameters()):
+        return "layer scale is not compacted"
+    if getattr(vit, "attn_pool", None) is not None or not isinstance(vit.head, nn.Linear):
+        return "the pooling / head reads the full width"
+    return None
 
-    timm reshapes the attention output to the width the module was built with; after heads are
-    removed that width is ``num_heads * head_dim`` of *this* block, so this module owns the
-    reshape. Same parameter names as timm (``qkv``, ``q_norm``, ``k_norm``, ``proj``), both the
-    fused (``scaled_dot_product_attention``) and the explicit path, chosen by ``fused_attn`` like
-    timm's own module (default: ``timm.layers.use_fused_attn()``).
+
+def _plan_embed(model: nn.Module, plan: Plan, masks: dict[str, torch.Tensor]) -> None:
+    """Residual-stream dimensions: removable when everything writing the stream is zero there
+    (patch embedding row and bias, tokens, every proj / fc2 row and bias) and every stream norm
+    has γ = β = 0 there (a `StreamLayerNorm` leaves it out of its statistics and outputs 0, so
+    what reads it — qkv / fc1 / classifier columns — multiplies zeros)."""
+    found = vision_transformer(model)
+    if found is None:
+        return
+    root, vit = found
+    prefix = f"{root}." if root else ""
+    width = int(vit.embed_dim)
+    zero = torch.ones(width, dtype=torch.bool)
+    writers = [vit.patch_embed.proj.weight.reshape(width, -1), vit.patch_embed.proj.bias]
+    writers += [getattr(vit, t).reshape(-1, width).t() for t in ("cls_token", "reg_token",
+                                                                "pos_embed")
+                if getattr(vit, t, None) is not None]
+    for name, m in vit.named_modules():
+        if isinstance(m, nn.Linear) and name.endswith(("attn.proj", "mlp.fc2")):
+            writers += [m.weight, m.bias]
+    writers += [t for n in stream_norms(vit) for t in (n.weight, n.bias)]
+    for t in writers:
+        if t is not None:
+            zero &= (t.detach().reshape(width, -1) == 0).all(1).cpu()
+    if not bool(zero.any()):
+        return
+    mask = masks.get(f"{prefix}norm.weight")
+    pruned = zero.clone() if mask is None else mask.cpu() == 0
+    kept = _kept_units(plan, f"{prefix}embed".lstrip("."), "embed", zero, pruned,
+                       _embed_why(vit))
+    if len(kept) == width:
+        return
+    plan.modules[root] = {"type": "embed", "width": width, "out": kept}
+    plan.modules[f"{prefix}patch_embed.proj"] = {"type": "conv", "in": None, "out": kept}
+    for n in stream_norms(vit):
+        name = next(k for k, v in vit.named_modules() if v is n)
+        plan.modules[f"{prefix}{name}"] = {"type": "norm", "out": kept}
+    for name, m in vit.named_modules():
+        full = f"{prefix}{name}"
+        if name.endswith("attn") and any(full == n for n, _ in attention_blocks(model)):
+            entry = plan.modules.setdefault(full, {
+                "type": "attention", "heads": list(range(int(m.num_heads))),
+                "num_heads": int(m.num_heads), "head_dim": int(m.head_dim)})
+            entry["in"], entry["out"] = kept, kept
+        elif isinstance(m, nn.Linear) and name.endswith("mlp.fc1"):
+            plan.modules.setdefault(full, {"type": "linear", "out": None})["in"] = kept
+        elif isinstance(m, nn.Linear) and name.endswith("mlp.fc2"):
+            plan.modules.setdefault(full, {"type": "linear", "in": None})["out"] = kept
+    plan.modules[f"{prefix}head"] = {"type": "linear", "in": kept, "out": None}
+
+
+def stock_attention(old: nn.Module, num_heads: int, head_dim: int, dim: int | None = None,
+                    dim_out: int | None = None) -> nn.Module:
+    """timm's own ``Attention`` with ``num_heads`` heads of ``head_dim`` (shapes only).
+
+    timm (1.0.23+) builds its attention width from ``attn_head_dim`` and reshapes with it, so a
+    block with fewer heads is a stock module: a compacted ViT is made of timm classes only and
+    loads in stock timm. Dropouts, q/k norms (per head, unchanged) and the fused-attention
+    choice come from ``old``; ``dim`` / ``dim_out``: a narrower embedding width.
     """
+    from timm.layers import Attention
 
-    def __init__(self, dim: int, num_heads: int, head_dim: int, *, dim_out: int | None = None,
-                 qkv_bias: bool = True, proj_bias: bool = True,
-                 q_norm: nn.Module | None = None, k_norm: nn.Module | None = None,
-                 attn_drop: float = 0.0, proj_drop: float = 0.0,
-                 device: torch.device | str | None = None) -> None:
-        super().__init__()
-        if num_heads < 1 or head_dim < 1:
-            raise ValueError(f"num_heads and head_dim must be >= 1, got {num_heads}, {head_dim}")
-        try:
-            from timm.layers import use_fused_attn
-
-            fused = bool(use_fused_attn())
-        except ImportError:  # pragma: no cover - timm is a dependency
-            fused = hasattr(F, "scaled_dot_product_attention")
-        self.num_heads = num_heads
-        self.head_dim = head_dim
-        self.attn_dim = num_heads * head_dim
-        self.scale = head_dim**-0.5
-        self.fused_attn = fused
-        self.qkv = nn.Linear(dim, 3 * self.attn_dim, bias=qkv_bias, device=device)
-        self.q_norm = q_norm if q_norm is not None else nn.Identity()
-        self.k_norm = k_norm if k_norm is not None else nn.Identity()
-        self.attn_drop = nn.Dropout(attn_drop)
-        self.proj = nn.Linear(self.attn_dim, dim_out or dim, bias=proj_bias, device=device)
-        self.proj_drop = nn.Dropout(proj_drop)
-
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
-                is_causal: bool = False) -> torch.Tensor:
-        b, n, _ = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
-        q, k = self.q_norm(q), self.k_norm(k)
-        if self.fused_attn:
-            x = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=attn_mask, is_causal=is_causal,
-                dropout_p=self.attn_drop.p if self.training else 0.0)
-        else:
-            attn = (q * self.scale) @ k.transpose(-2, -1)
-            if is_causal:
-                causal = torch.ones(n, n, dtype=torch.bool, device=x.device).tril()
-                attn = attn.masked_fill(~causal, float("-inf"))
-            if attn_mask is not None:
-                attn = (attn.masked_fill(~attn_mask, float("-inf"))
-                        if attn_mask.dtype == torch.bool else attn + attn_mask)
-            attn = self.attn_drop(attn.softmax(dim=-1))
-            x = attn @ v
-        x = x.transpose(1, 2).reshape(b, n, self.attn_dim)
-        return self.proj_drop(self.proj(x))
+    new = Attention(dim or old.qkv.in_features, num_heads=num_heads, attn_head_dim=head_dim,
+                    dim_out=dim_out or old.proj.out_features, qkv_bias=old.qkv.bias is not None,
+                    proj_bias=old.proj.bias is not None, attn_drop=old.attn_drop.p,
+                    proj_drop=old.proj_drop.p, device=old.qkv.weight.device)
+    new.q_norm, new.k_norm = old.q_norm, old.k_norm
+    new.fused_attn = bool(getattr(old, "fused_attn", new.fused_attn))
+    return new

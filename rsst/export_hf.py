@@ -1,0 +1,147 @@
+"""``rsst export --form hf``: a Hugging Face / timm model folder.
+
+The folder is what timm's ``save_for_hf`` writes — ``config.json`` (architecture, ``model_args``,
+``pretrained_cfg`` with the input size, mean/std and ``crop_pct`` 1.0) and ``model.safetensors``
+— plus the model card as ``README.md``. ``timm.create_model("local-dir:FOLDER",
+pretrained=True)`` rebuilds it, and timm's eval transform (``resolve_data_config`` +
+``create_transform``) feeds it exactly what rsst's evaluation fed the run: crop_pct 1.0 resizes
+an image of the trained size to itself, so the centre crop keeps every pixel.
+
+- timm models (``vit_*``, ``timm:<name>``): the stock architecture, stock keys, dense shapes with
+  pruned weights zero (timm's ``create_model`` takes one head count for all blocks; for a
+  physically smaller ViT use ``--form timm``); loads with timm alone.
+- rsst CNNs and embed-pruned ViTs (whose LayerNorms skip the pruned width, which stock timm
+  cannot express at dense shapes): architecture ``rsst_model`` (`rsst.timm_models`) with the
+  compaction plan in
+  ``model_args``, so the folder holds the compacted network; loading needs
+  ``import rsst.timm_models`` first. The input normalization is inside the model, so the
+  folder's mean/std are 0/1 and timm's transform only scales pixels to [0, 1].
+
+The folder is built in a temporary folder beside ``-o``, loaded back through timm and checked
+against the rsst model, then renamed into place: a failed export leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from rsst.errors import UserError
+
+
+def check_folder_output(out: str | Path, form: str) -> Path:
+    """``-o`` for a folder form: a new folder in an existing parent."""
+    out = Path(out)
+    if out.is_file():
+        raise UserError(f"-o {out} is a file, but --form {form} writes a folder: pass a new "
+                        "folder name")
+    if out.exists():
+        raise UserError(f"-o {out} already exists: --form {form} writes a new folder; remove it "
+                        "or pass another name")
+    if not out.parent.is_dir():
+        raise UserError(f"the folder of -o {out} does not exist: create {out.parent} first or "
+                        "write somewhere else")
+    return out
+
+
+def _stock_hf_model(dense: nn.Module, state_dict: dict[str, torch.Tensor], spec: Any
+                    ) -> tuple[nn.Module, tuple[float, ...], tuple[float, ...]]:
+    """A stock timm model holding the masked weights, its pretrained_cfg set for export; the
+    mean/std are the ones the rsst model applies (its normalization buffers)."""
+    from rsst.export_timm import timm_create_args
+
+    mean = tuple(float(v) for v in dense.normalize.mean.flatten())
+    std = tuple(float(v) for v in dense.normalize.std.flatten())
+    args = timm_create_args(dense, spec.num_classes, spec.input_size, mean, std)
+    args["pretrained_cfg_overlay"]["crop_pct"] = 1.0
+    args["pretrained_cfg_overlay"]["crop_mode"] = "center"
+    import timm
+
+    model = timm.create_model(**args)
+    model.load_state_dict({k[len("net."):]: v for k, v in state_dict.items()
+                           if k.startswith("net.")}, strict=True)
+    return model.eval(), mean, std
+
+
+def _rsst_hf_model(compact: nn.Module, plan_modules: dict[str, Any], spec: Any) -> nn.Module:
+    """The compacted rsst model as timm's ``rsst_model`` (normalization inside: mean 0, std 1)."""
+    import timm
+
+    from rsst import timm_models
+
+    c, h, w = spec.input_size
+    cfg = {"architecture": timm_models.ARCH, "input_size": (c, h, w), "crop_pct": 1.0,
+           "crop_mode": "center", "interpolation": "bicubic", "mean": (0.0, 0.0, 0.0),
+           "std": (1.0, 1.0, 1.0), "num_classes": spec.num_classes}
+    model = timm.create_model(timm_models.ARCH, pretrained_cfg=cfg, arch=spec.arch,
+                              num_classes=spec.num_classes, img_size=h,
+                              patch_size=spec.patch_size, mean=list(spec.mean),
+                              std=list(spec.std), compact=plan_modules or None)
+    model.load_state_dict(compact.state_dict(), strict=True)
+    return model.eval()
+
+
+def write_hf(out: Path, *, dense: nn.Module, compact: nn.Module,
+             state_dict: dict[str, torch.Tensor], plan_modules: dict[str, Any], spec: Any,
+             meta: dict[str, str], card: str) -> dict[str, Any]:
+    """Write the folder (see module doc); returns the load-back check record."""
+    from timm.models import save_for_hf
+
+    from rsst.models.stream_norm import has_dead_stream_dims
+
+    if hasattr(dense, "net") and hasattr(dense, "normalize") and not has_dead_stream_dims(dense):
+        model, mean, std = _stock_hf_model(dense, state_dict, spec)
+        reference, loader = dense, "timm"
+    else:
+        model, mean, std = _rsst_hf_model(compact, plan_modules, spec), (0.0,) * 3, (1.0,) * 3
+        reference, loader = compact, "rsst.timm_models"
+    info = {key: meta[key] for key in ("rsst.arch", "rsst.method", "rsst.state",
+                                       "rsst.sparsity", "rsst.format_version") if key in meta}
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        save_for_hf(model, str(tmp), safe_serialization=True,
+                    model_config={"rsst": {k.removeprefix("rsst."): v for k, v in info.items()}})
+        (tmp / "README.md").write_text(card)
+        check = _check_folder(tmp, reference, spec.input_size, mean, std)
+        check["loader"] = loader
+        config = json.loads((tmp / "config.json").read_text())
+        config["rsst"]["check"] = check
+        (tmp / "config.json").write_text(json.dumps(config, indent=2))
+        os.chmod(tmp, 0o777 & ~_umask())
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return check
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _check_folder(folder: Path, reference: nn.Module, input_size: tuple[int, int, int],
+                  mean: tuple[float, ...], std: tuple[float, ...]) -> dict[str, Any]:
+    """Load ``folder`` the way a user does and compare its logits with the rsst model's."""
+    import timm
+
+    loaded = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+    x = torch.rand(3, *input_size, generator=torch.Generator().manual_seed(0))
+    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    with torch.no_grad():
+        ref, got = reference(x), loaded((x - m) / s)
+    diff = float((ref - got).abs().max())
+    if not diff <= 1e-4 * max(float(ref.abs().max()), 1.0):
+        raise RuntimeError(f"the model loaded back from the hf folder differs from the rsst "
+                           f"model by {diff:.3g} in its logits: this is a bug in "
+                           "rsst.export_hf, please report it")
+    return {"max_abs_logit_diff": diff, "checked_with": "timm.create_model(local-dir)"}
