@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rsst import statefile
 from rsst.errors import UserError
 from rsst.rundir import CONFIG, STATE_RECORD, SUMMARY
 from rsst.rundir import METRICS as METRICS_FILE
@@ -105,8 +106,8 @@ def _state_records(path: Path, summary: dict[str, Any] | None) -> list[dict[str,
                 continue  # a torn last line of a killed run
             if isinstance(record, dict) and record.get("kind", "state") == "state":
                 add(record)
-    for state_json in sorted(path.glob(f"state_*/{STATE_RECORD}")):
-        add(_read_json(state_json))
+    for record in statefile.state_records(path):
+        add(record)
     return [by_state[s] for s in sorted(by_state)]
 
 

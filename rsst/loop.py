@@ -31,7 +31,7 @@ import torch
 from rich.console import Console
 from rich.markup import escape
 
-from rsst import __version__, distributed, rundir
+from rsst import __version__, distributed, rundir, statefile
 from rsst.arena import Arena
 from rsst.compact import compact_cost
 from rsst.config import RunConfig, load_config, save_config
@@ -48,6 +48,7 @@ from rsst.methods import PruneContext, get_method
 from rsst.models import create_model, load_pretrained, use_channels_last
 from rsst.pruning import FADE_THRESHOLD, fade_ratio, prune_lowest, refill
 from rsst.rundir import CHECKPOINT, RunLock
+from rsst.statefile import ModelSpec
 from rsst.structure import build_structure
 from rsst.update import UpdateConfig, make_backend, resolve_backend
 
@@ -181,7 +182,7 @@ class PruningRun:
         """
         saved = rundir.load_checkpoint(self.run_dir, self.device)
         if saved is None:
-            trained = [f"state_{s:02d}/" for s in rundir.finished_states(self.run_dir)]
+            trained = [f"state_{s:02d}/" for s in statefile.finished_states(self.run_dir)]
             if rundir.has_metrics(self.run_dir):
                 trained.append(rundir.METRICS)
             if trained:
@@ -468,23 +469,15 @@ class PruningRun:
     def save_state_files(self, state: int, record: dict[str, Any]) -> None:
         if not self.world.is_main:
             return
-        tensors = dict(self.model.state_dict())
-        for name in self.structure.prunable_names:
-            tensors[f"{name}.mask"] = self.arena.view(name, "code") & 1
-        meta = {
-            "rsst.format_version": str(rundir.FORMAT_VERSION), "rsst.arch": self.config.arch,
-            "rsst.num_classes": str(self.data.num_classes),
-            "rsst.input_size": json.dumps(list(self.data.input_size)),
-            "rsst.patch_size": json.dumps(self.config.patch_size),
-            "rsst.mean": json.dumps(list(self.data.mean)),
-            "rsst.std": json.dumps(list(self.data.std)),
-            "rsst.method": self.config.method, "rsst.state": str(state),
-            "rsst.sparsity": json.dumps({"remain_weight": self.structure.remain_weight(
-                self.arena.hard_mask), **self.structure.sparsity(self.arena.hard_mask)}),
-            "rsst.structure": json.dumps(self.structure.per_unit(self.arena.hard_mask)),
-            "rsst.config": json.dumps(self.config.to_dict()),
-        }
-        rundir.write_state(self.run_dir, state, tensors, meta, record)
+        hard = self.arena.hard_mask
+        masks = {name: self.arena.view(name, "code") & 1
+                 for name in self.structure.prunable_names}
+        meta = statefile.state_metadata(
+            ModelSpec.of(self.model), method=self.config.method, state=state,
+            sparsity={"remain_weight": self.structure.remain_weight(hard),
+                      **self.structure.sparsity(hard)},
+            structure=self.structure.per_unit(hard), config=self.config.to_dict())
+        statefile.write_state(self.run_dir, state, self.model.state_dict(), masks, meta, record)
 
     # -- the whole run -----------------------------------------------------------------------
     def run(self, resume: bool) -> list[dict[str, Any]]:

@@ -5,7 +5,6 @@ are counted, so a file found later explains itself."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import shlex
 from pathlib import Path
@@ -48,24 +47,20 @@ def model_card(meta: dict[str, str], record: dict[str, Any] | None, *, form: str
                export_command: str, units: list[dict[str, Any]], params: dict[str, int],
                macs: dict[str, Any]) -> str:
     """Markdown text of the card, from an export's metadata and its state's record."""
-    def load(key: str, default: Any) -> Any:
-        try:
-            return json.loads(meta.get(key, ""))
-        except json.JSONDecodeError:
-            return default
+    from rsst import statefile as sf
 
-    config = load("rsst.config", {}) or {}
-    sparsity = load("rsst.sparsity", {}) or {}
+    config = sf.json_metadata(meta, sf.CONFIG, {}) or {}
+    sparsity = sf.json_metadata(meta, sf.SPARSITY, {}) or {}
     record = record or {}
     lines = [
-        f"# {meta.get('rsst.arch', '?')} pruned by {meta.get('rsst.method', '?')} "
-        f"(state {meta.get('rsst.state', '?')})", "",
+        f"# {meta.get(sf.ARCH, '?')} pruned by {meta.get(sf.METHOD, '?')} "
+        f"(state {meta.get(sf.STATE, '?')})", "",
         "## Model",
-        f"- architecture: `{meta.get('rsst.arch')}`, {meta.get('rsst.num_classes')} classes, "
-        f"input {meta.get('rsst.input_size')} (C, H, W)"
-        + (f", patch size {meta['rsst.patch_size']}" if meta.get("rsst.patch_size") not in
+        f"- architecture: `{meta.get(sf.ARCH)}`, {meta.get(sf.NUM_CLASSES)} classes, "
+        f"input {meta.get(sf.INPUT_SIZE)} (C, H, W)"
+        + (f", patch size {meta[sf.PATCH_SIZE]}" if meta.get(sf.PATCH_SIZE) not in
            (None, "null") else ""),
-        f"- input normalization: mean {meta.get('rsst.mean')}, std {meta.get('rsst.std')} "
+        f"- input normalization: mean {meta.get(sf.MEAN)}, std {meta.get(sf.STD)} "
         "(images in [0, 1])",
         f"- export form: {form}",
         f"- dataset: {config.get('dataset', '?')}", "",

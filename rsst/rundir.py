@@ -13,8 +13,9 @@ RUN_DIR/
 ```
 
 Whole files are written atomically (`rsst.atomic`); metric lines are appended and flushed, and
-`trim_metrics` drops the lines a killed run wrote after its last checkpoint. `loop` and `export`
-read and write run directories only through this module.
+`trim_metrics` drops the lines a killed run wrote after its last checkpoint. A state's own files
+(``state_XX/``) and the model contract in them belong to `rsst.statefile`; their names are
+re-exported here.
 """
 
 from __future__ import annotations
@@ -38,36 +39,33 @@ from rsst.atomic import (
     json_text,
 )
 from rsst.errors import UserError
+from rsst.statefile import (
+    FORMAT_VERSION,
+    STATE_RECORD,
+    STATE_WEIGHTS,
+    finished_states,
+    read_state_record,
+    save_tensors,
+    state_dir,
+    state_weights,
+)
 
 __all__ = [
     "CHECKPOINT", "CONFIG", "FORMAT_VERSION", "LOCK", "METRICS", "STATE_RECORD", "STATE_WEIGHTS",
     "SUMMARY", "RunLock", "append_line", "append_metrics", "atomic_write", "atomic_write_json",
     "atomic_write_text", "check_writable", "finished_states", "has_metrics", "is_stale_temp",
     "load_checkpoint", "read_state_record", "remove_stale_temps", "save_checkpoint",
-    "save_tensors", "state_dir", "state_weights", "trim_metrics", "write_state", "write_summary",
+    "save_tensors", "state_dir", "state_weights", "trim_metrics", "write_summary",
 ]
-
-#: Version of the safetensors layout of state files and exports (``rsst.format_version``).
-FORMAT_VERSION = 1
 
 CONFIG = "config.toml"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 CHECKPOINT = "checkpoint.safetensors"
-STATE_WEIGHTS = "weights.safetensors"
-STATE_RECORD = "state.json"
 LOCK = ".lock"
 
 
 # -- names ----------------------------------------------------------------------------------------
-def state_dir(run_dir: Path, state: int) -> Path:
-    return Path(run_dir) / f"state_{state:02d}"
-
-
-def state_weights(run_dir: Path, state: int) -> Path:
-    return state_dir(run_dir, state) / STATE_WEIGHTS
-
-
 def remove_stale_temps(run_dir: Path) -> None:
     """Delete the temp files of atomic writes a killed process left (call under the lock)."""
     run_dir = Path(run_dir)
@@ -78,21 +76,6 @@ def remove_stale_temps(run_dir: Path) -> None:
 def is_stale_temp(path: Path) -> bool:
     """A leftover temp file of `rsst.atomic.atomic_write` (``.NAME.XXXX.tmp``)."""
     return path.name.startswith(".") and path.name.endswith(".tmp") and path.is_file()
-
-
-def finished_states(run_dir: Path) -> list[int]:
-    """Indices of the states whose weights file exists, ascending."""
-    return sorted(int(p.parent.name[6:]) for p in Path(run_dir).glob(f"state_*/{STATE_WEIGHTS}")
-                  if p.parent.name[6:].isdigit())
-
-
-# -- tensors --------------------------------------------------------------------------------------
-def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """safetensors, written atomically; tensors are copied to the CPU so no two share storage."""
-    from safetensors.torch import save_file
-
-    body = {k: v.detach().to("cpu").clone().contiguous() for k, v in tensors.items()}
-    atomic_write(path, lambda tmp: save_file(body, str(tmp), metadata=metadata))
 
 
 # -- the directory itself -------------------------------------------------------------------------
@@ -114,24 +97,6 @@ def check_writable(run_dir: Path, flag: str) -> None:
         where = "" if existing == run_dir else f" (in {existing})"
         raise UserError(f"{flag} {run_dir}: cannot write there{where}: {exc.strerror}; choose "
                         "a writable directory or change its permissions") from None
-
-
-# -- per-state files ------------------------------------------------------------------------------
-def write_state(run_dir: Path, state: int, tensors: dict[str, torch.Tensor],
-                metadata: dict[str, str], record: dict[str, Any]) -> None:
-    """``state_XX/weights.safetensors`` then ``state_XX/state.json``."""
-    folder = state_dir(run_dir, state)
-    folder.mkdir(exist_ok=True)
-    save_tensors(folder / STATE_WEIGHTS, tensors, metadata)
-    atomic_write_json(folder / STATE_RECORD, record)
-
-
-def read_state_record(run_dir: Path, state: int) -> dict[str, Any] | None:
-    """A state's record, or None when it is missing or unreadable."""
-    try:
-        return json.loads((state_dir(run_dir, state) / STATE_RECORD).read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
 
 
 # -- checkpoint -----------------------------------------------------------------------------------
