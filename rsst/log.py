@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from rsst.atomic import append_line, atomic_write_json, json_text
+from rsst.statefile import accuracy
 
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
@@ -45,10 +46,11 @@ def _pct(value: float | None) -> str:
 
 
 def state_table(records: list[dict[str, Any]], kinds: list[str]) -> Table:
-    """One row per finished state: accuracies, sparsity, λ and time."""
+    """One row per finished state: accuracies of the network the state saved (after the RSST
+    cut), the trained network's before the cut, sparsity, λ and time."""
     table = Table(title="states · accuracy, remaining weights, pruned groups, compacted "
                   "params and MACs in %")
-    headers = ["state", "val", "test", "after cut", "remain",
+    headers = ["state", "val", "test", "val before cut", "remain",
                *[f"{SHORT[k]} cut" for k in kinds], "params", "MACs", "λ", "s"]
     for header in headers:
         table.add_column(header, justify="right")
@@ -57,8 +59,8 @@ def state_table(records: list[dict[str, Any]], kinds: list[str]) -> Table:
         sparsity = r.get("structured_sparsity_after_cut", r.get("structured_sparsity", {}))
         remain = r.get("remain_weight_after_cut", r.get("remain_weight"))
         table.add_row(
-            str(r["state"]), _pct(r.get("val_acc")), _pct(r.get("test_acc")),
-            _pct(r.get("val_acc_after_cut")), _pct(remain),
+            str(r["state"]), _pct(accuracy(r, "val")), _pct(accuracy(r, "test")),
+            _pct(accuracy(r, "val", before_cut=True)), _pct(remain),
             *[_pct(sparsity.get(k)) for k in kinds],
             _pct(r.get("params_ratio")), _pct(r.get("macs_ratio")),
             f"{r.get('reg_lambda', 0.0):.3g}", f"{r.get('seconds', 0.0):.1f}",

@@ -73,13 +73,17 @@ def model_card(meta: dict[str, str], record: dict[str, Any] | None, *, form: str
     lines += [
         f"- parameters: {params.get('dense')} dense → {params.get('compact')} compacted",
         f"- MACs: {macs.get('dense')} dense → {macs.get('compact')} compacted", "",
-        "## Accuracy (the run's own evaluation of this state)",
+        "## Accuracy (the run's own evaluation of the network in this file)",
     ]
-    for key, label in (("val_acc", "val"), ("last_test_acc", "test"),
-                       ("val_acc_after_cut", "val after the RSST cut"),
-                       ("test_acc_after_cut", "test after the RSST cut")):
-        if key in record:
-            lines.append(f"- {label}: {_pct(record.get(key))}")
+    for split in ("val", "test"):
+        value = sf.accuracy(record, split)
+        if value is not None:
+            lines.append(f"- {split}: {_pct(value)}")
+    for split in ("val", "test"):
+        value = sf.accuracy(record, split, before_cut=True)
+        if value is not None:
+            lines.append(f"- {split} before the RSST cut (not this file's network): "
+                         f"{_pct(value)}")
     if not record:
         lines.append("- not recorded (no state.json beside the weights)")
     lines += ["", "## Structure per layer (groups kept / total)", "",

@@ -25,7 +25,10 @@ import errno
 import fcntl
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +56,9 @@ from rsst.statefile import (
 __all__ = [
     "CHECKPOINT", "CONFIG", "FORMAT_VERSION", "LOCK", "METRICS", "STATE_RECORD", "STATE_WEIGHTS",
     "SUMMARY", "RunLock", "append_line", "append_metrics", "atomic_write", "atomic_write_json",
-    "atomic_write_text", "check_writable", "finished_states", "has_metrics", "is_stale_temp",
+    "atomic_write_text", "check_fresh_target", "check_resume_target", "check_writable", "claim",
+    "default_run_dir", "exists_error", "finished_states", "has_metrics", "in_use",
+    "is_stale_temp", "prepare_fresh",
     "load_checkpoint", "read_state_record", "remove_stale_temps", "save_checkpoint",
     "save_tensors", "state_dir", "state_weights", "trim_metrics", "write_summary",
 ]
@@ -97,6 +102,81 @@ def check_writable(run_dir: Path, flag: str) -> None:
         where = "" if existing == run_dir else f" (in {existing})"
         raise UserError(f"{flag} {run_dir}: cannot write there{where}: {exc.strerror}; choose "
                         "a writable directory or change its permissions") from None
+
+
+# -- the lifecycle: create, lock, resume ----------------------------------------------------------
+def default_run_dir(method: str, arch: str, dataset: str) -> Path:
+    """``runs/METHOD-ARCH-DATASET-YYYYmmdd-HHMMSS`` (``:`` and ``/`` of an arch become ``-``)."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    arch = arch.replace(":", "-").replace("/", "-")
+    return Path("runs") / f"{method}-{arch}-{dataset}-{stamp}"
+
+
+def in_use(run_dir: Path) -> bool:
+    """The directory exists and holds something besides a lock file and the temp files of a
+    run killed during its setup."""
+    return run_dir.is_dir() and any(p.name != LOCK and not is_stale_temp(p)
+                                    for p in run_dir.iterdir())
+
+
+def exists_error(run_dir: Path) -> UserError:
+    return UserError(f"run directory {run_dir} already exists: pass --resume {run_dir} to "
+                     "continue it, --overwrite to replace it, or another --out")
+
+
+def _not_a_run(run_dir: Path) -> UserError:
+    return UserError(f"--overwrite refuses to delete {run_dir}: it is not an rsst run "
+                     "directory (no config.toml); choose another --out")
+
+
+def check_resume_target(run_dir: Path) -> None:
+    """``--resume DIR`` names a run directory this process can write in."""
+    if not (run_dir / CONFIG).is_file():
+        raise UserError(f"{run_dir} is not an rsst run directory (no config.toml); pass the "
+                        "directory `rsst run` printed")
+    check_writable(run_dir, "--resume")
+
+
+def check_fresh_target(run_dir: Path, overwrite: bool) -> None:
+    """``--out DIR`` can hold a new run (``--overwrite`` deletes only a run directory)."""
+    check_writable(run_dir, "--out")
+    if overwrite and in_use(run_dir) and not (run_dir / CONFIG).is_file():
+        raise _not_a_run(run_dir)
+
+
+def claim(run_dir: Path, lock: RunLock, action: str, *, fresh: bool, overwrite: bool) -> None:
+    """Before any write: take the lock of an existing run directory (refused, naming the
+    holder, while another run is live) and refuse a fresh run into a used one."""
+    if (run_dir / CONFIG).is_file() or (run_dir / LOCK).exists():
+        lock.acquire(action)
+    if fresh and in_use(run_dir) and not overwrite:
+        raise exists_error(run_dir)
+
+
+def prepare_fresh(run_dir: Path, lock: RunLock, action: str, overwrite: bool,
+                  write_config: Callable[[Path], None]) -> None:
+    """Create or (``--overwrite``) empty the run directory under the lock, then
+    ``write_config(run_dir / CONFIG)``."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not lock.held:
+        lock.acquire(action)
+    if in_use(run_dir):
+        if not overwrite:  # another run filled it between our first look and our lock
+            raise exists_error(run_dir)
+        if not (run_dir / CONFIG).is_file():
+            raise _not_a_run(run_dir)
+        # everything but the lock we hold; the checkpoint first and config.toml last, so that a
+        # kill halfway leaves a directory --overwrite accepts again and --resume refuses
+        order = {CHECKPOINT: 0, CONFIG: 2}
+        for child in sorted(run_dir.iterdir(), key=lambda p: order.get(p.name, 1)):
+            if child.name == LOCK:
+                continue
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+    remove_stale_temps(run_dir)
+    write_config(run_dir / CONFIG)
 
 
 # -- checkpoint -----------------------------------------------------------------------------------

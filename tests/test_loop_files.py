@@ -1,0 +1,84 @@
+"""What a run writes, and who writes it: the record's accuracies are the saved network's, and
+rank 0 alone writes any line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+from test_cli_run import write_two_classes
+from tinydata import tiny_pruning_run
+
+import rsst.loop as loop
+from rsst.config import RunConfig, validate
+from rsst.distributed import World
+from rsst.export import evaluate_file
+
+QUIET = Console(quiet=True)
+
+
+def test_state_accuracies_are_what_rsst_eval_measures_on_the_saved_file(tmp_path):
+    """``test_acc`` / ``val_acc`` of every state (after the RSST cut) are reproduced exactly by
+    evaluating ``state_XX/weights.safetensors`` (`rsst eval`'s function) on the same split."""
+    images = write_two_classes(tmp_path / "images", train=24, test=16)
+    cfg = validate(RunConfig(
+        method="rsst", dataset="imagefolder", data_dir=str(images), arch="resnet20", states=2,
+        epochs=1, rate=0.6, reg_granularity=1e-4, val_split=16, batch_size=16,
+        eval_batch_size=7, device="cpu", backend="torch", cache_dir=str(tmp_path / "cache")))
+    run_dir = loop.run(cfg, out=tmp_path / "run", console=QUIET)
+    records = json.loads((run_dir / "summary.json").read_text())["states"]
+    # state 1 was cut, unfaded: the cut changed the test accuracy, so the check below tells
+    # the saved network's figure from the trained one's
+    assert records[1]["test_acc"] != records[1]["test_acc_before_cut"]
+    for r in records:
+        weights = run_dir / f"state_{r['state']:02d}" / "weights.safetensors"
+        for split in ("test", "val"):
+            got = evaluate_file(weights, split=split, batch_size=5, device="cpu")
+            assert got["accuracy"] == r[f"{split}_acc"], (r["state"], split)
+    assert records[1]["test_acc"] == json.loads(
+        (run_dir / "state_01" / "state.json").read_text())["test_acc"]
+
+
+RESEARCH_PENALTY = dict(method="rsst", schedule="exp_custom_exponents", reg_granularity=1.0,
+                        states=2, epochs=1, rate=0.3, train_subset=256, val_split=64,
+                        batch_size=32, eval_batch_size=256, device="cpu", backend="torch",
+                        arch="resnet20", fade_epochs=2)
+
+
+def test_a_rank_other_than_0_writes_no_line_not_even_in_fade_epochs(tmp_path, monkeypatch):
+    """Under torchrun every rank runs the loop; only rank 0 writes metrics lines (epoch, fade
+    epoch and state lines alike), checkpoints and state files."""
+    fades = []
+    original = loop.PruningRun._end_epoch
+
+    def spy(self, *args, **kw):
+        fades.append(kw.get("fade"))
+        return original(self, *args, **kw)
+
+    monkeypatch.setattr(loop.PruningRun, "_end_epoch", spy)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    cfg = validate(RunConfig(**RESEARCH_PENALTY))
+    # rank 1 of a world of one: not the main rank, and no process group needed
+    tiny_pruning_run(cfg, run_dir, QUIET, world=World(rank=1, size=1)).run(resume=False)
+    assert any(k is not None for k in fades)  # the run took fade epochs
+    assert sorted(p.name for p in run_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize(("cfg", "absent"), [
+    ({}, ()),
+    ({"schedule": "x"}, ("--schedule x",)),
+])
+def test_the_fade_warning_names_only_fixes_not_in_effect(cfg, absent, tmp_path):
+    console = Console(record=True, width=400)
+    run = tiny_pruning_run(validate(RunConfig(**{**RESEARCH_PENALTY, "fade_epochs": 0, **cfg})),
+                           Path(tmp_path), console)
+    run._warn_unfaded(1, 0.9)
+    text = console.export_text()
+    assert "have not faded" in text
+    for fix in absent:
+        assert fix not in text
+    if not absent:
+        assert "--schedule x" in text
