@@ -343,13 +343,9 @@ def evaluate_file(path: str | Path, *, dataset: str | None = None, data_dir: str
         raise UserError(f"--split {split!r}: pass val or test")
     if batch_size < 1:
         raise UserError(f"--batch-size {batch_size}: pass a positive batch size")
-    if device == "auto":
-        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    elif device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA device is visible; use "
-                        "--device cpu or auto")
-    else:
-        dev = torch.device(device)
+    from rsst.distributed import resolve_device
+
+    dev = resolve_device(device)
     model = load_model(path, dev)
     meta: dict[str, str] = model.rsst_metadata
     try:

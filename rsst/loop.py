@@ -29,19 +29,25 @@ import torch
 from rich.console import Console
 from rich.markup import escape
 
-from rsst import __version__, distributed, rundir, statefile
+from rsst import __version__, distributed, provenance, rundir, statefile
 from rsst.arena import Arena
 from rsst.compact import compact_cost
 from rsst.config import RunConfig, load_config, save_config
+from rsst.console import (
+    block_table,
+    epoch_line,
+    quiet_library_noise,
+    state_line,
+    state_table,
+    training_progress,
+)
 from rsst.criteria import group_scores
 from rsst.data import Batches, DataSplits, ImageSet, load_dataset
-from rsst.distributed import SINGLE, World
+from rsst.distributed import SINGLE, World, resolve_device
 from rsst.engine import Engine, lr_schedule
 from rsst.errors import TrainingDiverged, UserError
 from rsst.killpoint import armed as kill_point_armed
 from rsst.killpoint import kill_point
-from rsst.log import block_table, state_table, training_progress
-from rsst.loggers import Loggers, check_loggers
 from rsst.methods import PruneContext, get_method
 from rsst.models import create_model, load_pretrained, use_channels_last
 from rsst.pruning import FADE_THRESHOLD, fade_ratio, prune_lowest, refill
@@ -49,18 +55,10 @@ from rsst.rundir import CHECKPOINT, RunLock
 from rsst.schedules import fade_lambda, ramp_offset, ramp_steps
 from rsst.statefile import ModelSpec
 from rsst.structure import build_structure
+from rsst.trackers import Loggers, check_loggers
 from rsst.update import UpdateConfig, make_backend, resolve_backend
 
 __all__ = ["CHECKPOINT", "PruningRun", "default_run_dir", "resolve_device", "run"]
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA device is visible; "
-                        "use --device cpu or auto")
-    return torch.device(name)
 
 
 def load_run_data(config: RunConfig) -> DataSplits:
@@ -135,7 +133,7 @@ class PruningRun:
                              if self.data.test is not None and len(self.data.test) else None)
         self.rewind_point: dict[str, torch.Tensor] | None = None
         self.records: list[dict[str, Any]] = []
-        self.loggers: Any = None  # rsst.loggers.Loggers (--logger), set by run()
+        self.loggers: Any = None  # rsst.trackers.Loggers (--logger), set by run()
 
     def _part(self, images: ImageSet) -> ImageSet:
         """This rank's contiguous part of an evaluation set (all of it for one process)."""
@@ -293,6 +291,7 @@ class PruningRun:
         # the line first: a kill between the two leaves a line that resume trims, never a
         # checkpointed epoch without its line
         self._write_line(record)
+        self.console.print(epoch_line(record, cfg.epochs), highlight=False)
         kill_point(f"state{state}-epoch{epoch}-after-metrics")
         self.save_checkpoint({"state": state, "epoch": epoch, "partial": best,
                               "fresh_momentum": False})
@@ -542,9 +541,11 @@ class PruningRun:
             self.save_checkpoint({"state": state + 1, "epoch": 0, "fresh_momentum": True})
             kill_point(f"state{state}-after-checkpoint")
             self.write_summary()
-            self.console.print(state_table(self.records, kinds))
+            self.console.print(state_line(record, kinds), highlight=False)
             if {"head", "neuron"} & set(kinds):
                 self.console.print(block_table(record))
+        if self.records:  # the whole table once, at the end
+            self.console.print(state_table(self.records, kinds))
         return self.records
 
     def write_summary(self) -> None:
@@ -570,11 +571,13 @@ def run(config: RunConfig, *, out: Path | None = None, resume: Path | None = Non
     the run ends, so a second run, an overwrite or a resume of a live run is refused. Under
     torchrun (`rsst.distributed`) rank 0 takes the lock, writes and logs; every rank trains, and
     all stop together when one fails.
-    ``loggers``: names of `rsst.loggers` (tensorboard, wandb, csv), checked before anything else.
+    ``loggers``: names of `rsst.trackers` (tensorboard, wandb, csv), checked before anything
+    else.
     ``load_data``: the run's dataset from its config (default `load_run_data`; tests pass a
     shrunk one).
     """
     console = console or Console()
+    quiet_library_noise()
     check_loggers(loggers)  # a missing extra fails before any training
     if resume is not None:
         run_dir = Path(resume)
@@ -603,6 +606,9 @@ def run(config: RunConfig, *, out: Path | None = None, resume: Path | None = Non
                                                    world.size), everywhere=False)
         elif world.is_main:
             rundir.remove_stale_temps(run_dir)  # a killed write's temp files (we hold the lock)
+        if world.is_main:  # versions, commit, device, argv, host, start time: one per session
+            provenance.start_session(run_dir / rundir.PROVENANCE, device=pruning.device,
+                                     resumed=resume is not None)
         ranks = f" · {world.size} processes" if world.distributed else ""
         console.print(f"run directory: [bold]{run_dir}[/]  ({config.method} · {config.arch} · "
                       f"{config.dataset} · backend {pruning.backend_name} on {pruning.device}"
@@ -619,6 +625,8 @@ def run(config: RunConfig, *, out: Path | None = None, resume: Path | None = Non
         finally:
             if pruning.loggers is not None:
                 pruning.loggers.close()
+        if world.is_main:
+            provenance.end_session(run_dir / rundir.PROVENANCE)
     finally:
         lock.release()
         distributed.stop(world)

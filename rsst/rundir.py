@@ -9,6 +9,8 @@ RUN_DIR/
     state.json             the state's record
   summary.json             {"states": [records], ...}
   checkpoint.safetensors   model, momentum, masks, rewind point and position (for --resume)
+  provenance.json          rsst version and git commit, library versions, device, argv, host,
+                           start and end time of every session (`rsst.provenance`)
   .lock                    held (flock) by the process running in the directory
 ```
 
@@ -54,7 +56,8 @@ from rsst.statefile import (
 )
 
 __all__ = [
-    "CHECKPOINT", "CONFIG", "FORMAT_VERSION", "LOCK", "METRICS", "STATE_RECORD", "STATE_WEIGHTS",
+    "CHECKPOINT", "CONFIG", "FORMAT_VERSION", "LOCK", "METRICS", "PROVENANCE", "STATE_RECORD",
+    "STATE_WEIGHTS",
     "SUMMARY", "RunLock", "append_line", "append_metrics", "atomic_write", "atomic_write_json",
     "atomic_write_text", "check_fresh_target", "check_resume_target", "check_writable", "claim",
     "default_run_dir", "exists_error", "finished_states", "has_metrics", "in_use",
@@ -67,6 +70,7 @@ CONFIG = "config.toml"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 CHECKPOINT = "checkpoint.safetensors"
+PROVENANCE = "provenance.json"
 LOCK = ".lock"
 
 

@@ -324,7 +324,7 @@ def test_two_rank_run_gives_the_masks_of_one_process(tmp_path: Path) -> None:
         assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == [True, True]
     assert tomllib.loads((two / "config.toml").read_text())["launch"]["world_size"] == 2
     assert sorted(p.name for p in two.iterdir()) == sorted(
-        [p.name for p in one.iterdir()] + [".lock", "config.toml"])  # rank 0 alone wrote
+        [p.name for p in one.iterdir()] + [".lock", "config.toml", "provenance.json"])  # rank 0
     for state in (0, 1):
         a, b = _masks(one, state), _masks(two, state)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -3,16 +3,20 @@ rank 0 alone writes any line."""
 
 from __future__ import annotations
 
+import io
 import json
+import logging
+import re
 from pathlib import Path
 
 import pytest
 from rich.console import Console
 from test_cli_run import write_two_classes
-from tinydata import tiny_pruning_run
+from tinydata import tiny_pruning_run, tiny_run
 
 import rsst.loop as loop
 from rsst.config import RunConfig, validate
+from rsst.console import quiet_library_noise
 from rsst.distributed import World
 from rsst.export import evaluate_file
 
@@ -82,3 +86,32 @@ def test_the_fade_warning_names_only_fixes_not_in_effect(cfg, absent, tmp_path):
         assert fix not in text
     if not absent:
         assert "--schedule x" in text
+
+
+def test_a_log_file_gets_a_line_per_epoch_a_row_per_state_and_the_table_once(tmp_path):
+    """In a pipe (no terminal: the progress bar shows nothing) the log is readable: one line per
+    epoch, one per state, the full state table once at the end."""
+    buf = io.StringIO()
+    console = Console(file=buf, force_terminal=False, width=120)
+    cfg = validate(RunConfig(method="imp", states=3, epochs=2, rate=0.3, train_subset=64,
+                             val_split=32, batch_size=32, eval_batch_size=256, device="cpu",
+                             backend="torch", arch="resnet20"))
+    tiny_run(cfg, out=tmp_path / "run", console=console)
+    lines = buf.getvalue().splitlines()
+    epochs = [ln for ln in lines if re.match(r"state \d · epoch \d/2 · loss [\d.]+ · acc", ln)]
+    assert [ln[:19] for ln in epochs] == [f"state {s} · epoch {e}/2" for s in range(3)
+                                          for e in (1, 2)]
+    assert all(re.search(r"· lr [\d.e-]+ · λ 0 · [\d.]+ s$", ln) for ln in epochs), epochs
+    assert [ln.split(" · ")[0] for ln in lines if " done · val " in ln] == [
+        f"state {s} done" for s in range(3)]
+    assert buf.getvalue().count("states · accuracy") == 1
+    assert len(lines) < 30, len(lines)
+
+
+def test_torch_cuda_home_noise_is_dropped(caplog):
+    quiet_library_noise()
+    with caplog.at_level(logging.WARNING):
+        logging.getLogger("torch.utils.cpp_extension").warning(
+            "No CUDA runtime is found, using CUDA_HOME='%s'", "/usr/local/cuda")
+        logging.getLogger("torch.utils.cpp_extension").warning("something else")
+    assert [r.getMessage() for r in caplog.records] == ["something else"]

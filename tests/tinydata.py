@@ -16,6 +16,7 @@ from rsst.config import RunConfig
 from rsst.data import DataSplits
 
 _SHRUNK: dict[tuple, DataSplits] = {}
+_load_full = loop.load_run_data  # bound now: a CLI test may patch loop.load_run_data to us
 
 
 def tiny_dataset(config: RunConfig) -> DataSplits:
@@ -23,7 +24,7 @@ def tiny_dataset(config: RunConfig) -> DataSplits:
     key = (config.dataset, str(config.data_dir), config.val_split, config.train_subset,
            config.seed, str(config.cache_dir))
     if key not in _SHRUNK:
-        data = loop.load_run_data(config)
+        data = _load_full(config)
 
         def shrink(s: Any) -> Any:
             return type(s)(s.images[:, :, ::4, ::4].contiguous(), s.labels)
