@@ -115,3 +115,13 @@ def test_torch_cuda_home_noise_is_dropped(caplog):
             "No CUDA runtime is found, using CUDA_HOME='%s'", "/usr/local/cuda")
         logging.getLogger("torch.utils.cpp_extension").warning("something else")
     assert [r.getMessage() for r in caplog.records] == ["something else"]
+
+
+def test_ramp_window_and_fade_lambda():
+    from rsst.schedules import fade_lambda, ramp_offset, ramp_steps
+
+    assert ramp_steps("state", 7, 3) == 21 and ramp_steps("epoch", 7, 3) == 7
+    assert [ramp_offset("state", e, 7) for e in range(3)] == [0, 7, 14]
+    assert [ramp_offset("epoch", e, 7) for e in range(3)] == [0, 0, 0]
+    # GReg's doubling from 2·granularity, capped where one step's lr·λ reaches 1
+    assert [fade_lambda(0.5, k, 0.1) for k in (1, 2, 3, 4, 5)] == [1.0, 2.0, 4.0, 8.0, 10.0]
