@@ -65,6 +65,12 @@ def git_state() -> dict[str, Any] | None:
 def _device_name(device: torch.device | None) -> str:
     if device is not None and device.type == "cuda" and torch.cuda.is_available():
         return torch.cuda.get_device_name(device)
+    try:  # Linux names the CPU model here; platform.processor() is often empty
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
     return platform.processor() or platform.machine() or "cpu"
 
 
