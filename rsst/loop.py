@@ -216,6 +216,7 @@ class PruningRun:
         return val_acc, val_loss, test_acc
 
     def _lr_at(self) -> Any:
+        """The state's learning rate as a function of its step (0 … epochs·steps − 1)."""
         cfg, steps = self.config, len(self.train_batches)
         return lr_schedule(cfg.lr, cfg.lr_schedule, steps_per_epoch=steps, epochs=cfg.epochs,
                            warmup_epochs=cfg.warmup_epochs, milestones=cfg.milestones,
