@@ -42,6 +42,7 @@ def training_progress(console: Console) -> Progress:
         TimeElapsedColumn(),
         console=console,
         transient=True,
+        disable=not console.is_terminal,  # a pipe or log file gets the epoch lines alone
     )
 
 
