@@ -186,7 +186,7 @@ def bench(
     research code's per-layer loop ("seed"). Reports ms per step, achieved GB/s and ratios;
     `step` times whole training steps against dense training, `train` the real engine's
     epoch throughput with and without torch.compile."""
-    from rsst.loop import resolve_device
+    from rsst.distributed import resolve_device
     from rsst_bench import SUITES, run_suites
 
     chosen = list(SUITES) if suite is Suite.all else [suite.value]
@@ -619,7 +619,7 @@ def report(
     from rich.markup import escape
 
     from rsst.compare import load_single_run, run_kinds
-    from rsst.log import state_table
+    from rsst.console import state_table
     from rsst.plots import check_plot_path, plot_report, pyplot
 
     if plot is not None:
@@ -637,6 +637,37 @@ def report(
     target = plot_report(run.records, f"{run.method} · {run.arch} · {run.dataset} · {run_dir}",
                          plot or Path(run_dir) / "report.png")
     console.print(f"wrote {target}")
+
+
+@app.command(
+    cls=RsstCommand,
+    epilog="Examples:\n\n  rsst env\n\n  rsst env --json > env.json",
+)
+def env(
+    json_out: bool = typer.Option(False, "--json", help="Print JSON on stdout instead of a "
+                                  "table."),
+) -> None:
+    """The environment a run records in its provenance.json: rsst version and git commit,
+    Python, torch, timm, triton, CUDA and cuDNN versions, device and host."""
+    import json
+
+    from rsst.distributed import resolve_device
+    from rsst.provenance import collect
+
+    info = collect(resolve_device("auto"))
+    if json_out:
+        print(json.dumps(info, indent=2))
+        return
+    from rich.table import Table
+
+    table = Table(title="rsst env", show_header=False)
+    table.add_column("key", style="bold")
+    table.add_column("value")
+    for key, value in info.items():
+        if key == "git" and isinstance(value, dict):
+            value = f"{value['commit']}{' (dirty)' if value.get('dirty') else ''}"
+        table.add_row(key, "–" if value is None else str(value))
+    console.print(table)
 
 
 def _usage_line(exc: UsageError) -> str:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rsst import statefile
 from rsst.errors import UserError
 from rsst.rundir import CONFIG, STATE_RECORD, SUMMARY
 from rsst.rundir import METRICS as METRICS_FILE
@@ -105,8 +106,8 @@ def _state_records(path: Path, summary: dict[str, Any] | None) -> list[dict[str,
                 continue  # a torn last line of a killed run
             if isinstance(record, dict) and record.get("kind", "state") == "state":
                 add(record)
-    for state_json in sorted(path.glob(f"state_*/{STATE_RECORD}")):
-        add(_read_json(state_json))
+    for record in statefile.state_records(path):
+        add(record)
     return [by_state[s] for s in sorted(by_state)]
 
 
@@ -216,12 +217,6 @@ def _x_values(record: dict[str, Any], previous: dict[str, Any] | None, phase: st
             "macs": _num(record.get("macs_ratio")), "params": _num(record.get("params_ratio"))}
 
 
-def _test_acc(record: dict[str, Any]) -> float | None:
-    """Test accuracy of the weights the state saved (its last epoch)."""
-    value = _num(record.get("last_test_acc"))
-    return value if value is not None else _num(record.get("test_acc"))
-
-
 def run_points(run: RunData, metric: str) -> list[dict[str, Any]]:
     """One point per finished state (two for an RSST state with a cut, unless the metric asks
     for the delivered network only). ``delivered`` marks the network the state hands on."""
@@ -230,16 +225,16 @@ def run_points(run: RunData, metric: str) -> list[dict[str, Any]]:
     points = []
     previous: dict[str, Any] | None = None
     for record in run.records:
-        cut = "val_acc_after_cut" in record or "remain_weight_after_cut" in record
+        cut = "remain_weight_after_cut" in record or "val_acc_before_cut" in record \
+            or "val_acc_after_cut" in record
+        split = "test" if metric == "test" else "val"
+        after = statefile.accuracy(record, split)  # the network the state saved
         if cut:
-            after = (_num(record.get("test_acc_after_cut")) if metric == "test"
-                     else _num(record.get("val_acc_after_cut")))
-            before = _test_acc(record) if metric == "test" else _num(record.get("val_acc"))
+            before = statefile.accuracy(record, split, before_cut=True)
             phases = [("after_cut", after)] if metric == "val_after_cut" else [
                 ("before_cut", before), ("after_cut", after)]
         else:
-            acc = _test_acc(record) if metric == "test" else _num(record.get("val_acc"))
-            phases = [("trained", acc)]
+            phases = [("trained", after)]
         for phase, acc in phases:
             points.append({"state": record["state"], "phase": phase, "acc": acc,
                            "delivered": phase != "before_cut", **_x_values(record, previous,

@@ -36,11 +36,23 @@ from rsst.errors import UserError
 if TYPE_CHECKING:
     from rsst.arena import Arena
 
-__all__ = ["SINGLE", "World", "launched", "shard_range", "start", "stop",
+__all__ = ["SINGLE", "World", "launched", "resolve_device", "shard_range", "start", "stop",
            "sync_batchnorm_twin"]
 
 #: Default seconds a collective may wait for the other ranks (`--dist-timeout`).
 DEFAULT_TIMEOUT_S = 600.0
+
+
+def resolve_device(name: str) -> torch.device:
+    """The device ``--device`` names: ``auto`` is CUDA when visible, else the CPU; ``cuda``
+    without a visible CUDA device is a `UserError`. The one resolver rsst uses (run, eval,
+    bench, env)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA device is visible; "
+                        "use --device cpu or auto")
+    return torch.device(name)
 
 
 def launched() -> bool:

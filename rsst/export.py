@@ -27,7 +27,6 @@ leaves nothing behind.
 from __future__ import annotations
 
 import json
-import math
 import re
 import sys
 from dataclasses import dataclass
@@ -37,9 +36,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from rsst import rundir
+from rsst import statefile
 from rsst.errors import UserError
-from rsst.rundir import FORMAT_VERSION
+from rsst.statefile import (  # the state-file reader; re-exported under their old names here
+    FORMAT_VERSION,
+    ModelSpec,
+    masked_state,
+    read_file,
+    split_masks,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -51,7 +56,7 @@ LOADABLE_FORMS = ("masked", "compact", "timm")  # timm: stock keys, see rsst.exp
 #: every ``--form``: hf is a folder (rsst.export_hf), onnx / pt2 traced graphs
 #: (rsst.export_graph)
 FORMS = (*LOADABLE_FORMS, "hf", "onnx", "pt2")
-_REEXPORT = "re-export it with `rsst export RUN_DIR -o FILE.safetensors`"
+_REEXPORT = statefile.REEXPORT
 
 
 # ---------------------------------------------------------------------------------------------
@@ -59,84 +64,9 @@ _REEXPORT = "re-export it with `rsst export RUN_DIR -o FILE.safetensors`"
 # ---------------------------------------------------------------------------------------------
 
 
-def read_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Tensors and metadata of an rsst safetensors file; every problem is a `UserError`."""
-    from safetensors import SafetensorError, safe_open
-
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"{path} does not exist: pass the .safetensors file `rsst export` wrote")
-    if not path.is_file():
-        raise UserError(f"{path} is not a file: pass the .safetensors file `rsst export` wrote")
-    try:
-        with safe_open(str(path), "pt", device="cpu") as f:
-            meta = dict(f.metadata() or {})
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open API
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UserError(f"{path} is not a readable safetensors file (truncated or corrupt: "
-                        f"{detail}); {_REEXPORT}") from None
-    if "rsst.format_version" not in meta or "rsst.arch" not in meta:
-        raise UserError(f"{path} is a safetensors file but not an rsst export (no rsst.* "
-                        f"metadata); {_REEXPORT}")
-    try:
-        version = int(meta["rsst.format_version"])
-    except ValueError:
-        version = -1
-    if version < 1 or version > FORMAT_VERSION:
-        raise UserError(f"{path} has rsst format version {meta['rsst.format_version']!r}; this "
-                        f"rsst reads versions 1..{FORMAT_VERSION}: upgrade rsst or {_REEXPORT}")
-    return tensors, meta
-
-
-@dataclass
-class ModelSpec:
-    """What `create_model` needs, from metadata."""
-
-    arch: str
-    num_classes: int
-    input_size: tuple[int, int, int]
-    patch_size: int | None
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-
-    def create(self, device: str | torch.device = "cpu") -> nn.Module:
-        from rsst.models import CIFAR10_MEAN, CIFAR10_STD, create_model
-
-        with torch.device(device):
-            return create_model(self.arch, num_classes=self.num_classes,
-                                img_size=self.input_size[1], patch_size=self.patch_size,
-                                mean=self.mean or CIFAR10_MEAN, std=self.std or CIFAR10_STD)
-
-
 def model_spec(meta: dict[str, str], path: Path | str) -> ModelSpec:
-    def bad(key: str) -> UserError:
-        return UserError(f"{path}: metadata {key}={meta.get(key)!r} is not valid; {_REEXPORT}")
-
-    try:
-        num_classes = int(meta["rsst.num_classes"])
-    except (KeyError, ValueError):
-        raise bad("rsst.num_classes") from None
-    try:
-        size = json.loads(meta["rsst.input_size"])
-        input_size = (int(size[0]), int(size[1]), int(size[2]))
-    except (KeyError, ValueError, TypeError, IndexError, json.JSONDecodeError):
-        raise bad("rsst.input_size") from None
-    try:
-        patch = json.loads(meta.get("rsst.patch_size", "null"))
-        patch_size = None if patch is None else int(patch)
-        mean = tuple(float(v) for v in json.loads(meta.get("rsst.mean", "[]")))
-        std = tuple(float(v) for v in json.loads(meta.get("rsst.std", "[]")))
-    except (ValueError, TypeError, json.JSONDecodeError):
-        raise bad("rsst.patch_size / rsst.mean / rsst.std") from None
-    return ModelSpec(meta["rsst.arch"], num_classes, input_size, patch_size, mean, std)
-
-
-def _split_masks(tensors: dict[str, torch.Tensor]
-                 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    state = {k: v for k, v in tensors.items() if not k.endswith(".mask")}
-    masks = {k[: -len(".mask")]: v for k, v in tensors.items() if k.endswith(".mask")}
-    return state, masks
+    """The model contract a file's metadata states (`ModelSpec.from_metadata`)."""
+    return ModelSpec.from_metadata(meta, path)
 
 
 def _load_into(model: nn.Module, state: dict[str, torch.Tensor], path: Path | str,
@@ -177,23 +107,8 @@ def _build(spec: ModelSpec, state: dict[str, torch.Tensor], plan_modules: dict[s
 
     if has_dead_stream_dims(model):  # an embed-pruned ViT: norms over its live width
         use_stream_norms(model)
-    for attr, value in (("rsst_arch", spec.arch), ("rsst_num_classes", spec.num_classes),
-                        ("rsst_input_size", spec.input_size),
-                        ("rsst_patch_size", spec.patch_size)):
-        setattr(model, attr, value)
+    spec.attach(model)
     return model.eval()
-
-
-def masked_state(tensors: dict[str, torch.Tensor], path: Path | str
-                 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """(state_dict with every mask applied, masks); checks each mask fits its tensor."""
-    state, masks = _split_masks(tensors)
-    for name, mask in masks.items():
-        w = state.get(name)
-        if w is None or w.shape != mask.shape:
-            raise UserError(f"{path}: mask {name}.mask has no tensor of its shape; {_REEXPORT}")
-        state[name] = w * (mask != 0).to(w.dtype)
-    return state, masks
 
 
 def _as_float32(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -218,10 +133,10 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Modul
 
     Architecture from the metadata (registry or ``timm:`` name), compacted shapes from the
     ``rsst.compact`` plan, weights from the tensors, in float32 whatever precision the file
-    holds (call ``.half()`` on the result for half-precision inference). The model carries
-    ``rsst_arch``, ``rsst_num_classes``, ``rsst_input_size``, ``rsst_patch_size`` and
-    ``rsst_metadata``. A file whose floating tensors hold NaN or infinity is a `UserError`
-    naming them.
+    holds (call ``.half()`` on the result for half-precision inference). The model carries its
+    contract ``rsst_spec`` (`rsst.statefile.ModelSpec`; also as ``rsst_arch``,
+    ``rsst_num_classes``, ``rsst_input_size``, ``rsst_patch_size``) and ``rsst_metadata``. A
+    file whose floating tensors hold NaN or infinity is a `UserError` naming them.
     """
     path = Path(path)
     tensors, meta = read_file(path)
@@ -233,7 +148,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Modul
                         "diverged or the file was damaged); use a state saved before that or "
                         f"retrain (a lower --lr), then {_REEXPORT}")
     spec = model_spec(meta, path)
-    form = meta.get("rsst.form", "masked")
+    form = meta.get(statefile.FORM, "masked")
     if form not in LOADABLE_FORMS:
         raise UserError(f"{path}: rsst.form={form!r} is not masked, compact or timm; {_REEXPORT}")
     plan_modules = None
@@ -252,7 +167,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Modul
         return model
         state = tensors
         if any(k.endswith(".mask") for k in state):
-            state, _ = _split_masks(state)
+            state, _ = split_masks(state)
     else:
         state, _ = masked_state(tensors, path)
     model = _build(spec, state, plan_modules, path)
@@ -270,13 +185,10 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Modul
 
 
 def _state_metric(record: dict[str, Any]) -> float | None:
-    """Accuracy of the weights a state saved: after the RSST cut when there was one."""
-    for key in ("val_acc_after_cut", "val_acc", "test_acc_after_cut", "last_test_acc",
-                "test_acc"):
-        value = record.get(key)
-        if isinstance(value, int | float) and math.isfinite(value):
-            return float(value)
-    return None
+    """Accuracy of the weights a state saved (after the RSST cut when there was one): val,
+    else test."""
+    value = statefile.accuracy(record, "val")
+    return value if value is not None else statefile.accuracy(record, "test")
 
 
 def resolve_state(run_dir: str | Path, state: str | int = "last") -> tuple[int, Path]:
@@ -286,7 +198,7 @@ def resolve_state(run_dir: str | Path, state: str | int = "last") -> tuple[int, 
     if not run_dir.is_dir():
         raise UserError(f"run directory {run_dir} does not exist: pass the directory `rsst run` "
                         "printed")
-    states = rundir.finished_states(run_dir)
+    states = statefile.finished_states(run_dir)
     if not states:
         raise UserError(f"{run_dir} has no finished state (no state_XX/weights.safetensors): "
                         "pass an rsst run directory, or let the run finish a state first")
@@ -296,7 +208,7 @@ def resolve_state(run_dir: str | Path, state: str | int = "last") -> tuple[int, 
     elif choice == "best":
         scored = []
         for s in states:
-            record = rundir.read_state_record(run_dir, s)
+            record = statefile.read_state_record(run_dir, s)
             if record is None:
                 continue
             metric = _state_metric(record)
@@ -315,7 +227,7 @@ def resolve_state(run_dir: str | Path, state: str | int = "last") -> tuple[int, 
             have = ", ".join(str(s) for s in states)
             raise UserError(f"state {index} is not in {run_dir} (finished states: {have}); pass "
                             "--state with one of them, last or best")
-    return index, rundir.state_weights(run_dir, index)
+    return index, statefile.state_weights(run_dir, index)
 
 
 @dataclass
@@ -346,7 +258,7 @@ def check_output_path(out: str | Path) -> Path:
 def _safe_write(out: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> int:
     """Write to a temp file beside ``out`` and rename it over; remove the temp file on failure."""
     try:
-        rundir.save_tensors(out, tensors, meta)
+        statefile.save_tensors(out, tensors, meta)
     except OSError as exc:
         raise UserError(f"cannot write {out} ({exc.strerror or exc}); pick a writable -o "
                         "path") from None
@@ -407,18 +319,18 @@ def export_model(run_dir: str | Path, out: str | Path, *, state: str | int = "la
     }
     out_meta = {k: v for k, v in meta.items() if k.startswith("rsst.")}
     out_meta.update({
-        "rsst.format_version": str(FORMAT_VERSION),
-        "rsst.form": form,
-        "rsst.state": str(index),
-        "rsst.structure": json.dumps(structure),
+        statefile.FORMAT_KEY: str(FORMAT_VERSION),
+        statefile.FORM: form,
+        statefile.STATE: str(index),
+        statefile.STRUCTURE: json.dumps(structure),
         "rsst.params": json.dumps(params),
         "rsst.flops": json.dumps(flops),
         "rsst.compact": json.dumps(plan.to_json()),
         "rsst.check": json.dumps({"max_abs_logit_diff": diff, "logit_scale": scale}),
         "rsst.source": str(source),
     })
-    for key, default in (("rsst.method", "unknown"), ("rsst.sparsity", "{}"),
-                         ("rsst.config", "{}")):
+    for key, default in ((statefile.METHOD, "unknown"), (statefile.SPARSITY, "{}"),
+                         (statefile.CONFIG, "{}")):
         out_meta.setdefault(key, default)
     if form in ("hf", "onnx", "pt2"):
         return _export_other(form, out, index, run_dir, out_meta, dense=dense, compact=compact,
@@ -443,7 +355,7 @@ def export_model(run_dir: str | Path, out: str | Path, *, state: str | int = "la
     # the model card (rsst.model_card): embedded, and written beside the file as FILE.md
     from rsst.model_card import model_card, write_card_beside
 
-    card = model_card(out_meta, rundir.read_state_record(Path(run_dir), index), form=form,
+    card = model_card(out_meta, statefile.read_state_record(Path(run_dir), index), form=form,
                       export_command=f"rsst export {Path(run_dir)} --state {index} --form {form}"
                       f" -o {out.name}", units=plan.units, params=params, macs=flops)
     out_meta["rsst.model_card"] = card
@@ -460,7 +372,7 @@ def _export_other(form: str, out: Path, index: int, run_dir: str | Path, meta: d
     from rsst.model_card import model_card, write_card_beside
 
     meta = dict(meta, **{"rsst.form": form})
-    card = model_card(meta, rundir.read_state_record(Path(run_dir), index), form=form,
+    card = model_card(meta, statefile.read_state_record(Path(run_dir), index), form=form,
                       export_command=f"rsst export {Path(run_dir)} --state {index} --form {form}"
                       f" -o {out.name}", units=plan.units, params=params, macs=flops)
     if form == "hf":
@@ -507,17 +419,13 @@ def evaluate_file(path: str | Path, *, dataset: str | None = None, data_dir: str
         raise UserError(f"--split {split!r}: pass val or test")
     if batch_size < 1:
         raise UserError(f"--batch-size {batch_size}: pass a positive batch size")
-    if device == "auto":
-        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    elif device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA device is visible; use "
-                        "--device cpu or auto")
-    else:
-        dev = torch.device(device)
+    from rsst.distributed import resolve_device
+
+    dev = resolve_device(device)
     model = load_model(path, dev)
     meta: dict[str, str] = model.rsst_metadata
     try:
-        config = json.loads(meta.get("rsst.config", "{}")) or {}
+        config = json.loads(meta.get(statefile.CONFIG, "{}")) or {}
     except json.JSONDecodeError:
         config = {}
     run_dataset = config.get("dataset")
@@ -563,7 +471,7 @@ def evaluate_file(path: str | Path, *, dataset: str | None = None, data_dir: str
             correct += int((logits.argmax(1) == y).sum())
             seen += int(y.shape[0])
     return {"accuracy": correct / seen, "loss": loss_sum / seen, "n": seen, "split": split,
-            "dataset": data.name, "form": meta.get("rsst.form", "masked")}
+            "dataset": data.name, "form": meta.get(statefile.FORM, "masked")}
 
 
 def trusted_run_data(path: Path, meta: dict[str, str],

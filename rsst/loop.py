@@ -20,10 +20,8 @@ import dataclasses
 import itertools
 import json
 import math
-import shutil
 import time
-from collections.abc import Sequence
-from datetime import datetime
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,48 +29,49 @@ import torch
 from rich.console import Console
 from rich.markup import escape
 
-from rsst import __version__, distributed, rundir
+from rsst import __version__, distributed, provenance, rundir, statefile
 from rsst.arena import Arena
 from rsst.compact import compact_cost
 from rsst.config import RunConfig, load_config, save_config
+from rsst.console import (
+    block_table,
+    epoch_line,
+    quiet_library_noise,
+    state_line,
+    state_table,
+    training_progress,
+)
 from rsst.criteria import group_scores
-from rsst.data import Batches, ImageSet, load_dataset
-from rsst.distributed import SINGLE, World
+from rsst.data import Batches, DataSplits, ImageSet, load_dataset
+from rsst.distributed import SINGLE, World, resolve_device
 from rsst.engine import Engine, lr_schedule
 from rsst.errors import TrainingDiverged, UserError
 from rsst.killpoint import armed as kill_point_armed
 from rsst.killpoint import kill_point
-from rsst.log import block_table, state_table, training_progress
-from rsst.loggers import Loggers, check_loggers
 from rsst.methods import PruneContext, get_method
 from rsst.models import create_model, load_pretrained, use_channels_last
 from rsst.pruning import FADE_THRESHOLD, fade_ratio, prune_lowest, refill
 from rsst.rundir import CHECKPOINT, RunLock
+from rsst.schedules import fade_lambda, ramp_offset, ramp_steps
+from rsst.statefile import ModelSpec
 from rsst.structure import build_structure
+from rsst.trackers import Loggers, check_loggers
 from rsst.update import UpdateConfig, make_backend, resolve_backend
 
 __all__ = ["CHECKPOINT", "PruningRun", "default_run_dir", "resolve_device", "run"]
 
 
-def default_run_dir(config: RunConfig) -> Path:
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    arch = config.arch.replace(":", "-").replace("/", "-")
-    return Path("runs") / f"{config.method}-{arch}-{config.dataset}-{stamp}"
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA device is visible; "
-                        "use --device cpu or auto")
-    return torch.device(name)
+def load_run_data(config: RunConfig) -> DataSplits:
+    """The dataset ``config`` names, split and subset as it says."""
+    return load_dataset(config.dataset, config.data_dir, val_split=config.val_split,
+                        train_subset=config.train_subset, seed=config.seed,
+                        cache_dir=config.cache_dir)
 
 
 class PruningRun:
-    """One run of SPEC §2 in one run directory."""
+    """One run of the pruning loop in one run directory, on ``data`` (`load_run_data`)."""
 
-    def __init__(self, config: RunConfig, run_dir: Path, console: Console, *,
+    def __init__(self, config: RunConfig, run_dir: Path, console: Console, data: DataSplits, *,
                  world: World = SINGLE, device: torch.device | None = None) -> None:
         self.config = config
         self.run_dir = run_dir
@@ -86,9 +85,7 @@ class PruningRun:
         self.backend_name = resolve_backend(config.backend, self.device)
         torch.manual_seed(config.seed)
 
-        self.data = load_dataset(config.dataset, config.data_dir, val_split=config.val_split,
-                                 train_subset=config.train_subset, seed=config.seed,
-                                 cache_dir=config.cache_dir)
+        self.data = data
         img_size = config.img_size or self.data.input_size[1]
         if img_size != self.data.input_size[1]:
             raise UserError(f"--img-size {img_size} does not match the dataset's "
@@ -136,7 +133,7 @@ class PruningRun:
                              if self.data.test is not None and len(self.data.test) else None)
         self.rewind_point: dict[str, torch.Tensor] | None = None
         self.records: list[dict[str, Any]] = []
-        self.loggers: Any = None  # rsst.loggers.Loggers (--logger), set by run()
+        self.loggers: Any = None  # rsst.trackers.Loggers (--logger), set by run()
 
     def _part(self, images: ImageSet) -> ImageSet:
         """This rank's contiguous part of an evaluation set (all of it for one process)."""
@@ -181,7 +178,7 @@ class PruningRun:
         """
         saved = rundir.load_checkpoint(self.run_dir, self.device)
         if saved is None:
-            trained = [f"state_{s:02d}/" for s in rundir.finished_states(self.run_dir)]
+            trained = [f"state_{s:02d}/" for s in statefile.finished_states(self.run_dir)]
             if rundir.has_metrics(self.run_dir):
                 trained.append(rundir.METRICS)
             if trained:
@@ -218,16 +215,21 @@ class PruningRun:
             test_acc, _ = self.engine.evaluate(self.test_batches)
         return val_acc, val_loss, test_acc
 
+    def _lr_at(self) -> Any:
+        """The state's learning rate as a function of its step (0 … epochs·steps − 1)."""
+        cfg, steps = self.config, len(self.train_batches)
+        return lr_schedule(cfg.lr, cfg.lr_schedule, steps_per_epoch=steps, epochs=cfg.epochs,
+                           warmup_epochs=cfg.warmup_epochs, milestones=cfg.milestones,
+                           gamma=cfg.gamma)
+
     def train_state(self, state: int, start_epoch: int, partial: dict[str, Any]) -> dict[str, Any]:
         cfg = self.config
         steps = len(self.train_batches)
-        ramp = steps * cfg.epochs if cfg.reg_ramp == "state" else steps
         ctx = self._context(state)
-        self.backend.config = dataclasses.replace(self.update_config, ramp_steps=ramp,
-                                                  **self.method.begin_state(ctx, start_epoch))
-        lr_at = lr_schedule(cfg.lr, cfg.lr_schedule, steps_per_epoch=steps, epochs=cfg.epochs,
-                            warmup_epochs=cfg.warmup_epochs, milestones=cfg.milestones,
-                            gamma=cfg.gamma)
+        self.backend.config = dataclasses.replace(
+            self.update_config, ramp_steps=ramp_steps(cfg.reg_ramp, steps, cfg.epochs),
+            **self.method.begin_state(ctx, start_epoch))
+        lr_at = self._lr_at()
         pending = self.arena.has_pending
         best = partial
         with training_progress(self.console) as progress:
@@ -244,47 +246,69 @@ class PruningRun:
                         kill_point(f"state{state}-epoch{epoch + 1}-step{done}")
 
                 base = epoch * steps
+                offset = ramp_offset(cfg.reg_ramp, epoch, steps)
                 self._seed_global_rng(state, epoch)
                 result = self.engine.train_epoch(
                     self.train_batches.iter_epoch(state * cfg.epochs + epoch),
                     lambda i, base=base: lr_at(base + i),
-                    (lambda i, base=base: base + i) if cfg.reg_ramp == "state" else (lambda i: i),
+                    lambda i, offset=offset: offset + i,
                     on_progress,
                 )
                 progress.remove_task(task)
                 if self.engine.graph_note:
                     self.console.print(f"[yellow]note:[/] {self.engine.graph_note}")
                     self.engine.graph_note = None
-                lam = result.lam if pending else 0.0
                 extra = self.method.after_epoch(ctx, epoch + 1)
-                val_acc, val_loss, test_acc = self._evaluate()
-                self._check_finite(state, epoch + 1, result.loss, val_loss, lam,
-                                   lr_at(base + steps - 1))
-                seconds = time.perf_counter() - t0
-                record = {"kind": "epoch", "state": state, "epoch": epoch + 1,
-                          "train_loss": result.loss, "train_acc": result.acc, "val_acc": val_acc,
-                          "val_loss": val_loss, "test_acc": test_acc,
-                          "lr": lr_at(base + steps - 1), "reg_lambda": lam, **extra,
-                          "seconds": seconds}
-                # with no val split the last epoch stands in for the best one
-                if (val_acc is None or "best_val_acc" not in best
-                        or val_acc > best["best_val_acc"]):
-                    best = {**best, "best_val_acc": val_acc, "best_epoch": epoch + 1,
-                            "test_acc": test_acc}
-                best = {**best, "last": record,
-                        "seconds": best.get("seconds", 0.0) + seconds}
-                if state == 0 and cfg.rewind_epoch() == epoch + 1:
-                    self.rewind_point = self._snapshot()
-                # the line first: a kill between the two leaves a line that resume trims,
-                # never a checkpointed epoch without its line
-                if self.world.is_main:
-                    rundir.append_metrics(self.run_dir, record)
-                if self.loggers is not None:  # --logger: mirrors the metrics.jsonl line
-                    self.loggers.log_epoch(record)
-                kill_point(f"state{state}-epoch{epoch + 1}-after-metrics")
-                self.save_checkpoint({"state": state, "epoch": epoch + 1, "partial": best,
-                                      "fresh_momentum": False})
+                best = self._end_epoch(state, epoch + 1, result, result.lam if pending else 0.0,
+                                       lr_at(base + steps - 1), t0, best, extra=extra)
         return best
+
+    def _end_epoch(self, state: int, epoch: int, result: Any, lam: float, lr: float, t0: float,
+                   best: dict[str, Any], *, extra: dict[str, Any] | None = None,
+                   fade: int | None = None) -> dict[str, Any]:
+        """Everything after an epoch's training, for normal and fade epochs alike (``epoch``
+        counts from 1; fade epoch ``fade`` is epoch ``epochs + fade``): evaluate, stop on a
+        non-finite value, the epoch's record and the running best, then the ordered writes:
+        metrics line (rank 0), console line, then checkpoint. Returns the new partial state."""
+        cfg = self.config
+        val_acc, val_loss, test_acc = self._evaluate()
+        self._check_finite(state, epoch, result.loss, val_loss, lam, lr)
+        seconds = time.perf_counter() - t0
+        record = {"kind": "epoch", "state": state, "epoch": epoch,
+                  "train_loss": result.loss, "train_acc": result.acc, "val_acc": val_acc,
+                  "val_loss": val_loss, "test_acc": test_acc, "lr": lr, "reg_lambda": lam,
+                  **(extra or {}), "seconds": seconds}
+        if fade is not None:
+            record["fade"] = True
+            best = {**best, "fade_epochs": fade}
+        else:
+            # with no val split the last epoch stands in for the best one
+            if val_acc is None or "best_val_acc" not in best or val_acc > best["best_val_acc"]:
+                best = {**best, "best_val_acc": val_acc, "best_epoch": epoch,
+                        "test_acc_at_best_val": test_acc}
+            if state == 0 and cfg.rewind_epoch() == epoch:
+                self.rewind_point = self._snapshot()
+        best = {**best, "last": record, "seconds": best.get("seconds", 0.0) + seconds}
+        # the line first: a kill between the two leaves a line that resume trims, never a
+        # checkpointed epoch without its line
+        self._write_line(record)
+        self.console.print(epoch_line(record, cfg.epochs), highlight=False)
+        kill_point(f"state{state}-epoch{epoch}-after-metrics")
+        self.save_checkpoint({"state": state, "epoch": epoch, "partial": best,
+                              "fresh_momentum": False})
+        return best
+
+    def _write_line(self, record: dict[str, Any]) -> None:
+        """One metrics.jsonl line (an epoch's or a state's), mirrored to the --logger trackers:
+        written by rank 0 alone."""
+        if not self.world.is_main:
+            return
+        rundir.append_metrics(self.run_dir, record)
+        if self.loggers is not None:
+            if record["kind"] == "epoch":
+                self.loggers.log_epoch(record)
+            else:
+                self.loggers.log_state(record)
 
     def _seed_global_rng(self, state: int, epoch: int) -> None:
         """Seed torch's global RNG from (seed, state, epoch) alone (epoch -1: the pruning after
@@ -323,18 +347,16 @@ class PruningRun:
 
         While `fade_ratio` ≥ `FADE_THRESHOLD`, at most N times: fade epoch k (1…N, epoch
         ``epochs + k`` of the state) repeats the learning rates of the state's last epoch with λ
-        held at 2^k·λ_max (GReg's growing penalty), capped at 1/lr so that one step's penalty
-        never overshoots zero (lr·λ ≤ 1: stable with momentum); on a data order of its own; each
+        held at 2^k·λ_max (GReg's growing penalty), capped at 1/lr; on a data order of its own; each
         is logged (``"fade": true``) and checkpointed like an epoch. ``start_epoch`` ≥ ``epochs``
-        on a resume. Costs one epoch of training and one evaluation per fade epoch taken.
+        on a resume. Costs one epoch of training and one evaluation per fade epoch taken
+        (λ: `rsst.schedules.fade_lambda`).
         """
         cfg = self.config
         if not (cfg.fade_epochs and self.method.cuts_pending(cfg) and self.arena.has_pending):
             return best
         steps = len(self.train_batches)
-        lr_at = lr_schedule(cfg.lr, cfg.lr_schedule, steps_per_epoch=steps, epochs=cfg.epochs,
-                            warmup_epochs=cfg.warmup_epochs, milestones=cfg.milestones,
-                            gamma=cfg.gamma)
+        lr_at = self._lr_at()
         base = (cfg.epochs - 1) * steps
         peak_lr = max(lr_at(base + i) for i in range(steps))
         for k in range(start_epoch - cfg.epochs + 1, cfg.fade_epochs + 1):
@@ -342,53 +364,52 @@ class PruningRun:
             if before is None or before < FADE_THRESHOLD:
                 break
             t0 = time.perf_counter()
-            lam = cfg.reg_granularity * 2.0 ** k
             self.backend.config = dataclasses.replace(
-                self.update_config, ramp_steps=1, lam_max=min(lam, 1.0 / peak_lr))
+                self.update_config, ramp_steps=1,
+                lam_max=fade_lambda(cfg.reg_granularity, k, peak_lr))
             order = cfg.states * cfg.epochs + state * cfg.fade_epochs + k - 1  # past all epochs
             self._seed_global_rng(state, cfg.epochs + k - 1)
             result = self.engine.train_epoch(self.train_batches.iter_epoch(order),
                                              lambda i: lr_at(base + i), lambda i: 0)
-            val_acc, val_loss, test_acc = self._evaluate()
-            epoch, lr = cfg.epochs + k, lr_at(base + steps - 1)
-            self._check_finite(state, epoch, result.loss, val_loss, result.lam, lr)
-            seconds = time.perf_counter() - t0
-            record = {"kind": "epoch", "state": state, "epoch": epoch,
-                      "train_loss": result.loss, "train_acc": result.acc, "val_acc": val_acc,
-                      "val_loss": val_loss, "test_acc": test_acc, "lr": lr,
-                      "reg_lambda": result.lam, "seconds": seconds, "fade": True}
-            best = {**best, "last": record, "fade_epochs": k,
-                    "seconds": best.get("seconds", 0.0) + seconds}
+            best = self._end_epoch(state, cfg.epochs + k, result, result.lam,
+                                   lr_at(base + steps - 1), t0, best, fade=k)
             after = self._fade_ratio()
             self.console.print(f"state {state} · fade epoch {k}/{cfg.fade_epochs}: λ = "
                                f"{result.lam:.4g}, fade_ratio {before:.3g} → "
                                f"{'n/a' if after is None else f'{after:.3g}'}", highlight=False)
-            rundir.append_metrics(self.run_dir, record)
-            if self.loggers is not None:  # --logger: mirrors the metrics.jsonl line
-                self.loggers.log_epoch(record)
-            kill_point(f"state{state}-epoch{epoch}-after-metrics")
-            self.save_checkpoint({"state": state, "epoch": epoch, "partial": best,
-                                  "fresh_momentum": False})
         return best
 
     def _warn_unfaded(self, state: int, ratio: float | None) -> None:
-        """One warning line when the cut removes weights that have not faded."""
+        """One warning line when the cut removes weights that have not faded, naming the fixes
+        this run does not already use."""
         if ratio is None or ratio < FADE_THRESHOLD:
             return
         cfg = self.config
         if cfg.fade_epochs:
             fix = (f"still not faded after --fade-epochs {cfg.fade_epochs} extra epochs; raise "
                    "--fade-epochs or --reg-granularity")
-        else:
-            fix = ("use longer states (--epochs), a larger --reg-granularity, --schedule x, or "
-                   "--fade-epochs N to train on until they fade")
+        else:  # only the fixes not already in effect
+            fixes = ["longer states (--epochs)", "a larger --reg-granularity"]
+            if cfg.schedule != "x":
+                fixes.append("--schedule x")
+            fix = (f"use {', '.join(fixes)}, or --fade-epochs N to train on until they fade")
         self.console.print(
             f"[yellow]warning:[/] state {state}: the cut removes weights that have not faded "
             f"(fade_ratio {ratio:.3g} ≥ {FADE_THRESHOLD}: pending rms / live rms), so accuracy "
             f"drops at the cut; {fix}", highlight=False)
 
     def finish_state(self, state: int, best: dict[str, Any]) -> dict[str, Any]:
-        """State record, the RSST cut, the state's files, and the masks for the next state."""
+        """State record, the RSST cut, the state's files, and the masks for the next state.
+
+        The record's ``val_acc`` and ``test_acc`` are the accuracies of the network the state
+        saves in ``state_XX/weights.safetensors`` (after the RSST cut when there was one), so
+        ``rsst eval state_XX/weights.safetensors --split test`` reproduces ``test_acc``. An
+        RSST state also keeps the trained network's accuracies just before the cut
+        (``val_acc_before_cut``, ``test_acc_before_cut``); ``best_val_acc``, ``best_epoch``
+        and ``test_acc_at_best_val`` describe the state's best-validation epoch, whose weights
+        are not saved. ``remain_weight`` / ``structured_sparsity`` are before the cut, their
+        ``*_after_cut`` twins the saved network's.
+        """
         cfg = self.config
         t0 = time.perf_counter()
         last = best["last"]
@@ -396,9 +417,10 @@ class PruningRun:
         record: dict[str, Any] = {
             "kind": "state", "state": state, "epoch": cfg.epochs,
             "train_loss": last["train_loss"], "train_acc": last["train_acc"],
-            "val_acc": last["val_acc"], "best_val_acc": best.get("best_val_acc"),
-            "best_epoch": best.get("best_epoch"), "test_acc": best.get("test_acc"),
-            "last_test_acc": last["test_acc"],
+            # the network state_XX/weights.safetensors holds (replaced after an RSST cut)
+            "val_acc": last["val_acc"], "test_acc": last["test_acc"],
+            "best_val_acc": best.get("best_val_acc"), "best_epoch": best.get("best_epoch"),
+            "test_acc_at_best_val": best.get("test_acc_at_best_val", best.get("test_acc")),
             "remain_weight": self.structure.remain_weight(hard),
             "structured_sparsity": self.structure.sparsity(hard),
             "reg_lambda": last["reg_lambda"], "backend": self.backend_name,
@@ -418,7 +440,9 @@ class PruningRun:
             self.arena.set_masks(hard & ~pending)
             val_acc, _, test_acc = self._evaluate()
             cut = self.arena.hard_mask
-            record.update({"val_acc_after_cut": val_acc, "test_acc_after_cut": test_acc,
+            record.update({"val_acc_before_cut": record["val_acc"],
+                           "test_acc_before_cut": record["test_acc"],
+                           "val_acc": val_acc, "test_acc": test_acc,
                            "remain_weight_after_cut": self.structure.remain_weight(cut),
                            "structured_sparsity_after_cut": self.structure.sparsity(cut)})
         # alive / total groups of every unit in the network this state delivers, and what
@@ -468,23 +492,15 @@ class PruningRun:
     def save_state_files(self, state: int, record: dict[str, Any]) -> None:
         if not self.world.is_main:
             return
-        tensors = dict(self.model.state_dict())
-        for name in self.structure.prunable_names:
-            tensors[f"{name}.mask"] = self.arena.view(name, "code") & 1
-        meta = {
-            "rsst.format_version": str(rundir.FORMAT_VERSION), "rsst.arch": self.config.arch,
-            "rsst.num_classes": str(self.data.num_classes),
-            "rsst.input_size": json.dumps(list(self.data.input_size)),
-            "rsst.patch_size": json.dumps(self.config.patch_size),
-            "rsst.mean": json.dumps(list(self.data.mean)),
-            "rsst.std": json.dumps(list(self.data.std)),
-            "rsst.method": self.config.method, "rsst.state": str(state),
-            "rsst.sparsity": json.dumps({"remain_weight": self.structure.remain_weight(
-                self.arena.hard_mask), **self.structure.sparsity(self.arena.hard_mask)}),
-            "rsst.structure": json.dumps(self.structure.per_unit(self.arena.hard_mask)),
-            "rsst.config": json.dumps(self.config.to_dict()),
-        }
-        rundir.write_state(self.run_dir, state, tensors, meta, record)
+        hard = self.arena.hard_mask
+        masks = {name: self.arena.view(name, "code") & 1
+                 for name in self.structure.prunable_names}
+        meta = statefile.state_metadata(
+            ModelSpec.of(self.model), method=self.config.method, state=state,
+            sparsity={"remain_weight": self.structure.remain_weight(hard),
+                      **self.structure.sparsity(hard)},
+            structure=self.structure.per_unit(hard), config=self.config.to_dict())
+        statefile.write_state(self.run_dir, state, self.model.state_dict(), masks, meta, record)
 
     # -- the whole run -----------------------------------------------------------------------
     def run(self, resume: bool) -> list[dict[str, Any]]:
@@ -521,17 +537,16 @@ class PruningRun:
             partial = self.fade_pending(state, max(start_epoch, cfg.epochs), partial)
             record = self.finish_state(state, partial)
             self.records.append(record)
-            if self.world.is_main:
-                rundir.append_metrics(self.run_dir, record)
-            if self.loggers is not None:  # --logger: mirrors the metrics.jsonl line
-                self.loggers.log_state(record)
+            self._write_line(record)
             kill_point(f"state{state}-after-metrics")
             self.save_checkpoint({"state": state + 1, "epoch": 0, "fresh_momentum": True})
             kill_point(f"state{state}-after-checkpoint")
             self.write_summary()
-            self.console.print(state_table(self.records, kinds))
+            self.console.print(state_line(record, kinds), highlight=False)
             if {"head", "neuron"} & set(kinds):
                 self.console.print(block_table(record))
+        if self.records:  # the whole table once, at the end
+            self.console.print(state_table(self.records, kinds))
         return self.records
 
     def write_summary(self) -> None:
@@ -549,53 +564,52 @@ class PruningRun:
 
 def run(config: RunConfig, *, out: Path | None = None, resume: Path | None = None,
         overwrite: bool = False, console: Console | None = None,
-        loggers: Sequence[str] = (), logger_options: dict[str, Any] | None = None) -> Path:
+        loggers: Sequence[str] = (), logger_options: dict[str, Any] | None = None,
+        load_data: Callable[[RunConfig], DataSplits] | None = None) -> Path:
     """Run (or resume) the pruning loop; returns the run directory.
 
     The run directory is locked (`rundir.RunLock`) before anything in it is changed and until
     the run ends, so a second run, an overwrite or a resume of a live run is refused. Under
     torchrun (`rsst.distributed`) rank 0 takes the lock, writes and logs; every rank trains, and
     all stop together when one fails.
-    ``loggers``: names of `rsst.loggers` (tensorboard, wandb, csv), checked before anything else.
+    ``loggers``: names of `rsst.trackers` (tensorboard, wandb, csv), checked before anything
+    else.
+    ``load_data``: the run's dataset from its config (default `load_run_data`; tests pass a
+    shrunk one).
     """
     console = console or Console()
+    quiet_library_noise()
     check_loggers(loggers)  # a missing extra fails before any training
     if resume is not None:
         run_dir = Path(resume)
-        if not (run_dir / rundir.CONFIG).is_file():
-            raise UserError(f"{run_dir} is not an rsst run directory (no config.toml); pass the "
-                            "directory `rsst run` printed")
+        rundir.check_resume_target(run_dir)
         config = load_config(run_dir / rundir.CONFIG)
         if (run_dir / CHECKPOINT).is_file():  # it holds the weights --pretrained gave at start
             config = dataclasses.replace(config, pretrained=None)
         action = "--resume"
-        rundir.check_writable(run_dir, "--resume")
     else:
-        run_dir = Path(out or config.out or default_run_dir(config))
+        run_dir = Path(out or config.out or rundir.default_run_dir(
+            config.method, config.arch, config.dataset))
         action = "--overwrite" if overwrite else "a second run in it"
-        rundir.check_writable(run_dir, "--out")
-        if overwrite and _in_use(run_dir) and not (run_dir / rundir.CONFIG).is_file():
-            raise UserError(f"--overwrite refuses to delete {run_dir}: it is not an rsst run "
-                            "directory (no config.toml); choose another --out")
+        rundir.check_fresh_target(run_dir, overwrite)
     world, device = distributed.start(config.device, config.dist_timeout)  # SINGLE: no torchrun
     if not world.is_main:
         console = Console(quiet=True)
     lock = RunLock(run_dir)
     try:
-        def check() -> None:
-            if (run_dir / rundir.CONFIG).is_file() or (run_dir / rundir.LOCK).exists():
-                lock.acquire(action)  # refused, naming the holder, while another run is live
-            if resume is None and _in_use(run_dir) and not overwrite:
-                raise _exists(run_dir)
-
-        _settled(world, check, everywhere=False)
+        _settled(world, lambda: rundir.claim(run_dir, lock, action, fresh=resume is None,
+                                             overwrite=overwrite), everywhere=False)
         pruning = _settled(world, lambda: PruningRun(  # data and model errors before any write
-            config, run_dir, console, world=world, device=device))
+            config, run_dir, console, (load_data or load_run_data)(config), world=world,
+            device=device))
         if resume is None:
             _settled(world, lambda: _prepare_fresh(run_dir, lock, config, action, overwrite,
                                                    world.size), everywhere=False)
         elif world.is_main:
             rundir.remove_stale_temps(run_dir)  # a killed write's temp files (we hold the lock)
+        if world.is_main:  # versions, commit, device, argv, host, start time: one per session
+            provenance.start_session(run_dir / rundir.PROVENANCE, device=pruning.device,
+                                     resumed=resume is not None)
         ranks = f" · {world.size} processes" if world.distributed else ""
         console.print(f"run directory: [bold]{run_dir}[/]  ({config.method} · {config.arch} · "
                       f"{config.dataset} · backend {pruning.backend_name} on {pruning.device}"
@@ -612,6 +626,8 @@ def run(config: RunConfig, *, out: Path | None = None, resume: Path | None = Non
         finally:
             if pruning.loggers is not None:
                 pruning.loggers.close()
+        if world.is_main:
+            provenance.end_session(run_dir / rundir.PROVENANCE)
     finally:
         lock.release()
         distributed.stop(world)
@@ -633,41 +649,16 @@ def _settled(world: World, step: Any, *, everywhere: bool = True) -> Any:
     return result
 
 
-def _exists(run_dir: Path) -> UserError:
-    return UserError(f"run directory {run_dir} already exists: pass --resume {run_dir} to "
-                     "continue it, --overwrite to replace it, or another --out")
-
-
-def _in_use(run_dir: Path) -> bool:
-    """The directory exists and holds something besides a lock file and the temp files of a
-    run killed during its setup."""
-    return run_dir.is_dir() and any(p.name != rundir.LOCK and not rundir.is_stale_temp(p)
-                                    for p in run_dir.iterdir())
+def default_run_dir(config: RunConfig) -> Path:
+    return rundir.default_run_dir(config.method, config.arch, config.dataset)
 
 
 def _prepare_fresh(run_dir: Path, lock: RunLock, config: RunConfig, action: str,
                    overwrite: bool, world_size: int = 1) -> None:
     """Create or (``--overwrite``) empty the run directory under the lock; write config.toml."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not lock.held:
-        lock.acquire(action)
-    if _in_use(run_dir):
-        if not overwrite:  # another run filled it between our first look and our lock
-            raise _exists(run_dir)
-        if not (run_dir / rundir.CONFIG).is_file():
-            raise UserError(f"--overwrite refuses to delete {run_dir}: it is not an rsst run "
-                            "directory (no config.toml); choose another --out")
-        # everything but the lock we hold; the checkpoint first and config.toml last, so that a
-        # kill halfway leaves a directory --overwrite accepts again and --resume refuses
-        order = {rundir.CHECKPOINT: 0, rundir.CONFIG: 2}
-        for child in sorted(run_dir.iterdir(), key=lambda p: order.get(p.name, 1)):
-            if child.name == rundir.LOCK:
-                continue
-            if child.is_dir() and not child.is_symlink():
-                shutil.rmtree(child)
-            else:
-                child.unlink()
-    rundir.remove_stale_temps(run_dir)
-    save_config(dataclasses.replace(config, out=str(run_dir)), run_dir / rundir.CONFIG,
-                launch={"world_size": world_size})
+    def write_config(path: Path) -> None:
+        save_config(dataclasses.replace(config, out=str(run_dir)), path,
+                    launch={"world_size": world_size})
+
+    rundir.prepare_fresh(run_dir, lock, action, overwrite, write_config)
     kill_point("setup-after-config")  # test seam: the run is a run directory, not yet started

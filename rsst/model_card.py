@@ -61,25 +61,21 @@ def model_card(meta: dict[str, str], record: dict[str, Any] | None, *, form: str
                export_command: str, units: list[dict[str, Any]], params: dict[str, int],
                macs: dict[str, Any]) -> str:
     """Markdown text of the card, from an export's metadata and its state's record."""
-    def load(key: str, default: Any) -> Any:
-        try:
-            return json.loads(meta.get(key, ""))
-        except json.JSONDecodeError:
-            return default
+    from rsst import statefile as sf
 
-    config = load("rsst.config", {}) or {}
-    sparsity = load("rsst.sparsity", {}) or {}
+    config = sf.json_metadata(meta, sf.CONFIG, {}) or {}
+    sparsity = sf.json_metadata(meta, sf.SPARSITY, {}) or {}
     record = record or {}
     lines = [
         *front_matter(meta, config, form),
-        f"# {meta.get('rsst.arch', '?')} pruned by {meta.get('rsst.method', '?')} "
-        f"(state {meta.get('rsst.state', '?')})", "",
+        f"# {meta.get(sf.ARCH, '?')} pruned by {meta.get(sf.METHOD, '?')} "
+        f"(state {meta.get(sf.STATE, '?')})", "",
         "## Model",
-        f"- architecture: `{meta.get('rsst.arch')}`, {meta.get('rsst.num_classes')} classes, "
-        f"input {meta.get('rsst.input_size')} (C, H, W)"
-        + (f", patch size {meta['rsst.patch_size']}" if meta.get("rsst.patch_size") not in
+        f"- architecture: `{meta.get(sf.ARCH)}`, {meta.get(sf.NUM_CLASSES)} classes, "
+        f"input {meta.get(sf.INPUT_SIZE)} (C, H, W)"
+        + (f", patch size {meta[sf.PATCH_SIZE]}" if meta.get(sf.PATCH_SIZE) not in
            (None, "null") else ""),
-        f"- input normalization: mean {meta.get('rsst.mean')}, std {meta.get('rsst.std')} "
+        f"- input normalization: mean {meta.get(sf.MEAN)}, std {meta.get(sf.STD)} "
         "(images in [0, 1])",
         f"- export form: {form}",
         f"- dataset: {config.get('dataset', '?')}", "",
@@ -92,13 +88,17 @@ def model_card(meta: dict[str, str], record: dict[str, Any] | None, *, form: str
     lines += [
         f"- parameters: {params.get('dense')} dense → {params.get('compact')} compacted",
         f"- MACs: {macs.get('dense')} dense → {macs.get('compact')} compacted", "",
-        "## Accuracy (the run's own evaluation of this state)",
+        "## Accuracy (the run's own evaluation of the network in this file)",
     ]
-    for key, label in (("val_acc", "val"), ("last_test_acc", "test"),
-                       ("val_acc_after_cut", "val after the RSST cut"),
-                       ("test_acc_after_cut", "test after the RSST cut")):
-        if key in record:
-            lines.append(f"- {label}: {_pct(record.get(key))}")
+    for split in ("val", "test"):
+        value = sf.accuracy(record, split)
+        if value is not None:
+            lines.append(f"- {split}: {_pct(value)}")
+    for split in ("val", "test"):
+        value = sf.accuracy(record, split, before_cut=True)
+        if value is not None:
+            lines.append(f"- {split} before the RSST cut (not this file's network): "
+                         f"{_pct(value)}")
     if not record:
         lines.append("- not recorded (no state.json beside the weights)")
     lines += ["", "## Structure per layer (groups kept / total)", "",

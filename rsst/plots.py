@@ -6,7 +6,6 @@ matplotlib is imported only here and only when a plot is asked for; its absence 
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -134,11 +133,13 @@ def plot_report(records: list[dict[str, Any]], title: str, path: str | Path) -> 
     fig, (acc_ax, layer_ax) = plt.subplots(1, 2, figsize=(12, 4.5), layout="constrained",
                                            gridspec_kw={"width_ratios": [1, 1.6]})
     drawn = False
-    for key, style, label in (("val_acc", "o-", "val"), ("val_acc_after_cut", "s--",
-                                                           "val after cut"),
-                              ("last_test_acc", "^-", "test")):
-        pts = [(r["state"], 100 * r[key]) for r in records
-               if isinstance(r.get(key), int | float) and math.isfinite(r[key])]
+    from rsst.statefile import accuracy
+
+    for split, before, style, label in (("val", True, "o-", "val before cut"),
+                                        ("val", False, "s--", "val"),
+                                        ("test", False, "^-", "test")):
+        values = [(r["state"], accuracy(r, split, before_cut=before)) for r in records]
+        pts = [(s, 100 * v) for s, v in values if v is not None]
         if pts:
             acc_ax.plot(*zip(*pts, strict=True), style, label=label, markersize=4)
             drawn = True

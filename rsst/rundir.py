@@ -9,12 +9,15 @@ RUN_DIR/
     state.json             the state's record
   summary.json             {"states": [records], ...}
   checkpoint.safetensors   model, momentum, masks, rewind point and position (for --resume)
+  provenance.json          rsst version and git commit, library versions, device, argv, host,
+                           start and end time of every session (`rsst.provenance`)
   .lock                    held (flock) by the process running in the directory
 ```
 
 Whole files are written atomically (`rsst.atomic`); metric lines are appended and flushed, and
-`trim_metrics` drops the lines a killed run wrote after its last checkpoint. `loop` and `export`
-read and write run directories only through this module.
+`trim_metrics` drops the lines a killed run wrote after its last checkpoint. A state's own files
+(``state_XX/``) and the model contract in them belong to `rsst.statefile`; their names are
+re-exported here.
 """
 
 from __future__ import annotations
@@ -24,7 +27,10 @@ import errno
 import fcntl
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,36 +44,37 @@ from rsst.atomic import (
     json_text,
 )
 from rsst.errors import UserError
+from rsst.statefile import (
+    FORMAT_VERSION,
+    STATE_RECORD,
+    STATE_WEIGHTS,
+    finished_states,
+    read_state_record,
+    save_tensors,
+    state_dir,
+    state_weights,
+)
 
 __all__ = [
-    "CHECKPOINT", "CONFIG", "FORMAT_VERSION", "LOCK", "METRICS", "STATE_RECORD", "STATE_WEIGHTS",
+    "CHECKPOINT", "CONFIG", "FORMAT_VERSION", "LOCK", "METRICS", "PROVENANCE", "STATE_RECORD",
+    "STATE_WEIGHTS",
     "SUMMARY", "RunLock", "append_line", "append_metrics", "atomic_write", "atomic_write_json",
-    "atomic_write_text", "check_writable", "finished_states", "has_metrics", "is_stale_temp",
+    "atomic_write_text", "check_fresh_target", "check_resume_target", "check_writable", "claim",
+    "default_run_dir", "exists_error", "finished_states", "has_metrics", "in_use",
+    "is_stale_temp", "prepare_fresh",
     "load_checkpoint", "read_state_record", "remove_stale_temps", "save_checkpoint",
-    "save_tensors", "state_dir", "state_weights", "trim_metrics", "write_state", "write_summary",
+    "save_tensors", "state_dir", "state_weights", "trim_metrics", "write_summary",
 ]
-
-#: Version of the safetensors layout of state files and exports (``rsst.format_version``).
-FORMAT_VERSION = 1
 
 CONFIG = "config.toml"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 CHECKPOINT = "checkpoint.safetensors"
-STATE_WEIGHTS = "weights.safetensors"
-STATE_RECORD = "state.json"
+PROVENANCE = "provenance.json"
 LOCK = ".lock"
 
 
 # -- names ----------------------------------------------------------------------------------------
-def state_dir(run_dir: Path, state: int) -> Path:
-    return Path(run_dir) / f"state_{state:02d}"
-
-
-def state_weights(run_dir: Path, state: int) -> Path:
-    return state_dir(run_dir, state) / STATE_WEIGHTS
-
-
 def remove_stale_temps(run_dir: Path) -> None:
     """Delete the temp files of atomic writes a killed process left (call under the lock)."""
     run_dir = Path(run_dir)
@@ -78,21 +85,6 @@ def remove_stale_temps(run_dir: Path) -> None:
 def is_stale_temp(path: Path) -> bool:
     """A leftover temp file of `rsst.atomic.atomic_write` (``.NAME.XXXX.tmp``)."""
     return path.name.startswith(".") and path.name.endswith(".tmp") and path.is_file()
-
-
-def finished_states(run_dir: Path) -> list[int]:
-    """Indices of the states whose weights file exists, ascending."""
-    return sorted(int(p.parent.name[6:]) for p in Path(run_dir).glob(f"state_*/{STATE_WEIGHTS}")
-                  if p.parent.name[6:].isdigit())
-
-
-# -- tensors --------------------------------------------------------------------------------------
-def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """safetensors, written atomically; tensors are copied to the CPU so no two share storage."""
-    from safetensors.torch import save_file
-
-    body = {k: v.detach().to("cpu").clone().contiguous() for k, v in tensors.items()}
-    atomic_write(path, lambda tmp: save_file(body, str(tmp), metadata=metadata))
 
 
 # -- the directory itself -------------------------------------------------------------------------
@@ -116,22 +108,79 @@ def check_writable(run_dir: Path, flag: str) -> None:
                         "a writable directory or change its permissions") from None
 
 
-# -- per-state files ------------------------------------------------------------------------------
-def write_state(run_dir: Path, state: int, tensors: dict[str, torch.Tensor],
-                metadata: dict[str, str], record: dict[str, Any]) -> None:
-    """``state_XX/weights.safetensors`` then ``state_XX/state.json``."""
-    folder = state_dir(run_dir, state)
-    folder.mkdir(exist_ok=True)
-    save_tensors(folder / STATE_WEIGHTS, tensors, metadata)
-    atomic_write_json(folder / STATE_RECORD, record)
+# -- the lifecycle: create, lock, resume ----------------------------------------------------------
+def default_run_dir(method: str, arch: str, dataset: str) -> Path:
+    """``runs/METHOD-ARCH-DATASET-YYYYmmdd-HHMMSS`` (``:`` and ``/`` of an arch become ``-``)."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    arch = arch.replace(":", "-").replace("/", "-")
+    return Path("runs") / f"{method}-{arch}-{dataset}-{stamp}"
 
 
-def read_state_record(run_dir: Path, state: int) -> dict[str, Any] | None:
-    """A state's record, or None when it is missing or unreadable."""
-    try:
-        return json.loads((state_dir(run_dir, state) / STATE_RECORD).read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
+def in_use(run_dir: Path) -> bool:
+    """The directory exists and holds something besides a lock file and the temp files of a
+    run killed during its setup."""
+    return run_dir.is_dir() and any(p.name != LOCK and not is_stale_temp(p)
+                                    for p in run_dir.iterdir())
+
+
+def exists_error(run_dir: Path) -> UserError:
+    return UserError(f"run directory {run_dir} already exists: pass --resume {run_dir} to "
+                     "continue it, --overwrite to replace it, or another --out")
+
+
+def _not_a_run(run_dir: Path) -> UserError:
+    return UserError(f"--overwrite refuses to delete {run_dir}: it is not an rsst run "
+                     "directory (no config.toml); choose another --out")
+
+
+def check_resume_target(run_dir: Path) -> None:
+    """``--resume DIR`` names a run directory this process can write in."""
+    if not (run_dir / CONFIG).is_file():
+        raise UserError(f"{run_dir} is not an rsst run directory (no config.toml); pass the "
+                        "directory `rsst run` printed")
+    check_writable(run_dir, "--resume")
+
+
+def check_fresh_target(run_dir: Path, overwrite: bool) -> None:
+    """``--out DIR`` can hold a new run (``--overwrite`` deletes only a run directory)."""
+    check_writable(run_dir, "--out")
+    if overwrite and in_use(run_dir) and not (run_dir / CONFIG).is_file():
+        raise _not_a_run(run_dir)
+
+
+def claim(run_dir: Path, lock: RunLock, action: str, *, fresh: bool, overwrite: bool) -> None:
+    """Before any write: take the lock of an existing run directory (refused, naming the
+    holder, while another run is live) and refuse a fresh run into a used one."""
+    if (run_dir / CONFIG).is_file() or (run_dir / LOCK).exists():
+        lock.acquire(action)
+    if fresh and in_use(run_dir) and not overwrite:
+        raise exists_error(run_dir)
+
+
+def prepare_fresh(run_dir: Path, lock: RunLock, action: str, overwrite: bool,
+                  write_config: Callable[[Path], None]) -> None:
+    """Create or (``--overwrite``) empty the run directory under the lock, then
+    ``write_config(run_dir / CONFIG)``."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not lock.held:
+        lock.acquire(action)
+    if in_use(run_dir):
+        if not overwrite:  # another run filled it between our first look and our lock
+            raise exists_error(run_dir)
+        if not (run_dir / CONFIG).is_file():
+            raise _not_a_run(run_dir)
+        # everything but the lock we hold; the checkpoint first and config.toml last, so that a
+        # kill halfway leaves a directory --overwrite accepts again and --resume refuses
+        order = {CHECKPOINT: 0, CONFIG: 2}
+        for child in sorted(run_dir.iterdir(), key=lambda p: order.get(p.name, 1)):
+            if child.name == LOCK:
+                continue
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+    remove_stale_temps(run_dir)
+    write_config(run_dir / CONFIG)
 
 
 # -- checkpoint -----------------------------------------------------------------------------------

@@ -33,4 +33,23 @@ def lam_at(
     return lam(schedule, ramp_position(t, T), lam_max, exponents)
 
 
-__all__ = ["SCHEDULES", "lam", "lam_at", "ramp_position", "schedule_code"]
+def ramp_steps(reg_ramp: str, steps_per_epoch: int, epochs: int) -> int:
+    """Steps of one λ ramp window: the whole state (``--reg-ramp state``) or one epoch."""
+    return steps_per_epoch * epochs if reg_ramp == "state" else steps_per_epoch
+
+
+def ramp_offset(reg_ramp: str, epoch: int, steps_per_epoch: int) -> int:
+    """Position in the ramp window of an epoch's first step (0-based epoch): the ramp runs on
+    through the state's epochs under ``--reg-ramp state`` and restarts every epoch otherwise."""
+    return epoch * steps_per_epoch if reg_ramp == "state" else 0
+
+
+def fade_lambda(reg_granularity: float, k: int, peak_lr: float) -> float:
+    """λ of fade epoch ``k`` (1, 2, …, ``--fade-epochs``): GReg's growing penalty
+    ``reg_granularity · 2^k``, capped at ``1 / peak_lr`` so that one step's penalty never
+    overshoots zero (lr·λ ≤ 1: stable with momentum)."""
+    return min(reg_granularity * 2.0 ** k, 1.0 / peak_lr)
+
+
+__all__ = ["SCHEDULES", "fade_lambda", "lam", "lam_at", "ramp_offset", "ramp_position",
+           "ramp_steps", "schedule_code"]

@@ -6,7 +6,6 @@ decoration time), so it is set here, at collection, before the tests import rsst
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
 
@@ -35,34 +34,10 @@ def kernels_only_env(tmp_path_factory) -> dict[str, str]:
     return env
 
 
-_SHRUNK: dict[tuple, object] = {}
-
-
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def tiny_data():
-    """Make `rsst.loop` read its dataset shrunk to 8×8 pixels, with a 64-image test split.
+    """`tinydata.tiny_dataset`: a run config's dataset shrunk to 8×8 pixels with a 64-image test
+    split, for `rsst.loop.run(config, load_data=tiny_data)` (or `tinydata.tiny_run`)."""
+    from tinydata import tiny_dataset
 
-    A pruning state then takes a few CPU seconds; the loop's logic does not depend on the image
-    size. Shrunk datasets are cached across tests.
-    """
-    import rsst.loop as loop
-
-    original = loop.load_dataset
-
-    def shrunk(name, data_dir=None, **kw):
-        key = (name, str(data_dir), tuple(sorted(kw.items())))
-        if key not in _SHRUNK:
-            data = original(name, data_dir, **kw)
-
-            def shrink(s):
-                return type(s)(s.images[:, :, ::4, ::4].contiguous(), s.labels)
-
-            test = data.test.subset(torch.arange(64)) if data.test is not None else None
-            _SHRUNK[key] = dataclasses.replace(
-                data, train=shrink(data.train), val=shrink(data.val),
-                test=shrink(test) if test is not None else None, input_size=(3, 8, 8))
-        return _SHRUNK[key]
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(loop, "load_dataset", shrunk)
-        yield
+    return tiny_dataset

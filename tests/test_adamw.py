@@ -11,6 +11,7 @@ import itertools
 
 import pytest
 import torch
+from tinydata import tiny_run
 
 from rsst.arena import Arena
 from rsst.schedules import SCHEDULES, lam_at
@@ -164,11 +165,10 @@ class _Killed(Exception):
     pass
 
 
-def test_adamw_run_resumes_to_the_same_weights(tiny_data, tmp_path, monkeypatch):
+def test_adamw_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
     from rich.console import Console
     from safetensors.torch import load_file
 
-    import rsst.loop as loop
     from rsst.config import RunConfig, validate
     from rsst.loop import PruningRun
 
@@ -177,7 +177,7 @@ def test_adamw_run_resumes_to_the_same_weights(tiny_data, tmp_path, monkeypatch)
         batch_size=64, eval_batch_size=256, device="cpu", backend="compiled", arch="resnet20",
         optimizer="adamw", lr=1e-3, weight_decay=0.05, beta2=0.99))
     quiet = Console(quiet=True)
-    whole = loop.run(config, out=tmp_path / "whole", console=quiet)
+    whole = tiny_run(config, out=tmp_path / "whole", console=quiet)
     original = PruningRun.save_checkpoint
 
     def save_then_die(self, position):
@@ -188,12 +188,12 @@ def test_adamw_run_resumes_to_the_same_weights(tiny_data, tmp_path, monkeypatch)
 
     monkeypatch.setattr(PruningRun, "save_checkpoint", save_then_die)
     with pytest.raises(_Killed):
-        loop.run(config, out=tmp_path / "killed", console=quiet)
+        tiny_run(config, out=tmp_path / "killed", console=quiet)
     monkeypatch.setattr(PruningRun, "save_checkpoint", original)
     saved = load_file(str(tmp_path / "killed" / "checkpoint.safetensors"))
     assert {"arena.code", "arena.momentum", "arena.second_moment", "arena.moment_steps"} <= set(
         saved)
-    resumed = loop.run(config, resume=tmp_path / "killed", console=quiet)
+    resumed = tiny_run(config, resume=tmp_path / "killed", console=quiet)
     a = load_file(str(resumed / "state_01" / "weights.safetensors"))
     b = load_file(str(whole / "state_01" / "weights.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

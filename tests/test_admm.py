@@ -13,8 +13,8 @@ import torch
 from rich.console import Console
 from safetensors.torch import load_file
 from test_loop import metrics, strip_seconds, summary
+from tinydata import tiny_run
 
-import rsst.loop as loop
 from rsst.config import RunConfig, validate
 from rsst.errors import UserError
 from rsst.loop import PruningRun
@@ -24,8 +24,6 @@ from rsst.update import TorchBackend, UpdateConfig
 from rsst_kernels.compiled_update import SGD_PASS
 from rsst_kernels.masks import ANCHORED
 from rsst_kernels.scalars import ScalarSlot
-
-pytestmark = pytest.mark.usefixtures("tiny_data")
 
 QUIET = Console(quiet=True)
 TARGET = 0.2
@@ -44,14 +42,14 @@ def _clone(t):
 
 
 @pytest.fixture(scope="module")
-def admm_run(tmp_path_factory, tiny_data):
+def admm_run(tmp_path_factory):
     """One unstructured run (2 states, 3 epochs, Z/U every 2 epochs, global projection) with
     every hook observed."""
     return observed_run(config(), tmp_path_factory.mktemp("admm") / "run")
 
 
 @pytest.fixture(scope="module")
-def admm_layer_run(tmp_path_factory, tiny_data):
+def admm_layer_run(tmp_path_factory):
     """The same run with the per-layer projection (the default)."""
     return observed_run(config(admm_projection="layer"),
                         tmp_path_factory.mktemp("admm_layer") / "run")
@@ -89,7 +87,7 @@ def observed_run(cfg: RunConfig, out):
         mp.setattr(ADMM, "begin_state", observed_begin)
         mp.setattr(ADMM, "after_epoch", observed_after)
         mp.setattr(TorchBackend, "launch", observed_launch)
-        run_dir = loop.run(cfg, out=out, console=QUIET)
+        run_dir = tiny_run(cfg, out=out, console=QUIET)
     return run_dir, seen
 
 
@@ -224,7 +222,7 @@ def test_layer_projection_holds_every_layer_to_the_fraction(admm_layer_run):
 
 
 def test_refilled_variant_keeps_whole_channels(tmp_path):
-    run_dir = loop.run(config(structure="channel", epochs=1, admm_interval=1),
+    run_dir = tiny_run(config(structure="channel", epochs=1, admm_interval=1),
                        out=tmp_path / "refill", console=QUIET)
     records = summary(run_dir)
     assert records[1]["structured_sparsity"]["channel"] > 0.3
@@ -245,7 +243,7 @@ def test_iterative_form(tmp_path, target, expected, projection, tolerance):
     --target-remain R: R^(1/2) then R of all prunable weights — of every layer's own weights
     with the per-layer projection, whatever the first prune left alive in it; otherwise --rate
     of the alive (per layer: within one weight per layer)."""
-    run_dir = loop.run(config(states=3, epochs=1, admm_interval=1, target_remain=target,
+    run_dir = tiny_run(config(states=3, epochs=1, admm_interval=1, target_remain=target,
                               rate=0.3, admm_projection=projection),
                        out=tmp_path / "iterative", console=QUIET)
     remain = [r["remain_weight"] for r in summary(run_dir)]
@@ -258,7 +256,7 @@ def test_backends_run_the_same_admm(tmp_path):
     pruned network to float32 rounding."""
     runs = {}
     for backend in ("torch", "eager", "triton", "compiled"):
-        run_dir = loop.run(config(states=2, epochs=1, admm_interval=1, backend=backend),
+        run_dir = tiny_run(config(states=2, epochs=1, admm_interval=1, backend=backend),
                            out=tmp_path / backend, console=QUIET)
         runs[backend] = load_file(str(run_dir / "state_01" / "weights.safetensors"))
     assert not SGD_PASS.failed, SGD_PASS.failure
@@ -290,12 +288,12 @@ def test_resume_restores_z_and_u(admm_run, tmp_path, monkeypatch, kill_at):
 
     monkeypatch.setattr(PruningRun, "save_checkpoint", save_then_die)
     with pytest.raises(Killed):
-        loop.run(config(), out=out, console=QUIET)
+        tiny_run(config(), out=out, console=QUIET)
     monkeypatch.setattr(PruningRun, "save_checkpoint", original)
     saved = load_file(str(out / "checkpoint.safetensors"))
     assert {"method.anchor", "method.dual", "method.support"} <= set(saved)
     assert {"arena.code", "arena.momentum"} <= set(saved)  # beside the arena's own state
-    loop.run(config(), resume=out, console=QUIET)
+    tiny_run(config(), resume=out, console=QUIET)
     assert strip_seconds(summary(out)) == strip_seconds(summary(reference))
     assert metrics(out) == metrics(reference)
     for s in range(2):

@@ -11,6 +11,7 @@ import pytest
 import torch
 from rich.console import Console
 from safetensors.torch import load_file, save_file
+from tinydata import tiny_pruning_run, tiny_run
 
 import rsst.loop as loop
 from rsst import cli
@@ -75,7 +76,6 @@ def test_when_and_how_much_each_form_prunes(method):
     assert m.removal_count(500, 1000, tiny(method=method, states=4, rate=0.5)) == 250
 
 
-@pytest.mark.usefixtures("tiny_data")
 @pytest.mark.parametrize("arch", ["resnet20", "vit_tiny"])
 @pytest.mark.parametrize("method", BASELINES)
 def test_every_method_reaches_the_target(method, arch, tmp_path):
@@ -83,7 +83,7 @@ def test_every_method_reaches_the_target(method, arch, tmp_path):
     layers), the last state's mask the one the loop trained with."""
     extra = {"patch_size": 4} if arch.startswith("vit") else {}
     config = tiny(method=method, arch=arch, target_remain=0.2, structure="none", **extra)
-    run_dir = loop.run(config, out=tmp_path / "run", console=QUIET)
+    run_dir = tiny_run(config, out=tmp_path / "run", console=QUIET)
     records = states(run_dir)
     assert len(records) == config.states == (2 if method == "omp" else 1)
     masks = masks_of(run_dir, config.states - 1)
@@ -99,13 +99,12 @@ def test_every_method_reaches_the_target(method, arch, tmp_path):
         assert float(kept.min()) >= float(dead.max())
 
 
-@pytest.mark.usefixtures("tiny_data")
 @pytest.mark.parametrize("method", BASELINES)
 def test_refilled_variants_keep_whole_channels(method, tmp_path):
     """With channel groups U is refilled (SNIP-Refill etc.): whole channels, and the remaining
     fraction within one channel per conv of the target."""
     config = tiny(method=method, target_remain=0.3, structure="channel", criteria="magnitude")
-    run_dir = loop.run(config, out=tmp_path / "run", console=QUIET)
+    run_dir = tiny_run(config, out=tmp_path / "run", console=QUIET)
     record = states(run_dir)[-1]
     masks = masks_of(run_dir, config.states - 1)
     total = sum(m.numel() for m in masks.values())
@@ -118,10 +117,9 @@ def test_refilled_variants_keep_whole_channels(method, tmp_path):
         assert torch.all(rows.all(1) | ~rows.any(1)), name
 
 
-@pytest.mark.usefixtures("tiny_data")
 def test_iterative_form_prunes_rate_per_state(tmp_path):
     config = tiny(method="snip", states=3, rate=0.5, structure="none")
-    records = states(loop.run(config, out=tmp_path / "run", console=QUIET))
+    records = states(tiny_run(config, out=tmp_path / "run", console=QUIET))
     assert [r["remain_weight"] for r in records] == pytest.approx([1.0, 0.5, 0.25], abs=1e-5)
 
 
@@ -137,7 +135,6 @@ class RecordingRun(loop.PruningRun):
         return super().train_state(state, start_epoch, partial)
 
 
-@pytest.mark.usefixtures("tiny_data")
 def test_prune_at_init_comes_after_the_rewind_point(tmp_path, monkeypatch):
     """A method pruning at init with two states: the rewind point is the dense initialization
     (taken before the prune), state 0 starts from it masked, and state 1 rewinds to it with the
@@ -146,7 +143,7 @@ def test_prune_at_init_comes_after_the_rewind_point(tmp_path, monkeypatch):
     RecordingRun.starts = []
     monkeypatch.setattr(type(get_method("random")), "one_shot_states", 2)
     config = tiny(method="random", target_remain=0.5, states=2, structure="none")
-    run_dir = loop.run(config, out=tmp_path / "run", console=QUIET)
+    run_dir = tiny_run(config, out=tmp_path / "run", console=QUIET)
     masks = masks_of(run_dir, 1)
     init = RecordingRun.rewind
     assert len(RecordingRun.starts) == 2
@@ -297,7 +294,6 @@ def test_pretrained_mismatch_is_one_clear_error(tmp_path):
         load_pretrained(create_model("resnet20", img_size=8), tmp_path / "part.safetensors")
 
 
-@pytest.mark.usefixtures("tiny_data")
 def test_pretrained_run_starts_from_the_file(tmp_path):
     torch.manual_seed(123)
     source = create_model("resnet20", img_size=8)
@@ -305,12 +301,11 @@ def test_pretrained_run_starts_from_the_file(tmp_path):
               str(tmp_path / "w.safetensors"))
     config = tiny(method="omp", target_remain=0.5, structure="none",
                   pretrained=str(tmp_path / "w.safetensors"))
-    run = loop.PruningRun(config, tmp_path / "run", QUIET)
+    run = tiny_pruning_run(config, tmp_path / "run", QUIET)
     for k, v in source.state_dict().items():
         assert torch.equal(run.model.state_dict()[k], v), k
 
 
-@pytest.mark.usefixtures("tiny_data")
 def test_resume_does_not_need_the_pretrained_file_again(tmp_path):
     """The first checkpoint holds the --pretrained weights: a resume works after the file moved,
     and continues from the checkpoint, not from the file."""
@@ -318,7 +313,7 @@ def test_resume_does_not_need_the_pretrained_file_again(tmp_path):
     weights = tmp_path / "w.safetensors"
     save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(weights))
     config = tiny(method="imp", states=1, structure="none", pretrained=str(weights))
-    run_dir = loop.run(config, out=tmp_path / "run", console=QUIET)
+    run_dir = tiny_run(config, out=tmp_path / "run", console=QUIET)
     weights.unlink()
-    loop.run(RunConfig(), resume=run_dir, console=QUIET)  # finished: nothing left to train
+    tiny_run(RunConfig(), resume=run_dir, console=QUIET)  # finished: nothing left to train
     assert json.loads((run_dir / "summary.json").read_text())["states"][0]["state"] == 0

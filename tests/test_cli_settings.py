@@ -300,14 +300,14 @@ def test_catalog_lists_every_builtin_method_once():
 QUIET = Console(quiet=True)
 
 
-@pytest.mark.usefixtures("tiny_data")
-def test_rerun_from_config_starts_a_new_run_and_emoji_paths_round_trip(monkeypatch, tmp_path):
+def test_rerun_from_config_starts_a_new_run_and_emoji_paths_round_trip(monkeypatch, tmp_path,
+                                                                       tiny_data):
     monkeypatch.chdir(tmp_path)
     first = tmp_path / "runs ✨" / "first 😀"
     config = build_config(overrides=dict(
         method="refill", states=1, epochs=1, train_subset=64, val_split=32, batch_size=32,
         eval_batch_size=64, device="cpu", backend="torch", out=str(first)))
-    rsst.loop.run(config, out=first, console=QUIET)
+    rsst.loop.run(config, out=first, console=QUIET, load_data=tiny_data)
     saved = (first / "config.toml").read_text(encoding="utf-8")
     assert saved.startswith("# rsst run config: rerun with `rsst run --config FILE`\n")
     assert load_config(first / "config.toml").out == str(first)  # the emoji path reads back
@@ -316,12 +316,13 @@ def test_rerun_from_config_starts_a_new_run_and_emoji_paths_round_trip(monkeypat
     rerun = build_config(config_file=first / "config.toml", overrides={})
     assert rerun.out is None and dataclasses.replace(rerun, out=str(first)) == load_config(
         first / "config.toml")
-    second = rsst.loop.run(rerun, console=QUIET)
+    second = rsst.loop.run(rerun, console=QUIET, load_data=tiny_data)
     assert second != first and second.parent == Path("runs")
     assert {p.name: p.stat().st_mtime_ns for p in first.rglob("*")} == before
     assert build_config(config_file=first / "config.toml",
                         overrides={"out": str(tmp_path / "x")}).out == str(tmp_path / "x")
-    rsst.loop.run(build_config(overrides={}), resume=first, console=QUIET)  # resumes in place
+    rsst.loop.run(build_config(overrides={}), resume=first, console=QUIET,  # resumes in place
+                  load_data=tiny_data)
 
 
 # -- the distribution's name -------------------------------------------------------------------

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 from rich.console import Console
+from tinydata import tiny_run
 
-import rsst.loop as loop
 from rsst.compare import compare_runs, find_runs
 from rsst.config import RunConfig, validate
 from rsst.plots import COMPARE_SIZE, DPI
@@ -29,14 +29,14 @@ RUN_FILES = ("summary.json", "metrics.jsonl", "config.toml")
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, tiny_data) -> dict[str, Path]:
+def runs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("runs")
     out = {}
     for method in ("rsst", "refill", "imp"):
         config = validate(RunConfig(method=method, states=3, epochs=1, rate=0.3,
                                     train_subset=128, val_split=64, batch_size=64,
                                     eval_batch_size=256, device="cpu", backend="torch"))
-        out[method] = loop.run(config, out=root / method, console=QUIET)
+        out[method] = tiny_run(config, out=root / method, console=QUIET)
     return out
 
 
@@ -85,8 +85,9 @@ def test_json_points_equal_summary_values(runs, tmp_path, monkeypatch, capsys):
         if method == "rsst":
             expected = [(0, "trained", records[0]["val_acc"], records[0]["remain_weight"])]
             for r in records[1:]:
-                expected += [(r["state"], "before_cut", r["val_acc"], r["remain_weight"]),
-                             (r["state"], "after_cut", r["val_acc_after_cut"],
+                expected += [(r["state"], "before_cut", r["val_acc_before_cut"],
+                              r["remain_weight"]),
+                             (r["state"], "after_cut", r["val_acc"],
                               r["remain_weight_after_cut"])]
         else:
             expected = [(r["state"], "trained", r["val_acc"], r["remain_weight"])
@@ -108,9 +109,10 @@ def test_test_metric_and_val_after_cut(runs):
     records = summary(runs["rsst"])["states"]
     test = compare_runs(found, metric="test")["groups"][0]["runs"][0]["points"]
     assert [p["acc"] for p in test if p["phase"] == "after_cut"] == [
-        r["test_acc_after_cut"] for r in records[1:]]
-    assert [p["acc"] for p in test if p["phase"] != "after_cut"][0] == records[0][
-        "last_test_acc"]
+        r["test_acc"] for r in records[1:]]
+    assert [p["acc"] for p in test if p["phase"] == "before_cut"] == [
+        r["test_acc_before_cut"] for r in records[1:]]
+    assert [p["acc"] for p in test if p["phase"] != "after_cut"][0] == records[0]["test_acc"]
     delivered = compare_runs(found, metric="val_after_cut")["groups"][0]["points"]
     assert [p["phase"] for p in delivered] == ["trained", "after_cut", "after_cut"]
 
@@ -138,7 +140,7 @@ def test_report_writes_png_next_to_the_run(runs, tmp_path, monkeypatch, capsys):
     run_dir = copy_run(runs["rsst"], tmp_path / "run")
     code, out, err = cli(monkeypatch, capsys, "report", str(run_dir))
     assert code == 0, err
-    assert "state" in out and "after cut" in out
+    assert "state" in out and "before cut" in out
     image = Image.open(run_dir / "report.png")
     assert image.size == (1200, 450)
     assert (np.asarray(image.convert("L")) < 250).mean() > 0.02

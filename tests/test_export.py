@@ -3,24 +3,26 @@
 Pruning states are built without training: `random_prune` kills random whole groups through the
 run's own arena and structure code (weights, biases and BN γ/β zeroed, as Refill does), with
 random BatchNorm statistics and affine parameters so that constant channels (BN shifts behind a
-zero input) are non-trivial. The state file has the layout `save_state_files` writes.
+zero input) are non-trivial. The state file is written by `rsst.statefile`, as a run writes it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
 from timm.layers import Attention
 from torch import nn
 
 import rsst
+from rsst import statefile
 from rsst.compact import plan_compaction, random_prune
 from rsst.export import export_model, load_model, read_file
 from rsst.models import create_model
+from rsst.statefile import ModelSpec
 
 NUM_CLASSES = 5
 
@@ -52,23 +54,14 @@ def pruned_model(arch: str, fraction: float = 0.4, seed: int = 0, img_size: int 
 
 def write_run(folder: Path, model: nn.Module, masks: dict[str, torch.Tensor], *,
               method: str = "refill", state: int = 0, config: dict | None = None) -> Path:
-    """A run directory with one state file in `save_state_files`' layout."""
-    sub = folder / f"state_{state:02d}"
-    sub.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
-    tensors.update({f"{k}.mask": v.clone() for k, v in masks.items()})
-    meta = {
-        "rsst.format_version": "1", "rsst.arch": model.rsst_arch,
-        "rsst.num_classes": str(model.rsst_num_classes),
-        "rsst.input_size": json.dumps(list(model.rsst_input_size)),
-        "rsst.patch_size": json.dumps(model.rsst_patch_size),
-        "rsst.mean": json.dumps([0.5, 0.5, 0.5]), "rsst.std": json.dumps([0.25, 0.25, 0.25]),
-        "rsst.method": method, "rsst.state": str(state),
-        "rsst.sparsity": json.dumps({"remain_weight": 0.5}), "rsst.structure": "{}",
-        "rsst.config": json.dumps(config or {"method": method, "arch": model.rsst_arch}),
-    }
-    save_file(tensors, str(sub / "weights.safetensors"), metadata=meta)
-    (sub / "state.json").write_text(json.dumps({"state": state, "val_acc": 0.5}))
+    """A run directory with one state file, written by the run's own writer (`rsst.statefile`)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    spec = dataclasses.replace(ModelSpec.of(model), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    meta = statefile.state_metadata(
+        spec, method=method, state=state, sparsity={"remain_weight": 0.5}, structure={},
+        config=config or {"method": method, "arch": spec.arch})
+    statefile.write_state(folder, state, model.state_dict(), masks, meta,
+                          {"state": state, "val_acc": 0.5})
     return folder
 
 

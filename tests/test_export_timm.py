@@ -14,21 +14,23 @@ import pytest
 import timm
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 import rsst
+from rsst import statefile
 from rsst.compact import random_prune
 from rsst.errors import UserError
 from rsst.export import export_model
 from rsst.model_card import MAC_CONVENTION, run_command
 from rsst.models import create_model
+from rsst.statefile import ModelSpec
 
 MEAN, STD = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
 
 
 def write_run(folder: Path, arch: str, **kw) -> tuple[Path, nn.Module]:
-    """A run directory with one randomly group-pruned state in `save_state_files`' layout."""
+    """A run directory with one randomly group-pruned state, written by `rsst.statefile`."""
     torch.manual_seed(0)
     model = create_model(arch, num_classes=5, mean=MEAN, std=STD, **kw).eval()
     with torch.no_grad():
@@ -36,24 +38,14 @@ def write_run(folder: Path, arch: str, **kw) -> tuple[Path, nn.Module]:
             if isinstance(m, nn.Linear) and m.bias is not None:
                 m.bias.normal_(0, 0.1)
     masks = random_prune(model, 0.4, seed=0)
-    sub = folder / "state_02"
-    sub.mkdir(parents=True)
-    tensors = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
-    tensors.update({f"{k}.mask": v.clone() for k, v in masks.items()})
     config = {"method": "rsst", "arch": arch, "states": 4, "epochs": 1, "seed": 7}
-    meta = {
-        "rsst.format_version": "1", "rsst.arch": arch, "rsst.num_classes": "5",
-        "rsst.input_size": json.dumps(list(model.rsst_input_size)),
-        "rsst.patch_size": json.dumps(model.rsst_patch_size),
-        "rsst.mean": json.dumps(list(MEAN)), "rsst.std": json.dumps(list(STD)),
-        "rsst.method": "rsst", "rsst.state": "2",
-        "rsst.sparsity": json.dumps({"remain_weight": 0.55, "head": 0.4}),
-        "rsst.structure": "{}", "rsst.config": json.dumps(config),
-    }
-    save_file(tensors, str(sub / "weights.safetensors"), metadata=meta)
-    (sub / "state.json").write_text(json.dumps({"state": 2, "val_acc": 0.625,
-                                                "val_acc_after_cut": 0.5,
-                                                "last_test_acc": 0.6}))
+    meta = statefile.state_metadata(
+        ModelSpec.of(model), method="rsst", state=2,
+        sparsity={"remain_weight": 0.55, "head": 0.4}, structure={}, config=config)
+    folder.mkdir(parents=True)
+    statefile.write_state(folder, 2, model.state_dict(), masks, meta, {
+        "state": 2, "val_acc": 0.5, "val_acc_before_cut": 0.625, "test_acc": 0.6,
+        "test_acc_before_cut": 0.7})
     return folder, model
 
 
@@ -119,7 +111,11 @@ def test_every_export_carries_a_model_card(tmp_path):
         assert (tmp_path / f"{form}.md").read_text() == card
         assert "# resnet20 pruned by rsst (state 2)" in card
         assert MAC_CONVENTION in card and "BatchNorm" in card and "softmax" in card
-        assert "- val: 62.50 %" in card and "- val after the RSST cut: 50.00 %" in card
+        # the card leads with the network the file holds (after the cut)
+        accuracy = card[card.index("## Accuracy"):card.index("## Structure")].splitlines()
+        assert accuracy[1:5] == ["- val: 50.00 %", "- test: 60.00 %",
+                                 "- val before the RSST cut (not this file's network): 62.50 %",
+                                 "- test before the RSST cut (not this file's network): 70.00 %"]
         assert "- weights alive (prunable layers): 55.00 %" in card
         assert "rsst run --states 4 --epochs 1 --seed 7" in card
         assert f"--form {form} -o {form}.safetensors" in card

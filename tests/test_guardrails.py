@@ -19,6 +19,7 @@ import pytest
 import torch
 from rich.console import Console
 from safetensors.torch import load_file
+from tinydata import tiny_dataset, tiny_run
 
 import rsst.loop as loop
 from rsst import rundir
@@ -28,8 +29,6 @@ from rsst.engine import Engine
 from rsst.errors import TrainingDiverged, UserError
 from rsst.loop import PruningRun
 from rsst.pruning import FADE_THRESHOLD
-
-pytestmark = pytest.mark.usefixtures("tiny_data")
 
 QUIET = Console(quiet=True)
 
@@ -94,11 +93,11 @@ def _poison_epoch(monkeypatch, at: tuple[int, int], what: str) -> list:
 def test_divergence_stops_before_saving_and_the_run_stays_resumable(tmp_path, monkeypatch,
                                                                     what):
     cfg = config(method="rsst")
-    straight = loop.run(cfg, out=tmp_path / "straight", console=QUIET)
+    straight = tiny_run(cfg, out=tmp_path / "straight", console=QUIET)
     out = tmp_path / "run"
     _poison_epoch(monkeypatch, (2, 1), what)  # state 1's only epoch
     with pytest.raises(TrainingDiverged) as info:
-        loop.run(cfg, out=out, console=QUIET)
+        tiny_run(cfg, out=out, console=QUIET)
     message = str(info.value)
     assert info.value.exit_code == 3
     assert "(non-finite " in message and what in message
@@ -114,7 +113,7 @@ def test_divergence_stops_before_saving_and_the_run_stays_resumable(tmp_path, mo
         assert bool(torch.isfinite(tensor.float()).all())
     # the finished state is kept and the run resumes (here to the clean result)
     monkeypatch.undo()
-    loop.run(cfg, resume=out, console=QUIET)
+    tiny_run(cfg, resume=out, console=QUIET)
     assert clean(strict_load(out / "summary.json")["states"]) == clean(
         strict_load(straight / "summary.json")["states"])
 
@@ -123,6 +122,7 @@ def test_divergence_from_the_cli_exits_3_with_one_line(tmp_path, monkeypatch, ca
     from rsst.cli import main
 
     out = tmp_path / "run"
+    monkeypatch.setattr(loop, "load_run_data", tiny_dataset)  # the CLI path has no data seam
     monkeypatch.setattr(sys, "argv", ["rsst", "run", "--out", str(out), "--train-subset", "64",
                                       "--val-split", "32", "--states", "2", "--epochs", "1",
                                       "--batch-size", "32", "--device", "cpu", "--backend",
@@ -198,7 +198,7 @@ def test_out_that_is_not_writable(tmp_path, monkeypatch, capsys):
 def test_every_file_of_a_run_follows_the_umask(tmp_path, umask):
     old = os.umask(umask)
     try:
-        run = loop.run(config(method="rsst"), out=tmp_path / "run", console=QUIET)
+        run = tiny_run(config(method="rsst"), out=tmp_path / "run", console=QUIET)
     finally:
         os.umask(old)
     seen = set()
@@ -230,7 +230,7 @@ def _run_capturing_the_cut(cfg: RunConfig, out: Path) -> tuple[Path, dict, str]:
 
     PruningRun.finish_state = capture
     try:
-        run = loop.run(cfg, out=out, console=console)
+        run = tiny_run(cfg, out=out, console=console)
     finally:
         PruningRun.finish_state = finish
     return run, before_cut, console.export_text()
@@ -288,7 +288,7 @@ def test_fade_epochs_wait_until_the_pending_weights_have_faded(tmp_path):
 
 def test_a_resume_in_the_middle_of_the_fade_epochs(tmp_path, monkeypatch):
     cfg = config(**{**RESEARCH_PENALTY, "reg_granularity": 0.1}, fade_epochs=6)
-    straight = loop.run(cfg, out=tmp_path / "straight", console=QUIET)
+    straight = tiny_run(cfg, out=tmp_path / "straight", console=QUIET)
     assert strict_load(straight / "summary.json")["states"][1]["fade_epochs"] >= 3
     original = PruningRun.save_checkpoint
 
@@ -302,9 +302,9 @@ def test_a_resume_in_the_middle_of_the_fade_epochs(tmp_path, monkeypatch):
 
     monkeypatch.setattr(PruningRun, "save_checkpoint", save_then_die)
     with pytest.raises(Killed):
-        loop.run(cfg, out=tmp_path / "killed", console=QUIET)
+        tiny_run(cfg, out=tmp_path / "killed", console=QUIET)
     monkeypatch.undo()
-    loop.run(cfg, resume=tmp_path / "killed", console=QUIET)
+    tiny_run(cfg, resume=tmp_path / "killed", console=QUIET)
     a = strict_load(tmp_path / "killed" / "summary.json")["states"]
     b = strict_load(straight / "summary.json")["states"]
     assert clean(a) == clean(b)

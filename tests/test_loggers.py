@@ -12,11 +12,10 @@ from pathlib import Path
 
 import pytest
 from rich.console import Console
+from tinydata import tiny_run
 
-import rsst.loop as loop
 from rsst.config import RunConfig, validate
 
-pytestmark = pytest.mark.usefixtures("tiny_data")
 EPOCHS = 2
 
 
@@ -32,12 +31,12 @@ def jsonl(run_dir: Path, kind: str) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def logged_run(tmp_path_factory, tiny_data) -> Path:
+def logged_run(tmp_path_factory) -> Path:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("WANDB_MODE", "offline")
         mp.setenv("WANDB_SILENT", "true")
         out = tmp_path_factory.mktemp("logged") / "run"
-        return loop.run(config(), out=out, console=Console(quiet=True),
+        return tiny_run(config(), out=out, console=Console(quiet=True),
                         loggers=["tensorboard", "wandb", "csv"],
                         logger_options={"wandb_project": "rsst-test", "wandb_name": "tiny"})
 
@@ -54,8 +53,8 @@ def test_tensorboard_events_equal_metrics(logged_run):
         assert [s.value for s in scalars] == pytest.approx([r[field] for r in epochs],
                                                            rel=1e-6)
     states = jsonl(logged_run, "state")
-    assert [s.value for s in events.Scalars("state/val_acc_after_cut")] == pytest.approx(
-        [r["val_acc_after_cut"] for r in states if "val_acc_after_cut" in r], rel=1e-6)
+    assert [s.value for s in events.Scalars("state/val_acc_before_cut")] == pytest.approx(
+        [r["val_acc_before_cut"] for r in states if "val_acc_before_cut" in r], rel=1e-6)
     assert [s.value for s in events.Scalars("state/structured_sparsity_after_cut/channel")] \
         == pytest.approx([states[1]["structured_sparsity_after_cut"]["channel"]], rel=1e-6)
     layer, info = next(iter(states[1]["groups"].items()))
@@ -107,7 +106,7 @@ def test_wandb_offline_run_equals_metrics(logged_run):
     state_rows = [h for h in history if "state/remain_weight" in h]
     states = jsonl(logged_run, "state")
     assert [h["state/remain_weight"] for h in state_rows] == [r["remain_weight"] for r in states]
-    assert state_rows[1]["state/val_acc_after_cut"] == states[1]["val_acc_after_cut"]
+    assert state_rows[1]["state/val_acc_before_cut"] == states[1]["val_acc_before_cut"]
     run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
     assert run.display_name == "tiny" and run.project == "rsst-test"
     config = {item.key: json.loads(item.value_json) for item in run.config.update}
@@ -126,8 +125,8 @@ def test_csv_rows_equal_metrics(logged_run):
     states = jsonl(logged_run, "state")
     assert [float(r["state/remain_weight"]) for r in rows] == [r["remain_weight"]
                                                                 for r in states]
-    assert rows[0]["state/val_acc_after_cut"] == ""  # state 0 has no cut
-    assert float(rows[1]["state/val_acc_after_cut"]) == states[1]["val_acc_after_cut"]
+    assert rows[0]["state/val_acc_before_cut"] == ""  # state 0 has no cut
+    assert float(rows[1]["state/val_acc_before_cut"]) == states[1]["val_acc_before_cut"]
 
 
 def test_missing_extra_fails_before_training(tmp_path, monkeypatch, capsys):
@@ -163,7 +162,7 @@ def test_failing_logger_warns_once_and_the_run_goes_on(tmp_path, monkeypatch):
 
     monkeypatch.setattr(CsvLogger, "log_epoch", broken)
     console = Console(record=True, width=200)
-    run_dir = loop.run(config(states=2, epochs=1), out=tmp_path / "run", console=console,
+    run_dir = tiny_run(config(states=2, epochs=1), out=tmp_path / "run", console=console,
                        loggers=["csv"])
     text = console.export_text()
     assert text.count("the csv logger failed") == 1

@@ -14,13 +14,11 @@ import pytest
 import torch
 from rich.console import Console
 from safetensors.torch import load_file
+from tinydata import tiny_dataset, tiny_pruning_run, tiny_run
 
 import rsst.loop as loop
 from rsst.config import RunConfig, validate
 from rsst.loop import PruningRun
-
-pytestmark = pytest.mark.usefixtures("tiny_data")
-
 
 QUIET = Console(quiet=True)
 
@@ -45,14 +43,14 @@ def metrics(run_dir: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def imp_run(tmp_path_factory, tiny_data):
-    return loop.run(config(method="imp"), out=tmp_path_factory.mktemp("r") / "imp",
+def imp_run(tmp_path_factory):
+    return tiny_run(config(method="imp"), out=tmp_path_factory.mktemp("r") / "imp",
                     console=QUIET)
 
 
 @pytest.fixture(scope="module")
-def refill_run(tmp_path_factory, tiny_data):
-    return loop.run(config(method="refill"), out=tmp_path_factory.mktemp("r") / "refill",
+def refill_run(tmp_path_factory):
+    return tiny_run(config(method="refill"), out=tmp_path_factory.mktemp("r") / "refill",
                     console=QUIET)
 
 
@@ -60,8 +58,8 @@ RSST = dict(method="rsst", epochs=2)
 
 
 @pytest.fixture(scope="module")
-def rsst_run(tmp_path_factory, tiny_data):
-    return loop.run(config(**RSST), out=tmp_path_factory.mktemp("r") / "rsst", console=QUIET)
+def rsst_run(tmp_path_factory):
+    return tiny_run(config(**RSST), out=tmp_path_factory.mktemp("r") / "rsst", console=QUIET)
 
 
 # -- masks and sparsity ---------------------------------------------------------------------------
@@ -148,7 +146,7 @@ def test_structured_sparsity_never_decreases(refill_run, rsst_run):
 def test_rewind_restores_init_masked_and_pending_weights_fade(tmp_path):
     cfg = config(method="rsst", train_subset=256, batch_size=32, momentum=0.0,
                  lr_schedule="constant", reg_granularity=20.0, criteria="l1")
-    run = PruningRun(cfg, tmp_path, QUIET)
+    run = tiny_pruning_run(cfg, tmp_path, QUIET)
     init = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
     params = set(run.arena.names)
     assert any(k.endswith("running_var") for k in init)
@@ -217,10 +215,10 @@ def test_resume_reaches_the_same_result(rsst_run, tmp_path, monkeypatch, kill_at
 
     monkeypatch.setattr(PruningRun, "save_checkpoint", save_then_die)
     with pytest.raises(Killed):
-        loop.run(config(**RSST), out=out, console=QUIET)
+        tiny_run(config(**RSST), out=out, console=QUIET)
     monkeypatch.setattr(PruningRun, "save_checkpoint", original)
     assert not (out / "state_02").exists()
-    loop.run(config(method="imp"), resume=out, console=QUIET)  # the saved config wins
+    tiny_run(config(method="imp"), resume=out, console=QUIET)  # the saved config wins
 
     assert strip_seconds(summary(out)) == strip_seconds(summary(rsst_run))
     assert metrics(out) == metrics(rsst_run)
@@ -236,6 +234,7 @@ def test_cli_config_reproduces_the_run(refill_run, tmp_path, monkeypatch):
     from rsst.cli import main
 
     out = tmp_path / "again"
+    monkeypatch.setattr(loop, "load_run_data", tiny_dataset)  # the CLI path has no data seam
     monkeypatch.setattr(sys, "argv", ["rsst", "run", "--config", str(refill_run / "config.toml"),
                                       "--out", str(out)])
     with pytest.raises(SystemExit) as exit_info:
@@ -252,7 +251,7 @@ def test_layout_and_graph_are_recorded(rsst_run, tmp_path):
     assert {(r["memory_format"], r["cuda_graph"]) for r in summary(rsst_run)} == {
         ("channels_last", False)}
     console = Console(record=True, width=200)
-    run_dir = loop.run(config(states=1, memory_format="contiguous", cuda_graph=True),
+    run_dir = tiny_run(config(states=1, memory_format="contiguous", cuda_graph=True),
                        out=tmp_path / "g", console=console)
     assert "--cuda-graph needs the triton backend on CUDA" in console.export_text()
     assert {(r["memory_format"], r["cuda_graph"]) for r in summary(run_dir)} == {

@@ -17,13 +17,11 @@ import pytest
 import torch
 from rich.console import Console
 from safetensors.torch import load_file
+from tinydata import tiny_run
 
-import rsst.loop as loop
 from rsst.arena import Arena
 from rsst.config import RunConfig, validate
 from rsst.engine import Engine
-
-pytestmark = pytest.mark.usefixtures("tiny_data")
 
 STATES, EPOCHS, STEPS = 3, 2, 4  # 128 training images, batch 32
 
@@ -60,7 +58,7 @@ def recorded_run(out: Path, **overrides) -> tuple[Path, list[EpochStart]]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(Engine, "train_epoch", recording_train_epoch)
         mp.setattr(Arena, "step", recording_step)
-        run_dir = loop.run(config, out=out, console=Console(quiet=True))
+        run_dir = tiny_run(config, out=out, console=Console(quiet=True))
     assert len(epochs) == STATES * EPOCHS
     assert all(len(e.steps) == STEPS for e in epochs)
     return run_dir, epochs

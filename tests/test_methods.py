@@ -10,8 +10,8 @@ import pytest
 import torch
 from rich.console import Console
 from safetensors.torch import load_file
+from tinydata import tiny_run
 
-import rsst.loop as loop
 from rsst import config as rsst_config
 from rsst.config import RunConfig, validate
 from rsst.errors import UserError
@@ -23,8 +23,6 @@ from rsst.methods import (
     register_method,
     unregister_method,
 )
-
-pytestmark = pytest.mark.usefixtures("tiny_data")
 
 QUIET = Console(quiet=True)
 
@@ -40,24 +38,27 @@ def states(run_dir: Path) -> list[dict]:
 
 
 # Recorded from the pre-registry code (commit 69bcb0c, PYTHONPATH=/work/main) running
-# `tiny(method=m)` under the tiny_data fixture: the refactor must not change a single number.
+# `tiny(method=m)` on tiny data: the refactor must not change a single number. Re-keyed (same
+# numbers) when `val_acc` / `test_acc` became the saved network's: the old ``*_after_cut`` values
+# are now ``val_acc`` / ``test_acc``, the old pre-cut ``val_acc`` / ``last_test_acc`` are
+# ``*_before_cut``, and the best-val epoch's test accuracy is ``test_acc_at_best_val``.
 _STATE0 = {"remain_weight": 1.0, "structured_sparsity": {"channel": 0.0}, "val_acc": 0.109375,
-           "best_val_acc": 0.109375, "test_acc": 0.0625, "last_test_acc": 0.0625,
+           "best_val_acc": 0.109375, "test_acc": 0.0625, "test_acc_at_best_val": 0.0625,
            "train_loss": 2.4048537015914917}
 PINNED = {
     "imp": [_STATE0, {
         "remain_weight": 0.7000007412239089, "structured_sparsity": {"channel": 0.0},
         "val_acc": 0.09375, "best_val_acc": 0.09375, "test_acc": 0.078125,
-        "last_test_acc": 0.078125, "train_loss": 2.417873740196228}],
+        "test_acc_at_best_val": 0.078125, "train_loss": 2.417873740196228}],
     "refill": [_STATE0, {
         "remain_weight": 0.6893382352941176, "structured_sparsity": {"channel": 0.2682291666666667},
         "val_acc": 0.109375, "best_val_acc": 0.109375, "test_acc": 0.078125,
-        "last_test_acc": 0.078125, "train_loss": 2.4145917892456055}],
+        "test_acc_at_best_val": 0.078125, "train_loss": 2.4145917892456055}],
     "rsst": [_STATE0, {
-        "remain_weight": 1.0, "structured_sparsity": {"channel": 0.0}, "val_acc": 0.09375,
-        "best_val_acc": 0.09375, "test_acc": 0.0625, "last_test_acc": 0.0625,
-        "train_loss": 2.4153112173080444, "val_acc_after_cut": 0.15625,
-        "test_acc_after_cut": 0.0625, "remain_weight_after_cut": 0.6893382352941176,
+        "remain_weight": 1.0, "structured_sparsity": {"channel": 0.0},
+        "val_acc_before_cut": 0.09375, "best_val_acc": 0.09375, "test_acc_before_cut": 0.0625,
+        "test_acc_at_best_val": 0.0625, "train_loss": 2.4153112173080444,
+        "val_acc": 0.15625, "test_acc": 0.0625, "remain_weight_after_cut": 0.6893382352941176,
         "structured_sparsity_after_cut": {"channel": 0.2682291666666667},
         "pending_weight_rms": 0.07238321006298065}],
 }
@@ -74,7 +75,7 @@ def _close(got, want, path: str) -> None:
 
 @pytest.mark.parametrize("method", ["imp", "refill", "rsst"])
 def test_summary_pinned_to_pre_registry_code(method, tmp_path):
-    records = states(loop.run(tiny(method=method), out=tmp_path / method, console=QUIET))
+    records = states(tiny_run(tiny(method=method), out=tmp_path / method, console=QUIET))
     assert len(records) == 2
     for s, want in enumerate(PINNED[method]):
         got = {k: records[s].get(k) for k in want}
@@ -145,7 +146,7 @@ def toy_method():
 
 
 def test_a_new_method_runs_through_the_loop_unchanged(toy_method, tmp_path):
-    run_dir = loop.run(tiny(method=toy_method), out=tmp_path / "toy", console=QUIET)
+    run_dir = tiny_run(tiny(method=toy_method), out=tmp_path / "toy", console=QUIET)
     records = states(run_dir)
     alive, total = SEEN["alive_total"]
     assert SEEN["state"] == -1 and SEEN["batches"] == 2 and alive == total

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from rich.console import Console
+from tinydata import tiny_run
 
 import rsst.loop as loop
 from rsst import rundir
@@ -81,8 +82,8 @@ def _tiny(**kw) -> RunConfig:
 
 
 @pytest.fixture
-def finished(tmp_path, tiny_data) -> Path:
-    return loop.run(_tiny(), out=tmp_path / "run", console=Console(quiet=True))
+def finished(tmp_path) -> Path:
+    return tiny_run(_tiny(), out=tmp_path / "run", console=Console(quiet=True))
 
 
 def test_a_live_run_directory_is_refused_and_a_dead_holder_is_not(finished, tmp_path):
@@ -95,9 +96,9 @@ def test_a_live_run_directory_is_refused_and_a_dead_holder_is_not(finished, tmp_
         assert holder.stdout.readline().strip() == "locked"
         for kw in ({}, {"overwrite": True}):
             with pytest.raises(UserError, match=f"in use by a running rsst \\(pid {holder.pid}\\)"):
-                loop.run(_tiny(), out=finished, console=Console(quiet=True), **kw)
+                tiny_run(_tiny(), out=finished, console=Console(quiet=True), **kw)
         with pytest.raises(UserError, match=f"pid {holder.pid}.*--resume refused"):
-            loop.run(_tiny(), resume=finished, console=Console(quiet=True))
+            tiny_run(_tiny(), resume=finished, console=Console(quiet=True))
         assert (finished / rundir.SUMMARY).read_text() == summary
         # the command line: one line on stderr, exit 2
         result = subprocess.run([sys.executable, "-m", "rsst", "run", "--resume", str(finished)],
@@ -109,12 +110,12 @@ def test_a_live_run_directory_is_refused_and_a_dead_holder_is_not(finished, tmp_
         holder.send_signal(signal.SIGKILL)
         holder.wait()
     assert (finished / rundir.LOCK).exists()  # stale: left by the killed process
-    loop.run(_tiny(), resume=finished, console=Console(quiet=True))
-    loop.run(_tiny(states=2), out=finished, overwrite=True, console=Console(quiet=True))
+    tiny_run(_tiny(), resume=finished, console=Console(quiet=True))
+    tiny_run(_tiny(states=2), out=finished, overwrite=True, console=Console(quiet=True))
     assert len(json.loads((finished / rundir.SUMMARY).read_text())["states"]) == 2
 
 
-def test_the_run_holds_its_lock_while_it_runs(tmp_path, tiny_data, monkeypatch):
+def test_the_run_holds_its_lock_while_it_runs(tmp_path, monkeypatch):
     """While `loop.run` works, another process cannot take the lock; afterwards it can."""
     probe = ("import sys, fcntl, os\n"
              "fd = os.open(sys.argv[1], os.O_RDWR)\n"
@@ -130,19 +131,19 @@ def test_the_run_holds_its_lock_while_it_runs(tmp_path, tiny_data, monkeypatch):
         seen.append((out.stdout.strip(), (self.run_dir / rundir.LOCK).read_text().strip()))
 
     monkeypatch.setattr(loop.PruningRun, "write_summary", write_and_probe)
-    run_dir = loop.run(_tiny(), out=tmp_path / "r", console=Console(quiet=True))
+    run_dir = tiny_run(_tiny(), out=tmp_path / "r", console=Console(quiet=True))
     assert seen == [("held", str(os.getpid()))]
     out = subprocess.run([sys.executable, "-c", probe, str(run_dir / rundir.LOCK)],
                          capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "free"
 
 
-def test_a_concurrent_fresh_run_cannot_slip_in(tmp_path, tiny_data):
+def test_a_concurrent_fresh_run_cannot_slip_in(tmp_path):
     """Two runs raced to a new --out and the other one finished first: ours refuses."""
     out = tmp_path / "r"
     lock = rundir.RunLock(out)
     out.mkdir()
-    loop.run(_tiny(), out=out, console=Console(quiet=True))
+    tiny_run(_tiny(), out=out, console=Console(quiet=True))
     with pytest.raises(UserError, match="already exists"):
         loop._prepare_fresh(out, lock, _tiny(), "a second run in it", overwrite=False)
     assert lock.held  # refused under our own lock, which `run` releases in its finally

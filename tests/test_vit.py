@@ -14,6 +14,7 @@ import pytest
 import torch
 from rich.console import Console
 from safetensors.torch import load_file
+from tinydata import tiny_run
 
 import rsst.loop as loop
 from rsst.arena import Arena
@@ -21,7 +22,6 @@ from rsst.config import RunConfig, validate
 from rsst.models import create_model
 from rsst.structure import build_structure
 
-pytestmark = pytest.mark.usefixtures("tiny_data")
 QUIET = Console(quiet=True)
 
 
@@ -42,7 +42,7 @@ def delivered(record: dict, kind: str) -> float:
 
 @pytest.mark.parametrize("method", ["refill", "rsst", "imp"])
 def test_head_and_neuron_sparsity_per_state(tmp_path, method):
-    run_dir = loop.run(config(method=method), out=tmp_path / "run", console=QUIET)
+    run_dir = tiny_run(config(method=method), out=tmp_path / "run", console=QUIET)
     states = records(run_dir)
     assert len(states) == 3
     for kind in ("head", "neuron"):
@@ -66,7 +66,7 @@ def test_head_and_neuron_sparsity_per_state(tmp_path, method):
 
 
 def test_saved_heads_and_neurons_are_whole(tmp_path):
-    run_dir = loop.run(config(method="refill"), out=tmp_path / "run", console=QUIET)
+    run_dir = tiny_run(config(method="refill"), out=tmp_path / "run", console=QUIET)
     tensors = load_file(str(run_dir / "state_02" / "weights.safetensors"))
     model = create_model("vit_tiny", img_size=8, patch_size=4)
     attn = model.net.blocks[0].attn
@@ -95,7 +95,7 @@ def test_saved_heads_and_neurons_are_whole(tmp_path):
 
 def test_resume_a_vit_run(tmp_path, monkeypatch):
     cfg = config(method="rsst")
-    straight = loop.run(cfg, out=tmp_path / "straight", console=QUIET)
+    straight = tiny_run(cfg, out=tmp_path / "straight", console=QUIET)
 
     original = loop.PruningRun.save_checkpoint
 
@@ -106,9 +106,9 @@ def test_resume_a_vit_run(tmp_path, monkeypatch):
 
     monkeypatch.setattr(loop.PruningRun, "save_checkpoint", killing_save)
     with pytest.raises(KeyboardInterrupt):
-        loop.run(cfg, out=tmp_path / "killed", console=QUIET)
+        tiny_run(cfg, out=tmp_path / "killed", console=QUIET)
     monkeypatch.setattr(loop.PruningRun, "save_checkpoint", original)
-    resumed = loop.run(cfg, resume=tmp_path / "killed", console=QUIET)
+    resumed = tiny_run(cfg, resume=tmp_path / "killed", console=QUIET)
 
     def strip(rs):
         return [{k: v for k, v in r.items() if k != "seconds"} for r in rs]

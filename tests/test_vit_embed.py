@@ -155,7 +155,8 @@ def test_a_run_prunes_the_embedding_width(tmp_path, tiny_data) -> None:
         arch="vit_tiny", patch_size=4, states=2, epochs=1, rate=0.3, train_subset=128,
         val_split=64, batch_size=64, eval_batch_size=256, device="cpu", backend="torch",
         structure="head+neuron+embed", criteria="l1", lr=0.01, method="refill"))
-    run_dir = loop.run(config, out=tmp_path / "run", console=Console(quiet=True))
+    run_dir = loop.run(config, out=tmp_path / "run", console=Console(quiet=True),
+                       load_data=tiny_data)
     last = json.loads((run_dir / "summary.json").read_text())["states"][-1]
     assert last["structured_sparsity"]["embed"] > 0
     result = export_model(run_dir, tmp_path / "c.safetensors", form="compact")

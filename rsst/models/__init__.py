@@ -11,8 +11,9 @@ The CNNs follow rules that the pruning code relies on (and that tests check):
   (conv -> BN pairs and residual adds are discovered from the traced graph).
 
 Use ``create_model(name, num_classes, img_size=...)``; ``list_models()`` gives the names.
-Every created model carries ``rsst_arch``, ``rsst_num_classes``, ``rsst_input_size`` and
-``rsst_patch_size`` so other modules (export, eval) can rebuild it from metadata alone.
+Every created model carries its contract, ``rsst_spec`` (a `rsst.statefile.ModelSpec`: arch,
+classes, input size, patch size, normalization; also as ``rsst_arch``, ``rsst_num_classes``,
+``rsst_input_size``, ``rsst_patch_size``), so export and eval can rebuild it from metadata alone.
 
 One module per family, as timm keeps them: `rsst.models.resnet`, `rsst.models.vgg`,
 `rsst.models.mobilenet`, `rsst.models.vit` (timm ViTs and ``timm:<name>``); the registry in

@@ -1,6 +1,7 @@
 """`create_model`: argument checks, the registry lookup or ``timm:<name>``, and the metadata every
-created model carries (``rsst_arch``, ``rsst_num_classes``, ``rsst_input_size``,
-``rsst_patch_size``) so other modules (export, eval) can rebuild it from metadata alone."""
+created model carries (``rsst_spec``, a `rsst.statefile.ModelSpec`, and from it ``rsst_arch``,
+``rsst_num_classes``, ``rsst_input_size``, ``rsst_patch_size``) so other modules (export, eval) can
+rebuild it from metadata alone."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from rsst.errors import UserError
 from rsst.models.base import CIFAR10_MEAN, CIFAR10_STD, TIMM_PREFIX
 from rsst.models.registry import model_builder, unknown_model_message
 from rsst.models.vit import create_timm
+from rsst.statefile import ModelSpec
 
 
 def create_model(
@@ -59,10 +61,7 @@ def create_model(
             std=std_t,
             **kwargs,
         )
-    model.rsst_arch = name
-    model.rsst_num_classes = num_classes
-    model.rsst_input_size = (3, img_size, img_size)
-    model.rsst_patch_size = patch_size
+    ModelSpec(name, num_classes, (3, img_size, img_size), patch_size, mean_t, std_t).attach(model)
     return model
 
 
