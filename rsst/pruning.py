@@ -42,37 +42,74 @@ def kept_groups(density: float, num_groups: int, alive_groups: int, fillback_rat
     return max(1, min(k, alive_groups))
 
 
+def round_kept(k: int, alive_groups: int, round_to: int) -> int:
+    """``k`` rounded up to a multiple of ``round_to``, at most ``alive_groups``.
+
+    Up, as Torch-Pruning's ``round_to`` does, so a unit is never emptied and never pruned more
+    than its density asks; when the next multiple exceeds the alive groups they all stay (a
+    unit whose width is not a multiple keeps its width until it is pruned once).
+    """
+    if round_to <= 1:
+        return k
+    return min(-(-k // round_to) * round_to, alive_groups)
+
+
+def _apply_groups(unstructured: torch.Tensor, structure: Structure,
+                  kept: list[torch.Tensor]) -> torch.Tensor:
+    """Every element of a unit's groups alive iff all groups it belongs to are kept.
+
+    Coupled units share elements with per-layer ones (a conv's rows in its own unit, its input
+    columns in the coupled unit it reads), so a dead group is never revived by another unit;
+    without sharing this equals writing each unit's ``keep`` onto its members.
+    """
+    covered = torch.zeros_like(unstructured)
+    dead = torch.zeros_like(unstructured)
+    for unit, keep in zip(structure.units, kept, strict=True):
+        covered[unit.member_index] = True
+        dead[unit.member_index[~keep[unit.member_group]]] = True
+    return torch.where(covered, ~dead, unstructured)
+
+
+def _top(score: torch.Tensor, alive: torch.Tensor, k: int) -> torch.Tensor:
+    """Bool [C]: the ``k`` alive groups of highest score (ties: lower index)."""
+    score = score.to(torch.float64).clone()
+    score[~alive] = -math.inf
+    keep = torch.zeros_like(alive)
+    keep[torch.argsort(-score, stable=True)[:k]] = True
+    return keep & alive
+
+
 def refill(structure: Structure, unstructured: torch.Tensor, hard_mask: torch.Tensor,
            scores: dict[str, torch.Tensor], fillback_rate: float = 0.0,
-           scope: str = "unit") -> torch.Tensor:
+           scope: str = "unit", round_to: int = 1) -> torch.Tensor:
     """R: per unit keep the top-k alive groups by score, each whole; others dead (SPEC §3).
 
     Elements of prunable layers without groups, and everything outside the units, take U.
-    Ties in score keep the lower group index. A group dead in H is never revived.
-    ``scope="global"`` ranks the groups of each kind across all units instead (`refill_global`).
+    Ties in score keep the lower group index. A group dead in H is never revived; an element in
+    several units' groups lives only when all of them are kept (`_apply_groups`). ``round_to``
+    rounds each unit's k up to a multiple (`round_kept`). ``scope="global"`` ranks the groups
+    of each kind across all units instead (`refill_global`).
     """
     if scope == "global":
-        return refill_global(structure, unstructured, hard_mask, scores, fillback_rate)
+        return refill_global(structure, unstructured, hard_mask, scores, fillback_rate,
+                             round_to)
     if scope != "unit":
         raise ValueError(f"unknown refill scope {scope!r}")
-    structured = unstructured.clone()
+    kept = []
     for unit in structure.units:
         in_u = unstructured[unit.weight_index]
         density = float(in_u.sum()) / unit.weight_index.numel()
         alive = structure.group_alive(unit, hard_mask)
-        k = kept_groups(density, unit.num_groups, int(alive.sum()), fillback_rate)
-        score = scores[unit.name].to(torch.float64).clone()
-        score[~alive] = -math.inf
-        order = torch.argsort(-score, stable=True)
-        keep = torch.zeros(unit.num_groups, dtype=torch.bool, device=hard_mask.device)
-        keep[order[:k]] = True
-        keep &= alive
-        structured[unit.member_index] = keep[unit.member_group]
-    return structured
+        n_alive = int(alive.sum())
+        k = round_kept(kept_groups(density, unit.num_groups, n_alive, fillback_rate), n_alive,
+                       round_to)
+        kept.append(_top(scores[unit.name], alive, k))
+    return _apply_groups(unstructured, structure, kept)
 
 
 def refill_global(structure: Structure, unstructured: torch.Tensor, hard_mask: torch.Tensor,
-                  scores: dict[str, torch.Tensor], fillback_rate: float = 0.0) -> torch.Tensor:
+                  scores: dict[str, torch.Tensor], fillback_rate: float = 0.0,
+                  round_to: int = 1) -> torch.Tensor:
     """R with one ranking per kind across all units (the research ``--sorting_mode global``).
 
     For each kind (channel, head, neuron) pooled over its units: ``d`` = fraction of their
@@ -80,8 +117,10 @@ def refill_global(structure: Structure, unstructured: torch.Tensor, hard_mask: t
     all their groups, and the top-k alive groups by score are kept — except that every unit with
     an alive group keeps at least its best one (so no layer or block is emptied; k grows to the
     number of such units if smaller). Ties keep the earlier unit, then the lower group index.
+    ``round_to`` then rounds each unit's kept count up to a multiple (`round_kept`), its best
+    groups by score.
     """
-    structured = unstructured.clone()
+    kept_of: dict[int, torch.Tensor] = {}
     for kind in structure.kinds:
         units = [u for u in structure.units if u.kind == kind]
         weights = sum(u.weight_index.numel() for u in units)
@@ -105,11 +144,14 @@ def refill_global(structure: Structure, unstructured: torch.Tensor, hard_mask: t
         keep[torch.argsort(-flat, stable=True)[:k]] = True
         keep &= torch.cat(alive)
         start = 0
-        for unit in units:
+        for unit, live in zip(units, alive, strict=True):
             kept = keep[start:start + unit.num_groups]
-            structured[unit.member_index] = kept[unit.member_group]
+            if round_to > 1:
+                n = round_kept(int(kept.sum()), int(live.sum()), round_to)
+                kept = _top(scores[unit.name], live, n)
+            kept_of[id(unit)] = kept
             start += unit.num_groups
-    return structured
+    return _apply_groups(unstructured, structure, [kept_of[id(u)] for u in structure.units])
 
 
 #: `fade_ratio` above which an RSST cut removes weights the network still uses (warned; the
