@@ -71,6 +71,8 @@ def node_kind(node: torch.fx.Node, modules: dict[str, nn.Module]) -> str:
             return "linear"
         if isinstance(m, nn.ReLU):
             return "relu"
+        if isinstance(m, nn.Flatten) and m.start_dim == 1 and _pooled(main_input(node)):
+            return "flatten"
         if isinstance(m, nn.AvgPool2d) and pair(m.padding) != (0, 0):
             return "avgpool_pad"  # zero padding averaged in: only a zero channel stays constant
         if isinstance(m, _PASS_MODULES):
@@ -106,8 +108,13 @@ def shape(node: Any) -> tuple[int, ...] | None:
 def _flattens_pooled(node: torch.fx.Node) -> bool:
     """flatten(x, 1) of an [B, C, 1, 1] tensor keeps channel c at feature c."""
     start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
-    s = shape(node.args[0])
-    return start == 1 and s is not None and len(s) == 4 and s[2:] == (1, 1)
+    return start == 1 and _pooled(node.args[0])
+
+
+def _pooled(node: Any) -> bool:
+    """The node is an [B, C, 1, 1] tensor (globally pooled)."""
+    s = shape(node)
+    return s is not None and len(s) == 4 and s[2:] == (1, 1)
 
 
 def main_input(node: torch.fx.Node) -> torch.fx.Node | None:
@@ -156,10 +163,10 @@ def trace(model: nn.Module) -> tuple[torch.fx.GraphModule | None, str]:
 
     was_training = model.training
     try:
+        model.eval()  # traced code that reads self.training (timm's BatchNormAct2d) bakes it in
         gm = torch.fx.symbolic_trace(model)
         size = tuple(getattr(model, "rsst_input_size", (3, 32, 32)))
         device = next(model.parameters()).device
-        gm.eval()
         with torch.no_grad():
             ShapeProp(gm).propagate(torch.zeros(1, *size, device=device))
     except Exception as exc:  # noqa: BLE001 - any trace failure means: no graph, say why

@@ -222,19 +222,21 @@ def _coupled_conv_units(model: nn.Module, arena: Arena, prunable_convs: list[str
         raise UserError(f"--groups coupled needs rsst's channel graph of the model, but {why}; "
                         "use --groups per-layer")
     modules = dict(model.named_modules())
-    set_of = {conv: cs for cs in coupled_sets(graph) if cs.coupled for conv in cs.convs}
+    set_of = {conv: cs for cs in coupled_sets(graph) for conv in cs.convs}
     units: list[Unit] = []
     done: set[int] = set()
     for name in prunable_convs:
         cs = set_of.get(name)
         if cs is None:
-            units += _conv_units(model, arena, [name])
-            continue
+            raise UserError(f"--groups coupled: {name} is a grouped conv, whose channels rsst's "
+                            "channel graph does not model; use --groups per-layer")
         if cs.opaque:
-            raise UserError(f"--groups coupled: the channels shared by {', '.join(cs.convs[:3])} "
-                            f"also go through {cs.opaque}, which rsst's channel graph does not "
+            raise UserError(f"--groups coupled: the output channels of {', '.join(cs.convs[:3])} "
+                            f"go through {cs.opaque}, which rsst's channel graph does not "
                             "model; use --groups per-layer")
-        if id(cs) not in done:
+        if not cs.coupled:
+            units += _conv_units(model, arena, [name])
+        elif id(cs) not in done:
             done.add(id(cs))
             units.append(_coupled_unit(cs, modules, arena, prunable))
     return units
