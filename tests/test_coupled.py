@@ -4,6 +4,7 @@ channel graph as compaction, so every dead group is removed and nothing stays.""
 from __future__ import annotations
 
 import copy
+import json
 import math
 
 import pytest
@@ -279,3 +280,35 @@ def test_coupled_is_for_cnns():
                             num_classes=3)
     with pytest.raises(UserError, match="--groups coupled is for CNNs"):
         build_structure(vit, Arena(vit), groups="coupled")
+
+
+# -- end to end: a coupled RSST run exports with nothing left behind ------------------------------
+@pytest.mark.usefixtures("tiny_data")
+def test_coupled_rsst_run_exports_compact_with_no_pruned_channel(tmp_path):
+    from rich.console import Console
+    from safetensors.torch import load_file
+
+    import rsst.loop as loop
+    from rsst.config import RunConfig, validate
+    from rsst.export import export_model, load_model
+
+    cfg = validate(RunConfig(method="rsst", arch="resnet20", states=2, epochs=1, rate=0.4,
+                             train_subset=128, val_split=64, batch_size=64, eval_batch_size=256,
+                             device="cpu", backend="torch", groups="coupled", round_to=4))
+    run = loop.run(cfg, out=tmp_path / "run", console=Console(quiet=True))
+    record = json.loads((run / "summary.json").read_text())["states"][-1]
+    coupled = record["groups"]["layers.1.0.conv2"]
+    assert coupled["alive"] < coupled["total"] and coupled["alive"] % 4 == 0
+    export_model(run, tmp_path / "c.safetensors", form="compact")
+    export_model(run, tmp_path / "m.safetensors", form="masked")
+    masked, small = load_model(tmp_path / "m.safetensors"), load_model(tmp_path / "c.safetensors")
+    state = load_file(str(sorted(run.glob("state_*"))[-1] / "weights.safetensors"))
+    masks = {k.removesuffix(".mask"): v for k, v in state.items() if k.endswith(".mask")}
+    plan = plan_compaction(masked)
+    assert_nothing_stays(plan, masks)
+    dead = (masks["layers.1.0.conv2.weight"].reshape(32, -1).sum(1) == 0).sum()
+    assert dead > 0 and small.get_submodule("layers.1.0.conv2").out_channels == 32 - dead
+    x = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ya, yb = masked.eval()(x), small.eval()(x)
+    assert float((ya - yb).abs().max()) <= 1e-4 * max(float(ya.abs().max()), 1.0)
