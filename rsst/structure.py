@@ -5,6 +5,12 @@ channels (conv weight row, bias, and the γ/β of the BatchNorm that directly fo
 attention block's heads (q, k, v rows of ``qkv`` with their biases, and ``proj`` columns), an MLP's
 neurons (``fc1`` row and bias, ``fc2`` column). Each unit is stored as flat index tensors into the
 arena, built once, so scoring and masking are scatter/gather ops, not loops over elements.
+
+With ``groups="coupled"`` (``--groups coupled``, CNNs) the channel graph of `rsst.graph` joins
+the convs whose outputs share channels — summed into one residual stream, or tied by a
+depthwise conv — into one unit: group *c* holds row *c* of every such conv (and its bias and
+BatchNorm γ/β, the stem's too when it writes the stream) and column *c* of every layer reading
+them, so a dead group is exactly what compaction removes. Other convs keep their per-layer unit.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """CNN compaction: channel spaces over the torch.fx graph (any traceable model; the registry CNNs
 are).
 
-The traced graph is split into *channel spaces*: a conv's (or linear's) output together with
-everything that reaches it through channel-wise ops (BatchNorm, ReLU, pooling, flatten after a
-global pool, depthwise convs, residual additions). A channel of a space is removed from every
+The traced graph is split into *channel spaces* by `rsst.graph` (the same analysis that defines
+``--groups coupled``): a conv's (or linear's) output together with everything that reaches it
+through channel-wise ops (BatchNorm, ReLU, pooling, flatten after a global pool, depthwise
+convs, residual additions). A channel of a space is removed from every
 producer (conv rows), BatchNorm, depthwise conv and consumer (conv / linear input columns) of
 the space at once, so the decision is exact when the channel's value at every consumer input is
 a known constant:
