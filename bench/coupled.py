@@ -8,7 +8,7 @@ rate is solved on the per-layer run's state-0 weights by bisection. Each deliver
 then compacted and timed against its dense-shaped (masked) network, interleaved, at a fixed
 batch (`rsst_bench.common.interleaved_ms`, torch.utils.benchmark).
 
-    PYTHONPATH=. python -m bench.coupled --arch resnet20 --out /tmp/coupled-r20
+    PYTHONPATH=. OMP_NUM_THREADS=1 python bench/coupled.py --arch resnet20 --out /tmp/coupled-r20
 """
 
 from __future__ import annotations

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import math
+from collections.abc import Callable
 
 import torch
+from torch import nn
 
 from rsst.structure import Structure
 
@@ -152,6 +155,82 @@ def refill_global(structure: Structure, unstructured: torch.Tensor, hard_mask: t
             kept_of[id(unit)] = kept
             start += unit.num_groups
     return _apply_groups(unstructured, structure, [kept_of[id(u)] for u in structure.units])
+
+
+# -- budgets (--target-macs / --target-params) ----------------------------------------------------
+def budget_count(cost_of: Callable[[int], float], target: float, high: int) -> int:
+    """The fewest removals ``n`` in [0, high] with ``cost_of(n) <= target``, by bisection.
+
+    ``cost_of`` must fall (not strictly) as ``n`` grows, as the compacted cost of a prune of
+    ``n`` weights does. Returns ``high`` when even that misses the budget (the caller says so).
+    Then ``n - 1`` removals miss it: the result lands at or under ``target`` by less than what
+    one more removal (at most one group, after refill) takes away.
+    """
+    if cost_of(0) <= target:
+        return 0
+    lo, hi = 0, high  # cost_of(lo) > target; hi: the candidate
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if cost_of(mid) <= target:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def masked_cost(model: nn.Module, weight: torch.Tensor, mask: torch.Tensor,
+                input_size: tuple[int, ...], budget: str) -> float:
+    """The compacted ``macs`` or ``params`` of ``model`` with its arena weights ``weight``
+    masked by ``mask``, relative to dense — what `rsst.compact.compact_cost` reports for the
+    delivered network. The live weights are restored afterwards."""
+    from rsst.compact import compact_cost
+
+    if budget not in ("macs", "params"):
+        raise ValueError(f"unknown budget {budget!r}: macs or params")
+    saved = weight.detach().clone()
+    try:
+        with torch.no_grad():
+            weight.mul_(mask)
+        cost = compact_cost(copy.deepcopy(model), input_size)
+    finally:
+        with torch.no_grad():
+            weight.copy_(saved)
+    return cost[f"{budget}_ratio"]
+
+
+def prune_to_budget(
+    structure: Structure, hard_mask: torch.Tensor, element_scores: torch.Tensor,
+    group_scores_of: Callable[[torch.Tensor], dict[str, torch.Tensor]],
+    cost: Callable[[torch.Tensor], float], target: float, *, fillback_rate: float = 0.0,
+    scope: str = "unit", round_to: int = 1,
+) -> tuple[torch.Tensor, float]:
+    """The mask of the smallest prune (lowest ``element_scores`` first, refilled into whole
+    groups when the structure has units) whose ``cost`` is at most ``target``, and that cost.
+
+    ``group_scores_of(U)`` scores the groups for a candidate U (the run's criterion);
+    ``cost(mask)`` is e.g. `masked_cost` of the compacted MACs. A one-shot method calls this
+    once from dense; an iterative method calls it for the state whose regular prune would
+    undershoot the budget. The cost may stay above ``target`` when every unit is down to its
+    last group: the caller reports that the budget cannot be met.
+    """
+    prunable = structure.prunable
+
+    def mask_at(n: int) -> torch.Tensor:
+        unstructured = prune_lowest(element_scores, hard_mask, prunable, n)
+        if not structure.units:
+            return unstructured
+        return refill(structure, unstructured, hard_mask, group_scores_of(unstructured),
+                      fillback_rate, scope, round_to)
+
+    costs: dict[int, float] = {}
+
+    def cost_of(n: int) -> float:
+        if n not in costs:
+            costs[n] = cost(mask_at(n))
+        return costs[n]
+
+    n = budget_count(cost_of, target, int((hard_mask & prunable).sum()))
+    return mask_at(n), cost_of(n)
 
 
 #: `fade_ratio` above which an RSST cut removes weights the network still uses (warned; the
