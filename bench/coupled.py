@@ -33,7 +33,8 @@ from rsst.structure import build_structure
 from rsst_bench.common import interleaved_ms, load_avg, summary
 
 
-def remain_after_prune(arch: str, weights: Path, groups: str, rate: float) -> float:
+def remain_after_prune(arch: str, weights: Path, groups: str, rate: float,
+                       round_to: int = 1) -> float:
     """Remaining prunable weights after Refill's first prune (magnitude criterion) from the
     trained dense weights in ``weights`` (a state file)."""
     from safetensors.torch import load_file
@@ -46,16 +47,16 @@ def remain_after_prune(arch: str, weights: Path, groups: str, rate: float) -> fl
     hard = torch.ones(arena.numel, dtype=torch.bool)
     unstructured = magnitude_prune(arena.weight, hard, struct.prunable, rate)
     scores = group_scores("magnitude", model, struct, arena, unstructured)
-    return struct.remain_weight(refill(struct, unstructured, hard, scores))
+    return struct.remain_weight(refill(struct, unstructured, hard, scores, round_to=round_to))
 
 
-def solve_rate(arch: str, weights: Path, groups: str, target: float) -> float:
+def solve_rate(arch: str, weights: Path, groups: str, target: float, round_to: int = 1) -> float:
     """The rate whose prune leaves ``target`` remaining weights (bisection; remain falls with
     the rate)."""
     lo, hi = 0.01, 0.99
     for _ in range(14):
         mid = (lo + hi) / 2
-        if remain_after_prune(arch, weights, groups, mid) > target:
+        if remain_after_prune(arch, weights, groups, mid, round_to) > target:
             lo = mid
         else:
             hi = mid
@@ -89,6 +90,7 @@ def main() -> None:
     p.add_argument("--train-subset", type=int, default=1024)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--round-to", type=int, default=1, help="--round-to of both runs")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
     from rsst import loop
@@ -104,13 +106,14 @@ def main() -> None:
         if groups == "coupled":
             state0 = args.out / "per-layer" / "state_00" / "weights.safetensors"
             target = records[0]["remain_weight"]
-            rate = solve_rate(args.arch, state0, groups, target)
-        cfg = validate(RunConfig(**base, rate=rate, groups=groups))
+            rate = solve_rate(args.arch, state0, groups, target, args.round_to)
+        cfg = validate(RunConfig(**base, rate=rate, groups=groups, round_to=args.round_to))
         run = loop.run(cfg, out=args.out / groups, overwrite=True, console=console)
         last = json.loads((run / "summary.json").read_text())["states"][-1]
         masked = args.out / f"{groups}-masked.safetensors"
         export_model(run, masked, form="masked")
-        rec = {"arch": args.arch, "groups": groups, "rate": round(rate, 4),
+        rec = {"arch": args.arch, "groups": groups, "round_to": args.round_to,
+               "rate": round(rate, 4),
                "remain_weight": last["remain_weight"], "val_acc": last["val_acc"],
                "params_ratio": last["params_ratio"], **latency(masked, args.batch, args.rounds),
                "batch": args.batch, "threads": torch.get_num_threads(), "load": load_avg()}
