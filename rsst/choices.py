@@ -14,6 +14,8 @@ CRITERIA: tuple[str, ...] = ("remain", "magnitude", "l1", "l2", "saliency")
 STRUCTURE_KINDS: tuple[str, ...] = ("channel", "head", "neuron", "embed")
 STRUCTURES: tuple[str, ...] = ("auto", "channel", "head", "neuron", "head+neuron", "embed",
                                "head+embed", "neuron+embed", "head+neuron+embed", "none")
+#: --groups: per-layer conv channels or coupled channel sets (`rsst.structure`)
+GROUP_MODES: tuple[str, ...] = ("per-layer", "coupled")
 #: prunable weights (`rsst.structure`)
 PRUNE_SCOPES: tuple[str, ...] = ("default", "+stem", "+classifier", "all")
 #: Refill's group ranking (`rsst.pruning`)

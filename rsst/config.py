@@ -21,6 +21,7 @@ from rsst.choices import (
     CNN_MODELS,
     CRITERIA,
     DATASETS,
+    GROUP_MODES,
     DEVICES,
     LR_SCHEDULES,
     MEMORY_FORMATS,
@@ -181,6 +182,15 @@ class RunConfig:
                                "fc1/fc2), +stem (also the first conv / patch embedding), "
                                "+classifier (also the last linear layer), all (both); the "
                                "added layers are pruned unstructured.")
+    groups: str = setting("per-layer", panel="Method", choices=GROUP_MODES, **_GROUPS,
+                          help="Channel groups: per-layer (one conv's output channel) or coupled "
+                          "(channel c of every conv summed into one residual stream, or tied by "
+                          "a depthwise conv, is one group, with the columns reading it; every "
+                          "dead group is removed by export --compact).")
+    round_to: int = setting(1, panel="Method", low=1, **_GROUPS,
+                            help="Refill keeps a multiple of N groups per unit (or coupled set), "
+                            "rounded up, never zero: widths friendly to tensor cores; the "
+                            "achieved sparsity is what is reported.")
     # one-shot baselines
     target_remain: float | None = setting(None, panel="Method", low=0.0, high=1.0,
                                           low_open=True, shown_default="none (iterative)",

@@ -1,10 +1,11 @@
 """Group importance (SPEC §3): ``remain``, ``magnitude`` from weights; ``l1``, ``l2``,
 ``saliency`` from each group's own activation over calibration batches.
 
-The activation is the unit's own output: a conv's output channel (before its BN), a head's slice
-of the attention output (``proj``'s input, read with a pre-hook, so timm's fused attention is
-covered), an MLP neuron's post-activation ``fc1`` output (``fc2``'s input). Calibration runs with
-the weights masked by U, and restores them afterwards.
+The activation is the unit's own output: a conv's output channel (before its BN; summed over
+the coupled convs of a ``--groups coupled`` set), a head's slice of the attention output
+(``proj``'s input, read with a pre-hook, so timm's fused attention is covered), an MLP neuron's
+post-activation ``fc1`` output (``fc2``'s input). Calibration runs with the weights masked by U,
+and restores them afterwards.
 """
 
 from __future__ import annotations
@@ -45,7 +46,12 @@ def activation_scores(
     unstructured: torch.Tensor,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
 ) -> dict[str, torch.Tensor]:
-    """``l1`` Σ|a|, ``l2`` √Σa², ``saliency`` Σ|a·∂L/∂a| per group, with weights masked by U."""
+    """``l1`` Σ|a|, ``l2`` √Σa², ``saliency`` Σ|a·∂L/∂a| per group, with weights masked by U.
+
+    A coupled group (``--groups coupled``) sums over the output channel of every conv in it
+    (each one's own output, before its BN): ``l1`` and ``saliency`` add the members' sums,
+    ``l2`` is the norm of all members' activations together, √(Σ_members Σa²).
+    """
     acc: dict[str, torch.Tensor] = {}
     hooks = []
 
@@ -62,8 +68,9 @@ def activation_scores(
 
     for unit in structure.units:
         if unit.kind == "channel":
-            hooks.append(unit.module.register_forward_hook(
-                lambda _m, _i, out, unit=unit: capture(unit, out)))
+            for module in unit.activation_modules:
+                hooks.append(module.register_forward_hook(
+                    lambda _m, _i, out, unit=unit: capture(unit, out)))
         else:  # proj / fc2: the activation is the layer's input
             hooks.append(unit.module.register_forward_pre_hook(
                 lambda _m, inputs, unit=unit: capture(unit, inputs[0])))
@@ -103,7 +110,12 @@ def group_scores(
     unstructured: torch.Tensor,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]] = (),
 ) -> dict[str, torch.Tensor]:
-    """Score every group of every unit (float64 [C] per unit name)."""
+    """Score every group of every unit (float64 [C] per unit name).
+
+    ``remain`` counts, ``magnitude`` sums |w| over the group's prunable weights, masked by U —
+    for a coupled group over all its members' (every coupled conv's rows and every reading
+    layer's columns in the prunable scope); the activation criteria: `activation_scores`.
+    """
     if criteria == "remain":
         return {u.name: _scatter_sum(unstructured[u.weight_index], u) for u in structure.units}
     if criteria == "magnitude":

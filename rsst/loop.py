@@ -98,7 +98,7 @@ class PruningRun:
         self.arena = Arena(self.model,
                            channels_last=use_channels_last(config.memory_format, self.model))
         self.structure = build_structure(self.model, self.arena, config.structure,
-                                         config.prune_scope)
+                                         config.prune_scope, config.groups)
         if self.structure.note:
             console.print(f"[yellow]note:[/] {self.structure.note}")
         self.update_config = UpdateConfig(
@@ -474,7 +474,8 @@ class PruningRun:
             scores = group_scores(self.config.criteria, self.model, self.structure, self.arena,
                                   unstructured, ctx.batches(self.config.criteria_batches))
             unstructured = refill(self.structure, unstructured, hard, scores,
-                                  self.config.fillback_rate, self.config.refill_scope)
+                                  self.config.fillback_rate, self.config.refill_scope,
+                                  self.config.round_to)
         if method.soft:  # the dropped elements fade during the next state
             self.arena.set_masks(hard, hard & ~unstructured)
         else:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import math
+from collections.abc import Callable
 
 import torch
+from torch import nn
 
 from rsst.structure import Structure, Unit
 
@@ -42,56 +45,74 @@ def kept_groups(density: float, num_groups: int, alive_groups: int, fillback_rat
     return max(1, min(k, alive_groups))
 
 
-class _Decided:
-    """Collects each unit's kept groups; an element several units share (a ViT embedding
-    column inside a head's qkv rows) stays alive only when every unit holding it keeps it."""
+def round_kept(k: int, alive_groups: int, round_to: int) -> int:
+    """``k`` rounded up to a multiple of ``round_to``, at most ``alive_groups``.
 
-    def __init__(self, structured: torch.Tensor) -> None:
-        self.structured = structured
-        self.alive = torch.ones_like(structured, dtype=torch.bool)
-        self.covered = torch.zeros_like(structured, dtype=torch.bool)
+    Up, as Torch-Pruning's ``round_to`` does, so a unit is never emptied and never pruned more
+    than its density asks; when the next multiple exceeds the alive groups they all stay (a
+    unit whose width is not a multiple keeps its width until it is pruned once).
+    """
+    if round_to <= 1:
+        return k
+    return min(-(-k // round_to) * round_to, alive_groups)
 
-    def keep(self, unit: Unit, kept: torch.Tensor) -> None:
-        self.alive[unit.member_index] &= kept[unit.member_group].to(torch.bool)
-        self.covered[unit.member_index] = True
 
-    def apply(self) -> torch.Tensor:
-        self.structured[self.covered] = self.alive[self.covered].to(self.structured.dtype)
-        return self.structured
+def _apply_groups(unstructured: torch.Tensor, structure: Structure,
+                  kept: list[torch.Tensor]) -> torch.Tensor:
+    """Every element of a unit's groups alive iff all groups it belongs to are kept.
+
+    Coupled units share elements with per-layer ones (a conv's rows in its own unit, its input
+    columns in the coupled unit it reads), so a dead group is never revived by another unit;
+    without sharing this equals writing each unit's ``keep`` onto its members.
+    """
+    covered = torch.zeros_like(unstructured)
+    dead = torch.zeros_like(unstructured)
+    for unit, keep in zip(structure.units, kept, strict=True):
+        covered[unit.member_index] = True
+        dead[unit.member_index[~keep[unit.member_group]]] = True
+    return torch.where(covered, ~dead, unstructured)
+
+
+def _top(score: torch.Tensor, alive: torch.Tensor, k: int) -> torch.Tensor:
+    """Bool [C]: the ``k`` alive groups of highest score (ties: lower index)."""
+    score = score.to(torch.float64).clone()
+    score[~alive] = -math.inf
+    keep = torch.zeros_like(alive)
+    keep[torch.argsort(-score, stable=True)[:k]] = True
+    return keep & alive
 
 
 def refill(structure: Structure, unstructured: torch.Tensor, hard_mask: torch.Tensor,
            scores: dict[str, torch.Tensor], fillback_rate: float = 0.0,
-           scope: str = "unit") -> torch.Tensor:
+           scope: str = "unit", round_to: int = 1) -> torch.Tensor:
     """R: per unit keep the top-k alive groups by score, each whole; others dead (SPEC §3).
 
     Elements of prunable layers without groups, and everything outside the units, take U.
-    Ties in score keep the lower group index. A group dead in H is never revived.
-    ``scope="global"`` ranks the groups of each kind across all units instead (`refill_global`).
+    Ties in score keep the lower group index. A group dead in H is never revived; an element in
+    several units' groups lives only when all of them are kept (`_apply_groups`). ``round_to``
+    rounds each unit's k up to a multiple (`round_kept`). ``scope="global"`` ranks the groups
+    of each kind across all units instead (`refill_global`).
     """
     if scope == "global":
-        return refill_global(structure, unstructured, hard_mask, scores, fillback_rate)
+        return refill_global(structure, unstructured, hard_mask, scores, fillback_rate,
+                             round_to)
     if scope != "unit":
         raise ValueError(f"unknown refill scope {scope!r}")
-    structured = unstructured.clone()
-    decided = _Decided(structured)
+    kept = []
     for unit in structure.units:
         in_u = unstructured[unit.weight_index]
         density = float(in_u.sum()) / unit.weight_index.numel()
         alive = structure.group_alive(unit, hard_mask)
-        k = kept_groups(density, unit.num_groups, int(alive.sum()), fillback_rate)
-        score = scores[unit.name].to(torch.float64).clone()
-        score[~alive] = -math.inf
-        order = torch.argsort(-score, stable=True)
-        keep = torch.zeros(unit.num_groups, dtype=torch.bool, device=hard_mask.device)
-        keep[order[:k]] = True
-        keep &= alive
-        decided.keep(unit, keep)
-    return decided.apply()
+        n_alive = int(alive.sum())
+        k = round_kept(kept_groups(density, unit.num_groups, n_alive, fillback_rate), n_alive,
+                       round_to)
+        kept.append(_top(scores[unit.name], alive, k))
+    return _apply_groups(unstructured, structure, kept)
 
 
 def refill_global(structure: Structure, unstructured: torch.Tensor, hard_mask: torch.Tensor,
-                  scores: dict[str, torch.Tensor], fillback_rate: float = 0.0) -> torch.Tensor:
+                  scores: dict[str, torch.Tensor], fillback_rate: float = 0.0,
+                  round_to: int = 1) -> torch.Tensor:
     """R with one ranking per kind across all units (the research ``--sorting_mode global``).
 
     For each kind (channel, head, neuron) pooled over its units: ``d`` = fraction of their
@@ -99,8 +120,10 @@ def refill_global(structure: Structure, unstructured: torch.Tensor, hard_mask: t
     all their groups, and the top-k alive groups by score are kept — except that every unit with
     an alive group keeps at least its best one (so no layer or block is emptied; k grows to the
     number of such units if smaller). Ties keep the earlier unit, then the lower group index.
+    ``round_to`` then rounds each unit's kept count up to a multiple (`round_kept`), its best
+    groups by score.
     """
-    decided = _Decided(unstructured.clone())
+    kept_of: dict[int, torch.Tensor] = {}
     for kind in structure.kinds:
         units = [u for u in structure.units if u.kind == kind]
         weights = sum(u.weight_index.numel() for u in units)
@@ -124,11 +147,90 @@ def refill_global(structure: Structure, unstructured: torch.Tensor, hard_mask: t
         keep[torch.argsort(-flat, stable=True)[:k]] = True
         keep &= torch.cat(alive)
         start = 0
-        for unit in units:
+        for unit, live in zip(units, alive, strict=True):
             kept = keep[start:start + unit.num_groups]
-            decided.keep(unit, kept)
+            if round_to > 1:
+                n = round_kept(int(kept.sum()), int(live.sum()), round_to)
+                kept = _top(scores[unit.name], live, n)
+            kept_of[id(unit)] = kept
             start += unit.num_groups
-    return decided.apply()
+    return _apply_groups(unstructured, structure, [kept_of[id(u)] for u in structure.units])
+
+
+# -- budgets (--target-macs / --target-params) ----------------------------------------------------
+def budget_count(cost_of: Callable[[int], float], target: float, high: int) -> int:
+    """The fewest removals ``n`` in [0, high] with ``cost_of(n) <= target``, by bisection.
+
+    ``cost_of`` must fall (not strictly) as ``n`` grows, as the compacted cost of a prune of
+    ``n`` weights does. Returns ``high`` when even that misses the budget (the caller says so).
+    Then ``n - 1`` removals miss it: the result lands at or under ``target`` by less than what
+    one more removal (at most one group, after refill) takes away.
+    """
+    if cost_of(0) <= target:
+        return 0
+    lo, hi = 0, high  # cost_of(lo) > target; hi: the candidate
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if cost_of(mid) <= target:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def masked_cost(model: nn.Module, weight: torch.Tensor, mask: torch.Tensor,
+                input_size: tuple[int, ...], budget: str) -> float:
+    """The compacted ``macs`` or ``params`` of ``model`` with its arena weights ``weight``
+    masked by ``mask``, relative to dense — what `rsst.compact.compact_cost` reports for the
+    delivered network. The live weights are restored afterwards."""
+    from rsst.compact import compact_cost
+
+    if budget not in ("macs", "params"):
+        raise ValueError(f"unknown budget {budget!r}: macs or params")
+    saved = weight.detach().clone()
+    try:
+        with torch.no_grad():
+            weight.mul_(mask)
+        cost = compact_cost(copy.deepcopy(model), input_size)
+    finally:
+        with torch.no_grad():
+            weight.copy_(saved)
+    return cost[f"{budget}_ratio"]
+
+
+def prune_to_budget(
+    structure: Structure, hard_mask: torch.Tensor, element_scores: torch.Tensor,
+    group_scores_of: Callable[[torch.Tensor], dict[str, torch.Tensor]],
+    cost: Callable[[torch.Tensor], float], target: float, *, fillback_rate: float = 0.0,
+    scope: str = "unit", round_to: int = 1,
+) -> tuple[torch.Tensor, float]:
+    """The mask of the smallest prune (lowest ``element_scores`` first, refilled into whole
+    groups when the structure has units) whose ``cost`` is at most ``target``, and that cost.
+
+    ``group_scores_of(U)`` scores the groups for a candidate U (the run's criterion);
+    ``cost(mask)`` is e.g. `masked_cost` of the compacted MACs. A one-shot method calls this
+    once from dense; an iterative method calls it for the state whose regular prune would
+    undershoot the budget. The cost may stay above ``target`` when every unit is down to its
+    last group: the caller reports that the budget cannot be met.
+    """
+    prunable = structure.prunable
+
+    def mask_at(n: int) -> torch.Tensor:
+        unstructured = prune_lowest(element_scores, hard_mask, prunable, n)
+        if not structure.units:
+            return unstructured
+        return refill(structure, unstructured, hard_mask, group_scores_of(unstructured),
+                      fillback_rate, scope, round_to)
+
+    costs: dict[int, float] = {}
+
+    def cost_of(n: int) -> float:
+        if n not in costs:
+            costs[n] = cost(mask_at(n))
+        return costs[n]
+
+    n = budget_count(cost_of, target, int((hard_mask & prunable).sum()))
+    return mask_at(n), cost_of(n)
 
 
 #: `fade_ratio` above which an RSST cut removes weights the network still uses (warned; the

@@ -7,21 +7,30 @@ neurons (``fc1`` row and bias, ``fc2`` column), a ViT's embedding width (`embed_
 dimension of the residual stream across every tensor that writes or reads it). Each unit is
 stored as flat index tensors into the arena, built once, so scoring and masking are
 scatter/gather ops, not loops over elements.
+
+With ``groups="coupled"`` (``--groups coupled``, CNNs) the channel graph of `rsst.graph` joins
+the convs whose outputs share channels — summed into one residual stream, or tied by a
+depthwise conv — into one unit: group *c* holds row *c* of every such conv (and its bias and
+BatchNorm γ/β, the stem's too when it writes the stream) and column *c* of every layer reading
+them, so a dead group is exactly what compaction removes. Other convs keep their per-layer unit.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
 
 from rsst.arena import Arena
-from rsst.choices import PRUNE_SCOPES, STRUCTURE_KINDS
+from rsst.choices import GROUP_MODES, PRUNE_SCOPES, STRUCTURE_KINDS
 from rsst.errors import UserError
+from rsst.graph import ChannelSet, analyze, coupled_sets
 from rsst.models.stream_norm import use_stream_norms
 
 KINDS = STRUCTURE_KINDS
+#: --groups: one conv's output channels, or channel sets coupled by the graph
+GROUPS = GROUP_MODES
 #: --prune-scope: SPEC §1's default scope, or widened by the stem and/or the classifier
 SCOPES = PRUNE_SCOPES
 
@@ -39,6 +48,15 @@ class Unit:
     member_group: torch.Tensor
     module: nn.Module  # conv (channel), proj (head) or fc2 (neuron): where the activation is read
     head_dim: int = 0
+    #: a coupled group set (``--groups coupled``): every conv whose output channel c is group c
+    #: (their activations are scored together), and the names of all member layers
+    modules: list[nn.Module] = field(default_factory=list)
+    layers: list[str] = field(default_factory=list)
+
+    @property
+    def activation_modules(self) -> list[nn.Module]:
+        """Where the unit's activations are read: every coupled conv, else `module` alone."""
+        return self.modules or [self.module]
 
 
 @dataclass
@@ -156,6 +174,81 @@ def _conv_units(model: nn.Module, arena: Arena, prunable_convs: list[str]) -> li
         index, group = _cat(members)
         units.append(Unit("channel", name, conv.out_channels, weight[0], weight[1], index, group,
                           conv))
+    return units
+
+
+# -- CNN: coupled channel sets (--groups coupled) -------------------------------------------------
+def _channel_slices(arena: Arena, name: str, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat indices of parameter ``name`` sliced along ``dim`` (0: output rows, 1: input
+    columns); group = the channel. Works for NCHW and NHWC slots alike."""
+    slot = arena.slots[name]
+    local = replace(slot, offset=0).shaped(torch.arange(slot.numel, device=arena.device))
+    per = (local + slot.offset).movedim(dim, 0)
+    per = per.reshape(per.shape[0], -1)
+    group = torch.arange(per.shape[0], device=arena.device)[:, None].expand_as(per)
+    return per.reshape(-1), group.reshape(-1)
+
+
+def _coupled_unit(cs: ChannelSet, modules: dict[str, nn.Module], arena: Arena,
+                  prunable: set[str]) -> Unit:
+    """One group per channel of a coupled set: rows of every conv writing it (weight, bias),
+    γ/β of every BatchNorm on it, and the input columns of every layer reading it.
+
+    The prunable weights among those (conv rows and consumer columns in the prunable scope) are
+    the unit's ``weight_index``: they give its density ``d`` and its remain/magnitude scores.
+    """
+    members, weights = [], []
+    for conv in cs.convs:
+        for p in ("weight", "bias"):
+            if f"{conv}.{p}" in arena.slots:
+                part = _channel_slices(arena, f"{conv}.{p}", 0)
+                members.append(part)
+                if f"{conv}.{p}" in prunable:
+                    weights.append(part)
+    for bn in cs.batchnorms:
+        for p in ("weight", "bias"):
+            if f"{bn}.{p}" in arena.slots:
+                members.append(_channel_slices(arena, f"{bn}.{p}", 0))
+    for layer in cs.consumers:
+        if f"{layer}.weight" in arena.slots:
+            part = _channel_slices(arena, f"{layer}.weight", 1)
+            members.append(part)
+            if f"{layer}.weight" in prunable:
+                weights.append(part)
+    weight_index, weight_group = _cat(weights)
+    index, group = _cat(members)
+    convs = [modules[c] for c in cs.convs]
+    return Unit("channel", cs.convs[0], cs.width, weight_index, weight_group, index, group,
+                convs[0], modules=convs,
+                layers=cs.convs + cs.batchnorms + cs.consumers)
+
+
+def _coupled_conv_units(model: nn.Module, arena: Arena, prunable_convs: list[str],
+                        prunable: set[str]) -> list[Unit]:
+    """Units for ``--groups coupled``: one per coupled channel set (a residual stream, a conv
+    with its depthwise conv), today's per-layer unit for every other prunable conv."""
+    graph, why = analyze(model)
+    if graph is None:
+        raise UserError(f"--groups coupled needs rsst's channel graph of the model, but {why}; "
+                        "use --groups per-layer")
+    modules = dict(model.named_modules())
+    set_of = {conv: cs for cs in coupled_sets(graph) for conv in cs.convs}
+    units: list[Unit] = []
+    done: set[int] = set()
+    for name in prunable_convs:
+        cs = set_of.get(name)
+        if cs is None:
+            raise UserError(f"--groups coupled: {name} is a grouped conv, whose channels rsst's "
+                            "channel graph does not model; use --groups per-layer")
+        if cs.opaque:
+            raise UserError(f"--groups coupled: the output channels of {', '.join(cs.convs[:3])} "
+                            f"go through {cs.opaque}, which rsst's channel graph does not "
+                            "model; use --groups per-layer")
+        if not cs.coupled:
+            units += _conv_units(model, arena, [name])
+        elif id(cs) not in done:
+            done.add(id(cs))
+            units.append(_coupled_unit(cs, modules, arena, prunable))
     return units
 
 
@@ -308,9 +401,12 @@ def scope_extras(model: nn.Module, scope: str) -> list[str]:
 
 
 def build_structure(model: nn.Module, arena: Arena, structure: str = "auto",
-                    scope: str = "default") -> Structure:
+                    scope: str = "default", groups: str = "per-layer") -> Structure:
     """Scope (SPEC §1, widened by ``scope``: see `scope_extras`) and units for ``structure``
-    (channel, head, neuron, head+neuron, none)."""
+    (channel, head, neuron, head+neuron, none); ``groups="coupled"`` joins the channels that
+    residual additions and depthwise convs tie together into one group set (CNNs)."""
+    if groups not in GROUPS:
+        raise UserError(f"unknown --groups {groups!r}: choose one of {', '.join(GROUPS)}")
     if structure == "auto":
         structure = default_structure(model)
     kinds = set() if structure == "none" else set(structure.split("+"))
@@ -320,6 +416,9 @@ def build_structure(model: nn.Module, arena: Arena, structure: str = "auto",
         mlps = mlp_blocks(model)
         names = [f"{n}.{p}.weight" for n, _ in attn for p in ("qkv", "proj")]
         names += [f"{n}.{p}.weight" for n, _ in mlps for p in ("fc1", "fc2")]
+        if groups == "coupled":
+            raise UserError("--groups coupled is for CNNs' conv channels; this model is a "
+                            "transformer: use --groups per-layer")
         if kinds & {"channel"}:
             raise UserError("--structure channel is for CNNs; this model is a transformer: use "
                             "head, neuron, embed (combined with +) or none")
@@ -335,7 +434,13 @@ def build_structure(model: nn.Module, arena: Arena, structure: str = "auto",
         convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
         convs = [n for n in convs[1:] if f"{n}.weight" in arena.slots]  # the stem stays dense
         names = [f"{n}.weight" for n in convs]
-        units = _conv_units(model, arena, convs) if "channel" in kinds else []
+        if "channel" not in kinds:
+            units = []
+        elif groups == "coupled":
+            units = _coupled_conv_units(model, arena, convs,
+                                        set(names) | set(scope_extras(model, scope)))
+        else:
+            units = _conv_units(model, arena, convs)
     names = [n for n in names if n in arena.slots]
     note = ""
     if not names:

@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from rsst.graph import pair  # noqa: F401 - re-exported for the planners
+
 PLAN_VERSION = 1
 
 
@@ -28,11 +30,6 @@ class Plan:
 
     def to_json(self) -> dict[str, Any]:
         return {"version": PLAN_VERSION, "modules": self.modules}
-
-
-def pair(v: Any) -> tuple[int, int]:
-    """A conv/pool size argument (int or pair) as a pair."""
-    return (v, v) if isinstance(v, int) else tuple(v)  # type: ignore[return-value]
 
 
 def summarize_stayed(plan: Plan) -> None:

@@ -1,9 +1,10 @@
 """CNN compaction: channel spaces over the torch.fx graph (any traceable model; the registry CNNs
 are).
 
-The traced graph is split into *channel spaces*: a conv's (or linear's) output together with
-everything that reaches it through channel-wise ops (BatchNorm, ReLU, pooling, flatten after a
-global pool, depthwise convs, residual additions). A channel of a space is removed from every
+The traced graph is split into *channel spaces* by `rsst.graph` (the same analysis that defines
+``--groups coupled``): a conv's (or linear's) output together with everything that reaches it
+through channel-wise ops (BatchNorm, ReLU, pooling, flatten after a global pool, depthwise
+convs, residual additions). A channel of a space is removed from every
 producer (conv rows), BatchNorm, depthwise conv and consumer (conv / linear input columns) of
 the space at once, so the decision is exact when the channel's value at every consumer input is
 a known constant:
@@ -20,135 +21,23 @@ zeroed as IMP leaves it, an op the analysis does not understand).
 
 from __future__ import annotations
 
-import operator
-from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from rsst.compact.base import Plan, pair, summarize_stayed
-
-_PASS_MODULES = (nn.ReLU, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.AvgPool2d, nn.Dropout,
-                 nn.Identity)
-_ADD_FUNCS = (operator.add, torch.add)
-_RELU_FUNCS = (F.relu, torch.relu)
-# node kinds whose output keeps the channel layout of their main input
-_CHANNELWISE = ("dw", "bn", "pass", "relu", "avgpool_pad", "flatten")
-
-
-class _Spaces:
-    """Union-find over graph nodes: nodes in one set share their channel dimension."""
-
-    def __init__(self) -> None:
-        self.parent: dict[Any, Any] = {}
-
-    def find(self, x: Any) -> Any:
-        self.parent.setdefault(x, x)
-        while self.parent[x] is not x:
-            self.parent[x] = self.parent[self.parent[x]]
-            x = self.parent[x]
-        return x
-
-    def union(self, a: Any, b: Any) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra is not rb:
-            self.parent[ra] = rb
-
-
-def _node_kind(node: torch.fx.Node, modules: dict[str, nn.Module]) -> str:
-    """conv | dw | bn | linear | pass | relu | avgpool_pad | add | flatten | other."""
-    if node.op == "call_module":
-        m = modules.get(str(node.target))
-        if isinstance(m, nn.Conv2d):
-            if m.groups == 1:
-                return "conv"
-            if m.groups == m.in_channels == m.out_channels:
-                return "dw"
-            return "other"
-        if isinstance(m, nn.BatchNorm2d):
-            return "bn"
-        if isinstance(m, nn.Linear):
-            return "linear"
-        if isinstance(m, nn.ReLU):
-            return "relu"
-        if isinstance(m, nn.AvgPool2d) and pair(m.padding) != (0, 0):
-            return "avgpool_pad"  # zero padding averaged in: only a zero channel stays constant
-        if isinstance(m, _PASS_MODULES):
-            return "pass"
-        return "other"
-    if node.op == "call_function":
-        if node.target in _ADD_FUNCS and len(node.args) == 2 and not node.kwargs and all(
-                isinstance(a, torch.fx.Node) for a in node.args):
-            shapes = [_shape(a) for a in node.args]
-            if shapes[0] is not None and shapes[0] == shapes[1] == _shape(node):
-                return "add"
-            return "other"
-        if node.target in _RELU_FUNCS:
-            return "relu"
-        if node.target is torch.flatten and _flattens_pooled(node):
-            return "flatten"
-        return "other"
-    if node.op == "call_method":
-        if node.target == "relu":
-            return "relu"
-        if node.target == "flatten" and _flattens_pooled(node):
-            return "flatten"
-        return "other"
-    return "other"
-
-
-def _shape(node: Any) -> tuple[int, ...] | None:
-    meta = getattr(node, "meta", {}).get("tensor_meta") if isinstance(node, torch.fx.Node) else None
-    return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
-
-
-def _flattens_pooled(node: torch.fx.Node) -> bool:
-    """flatten(x, 1) of an [B, C, 1, 1] tensor keeps channel c at feature c."""
-    start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
-    shape = _shape(node.args[0])
-    return start == 1 and shape is not None and len(shape) == 4 and shape[2:] == (1, 1)
-
-
-def _main_input(node: torch.fx.Node) -> torch.fx.Node | None:
-    arg = node.args[0] if node.args else None
-    return arg if isinstance(arg, torch.fx.Node) else None
-
-
-@dataclass
-class _ChannelGraph:
-    """The traced model as channel spaces: what the phases of `plan_cnn` share.
-
-    ``opaque``: spaces produced or used by something whose channel layout is not modelled;
-    ``has_add``: spaces with a residual addition; ``consumers``: per space, the (conv / linear,
-    input node) pairs that read it.
-    """
-
-    nodes: list[torch.fx.Node]
-    kinds: dict[torch.fx.Node, str]
-    modules: dict[str, nn.Module]
-    spaces: _Spaces
-    opaque: set[Any]
-    has_add: set[Any]
-    consumers: dict[Any, list[tuple[torch.fx.Node, torch.fx.Node]]]
+from rsst.graph import ChannelGraph, analyze, main_input
 
 
 def plan_cnn(model: nn.Module, plan: Plan, masks: dict[str, torch.Tensor]) -> None:
     """Fill ``plan`` for a CNN: trace, group nodes into channel spaces, decide per space, then
     report per conv."""
-    modules = dict(model.named_modules())
-    gm = _trace(model, plan)
-    if gm is None:
+    graph, why = analyze(model)
+    if graph is None:
+        plan.notes.append(f"{why}: no channels removed")
         return
-    nodes = list(gm.graph.nodes)
-    kinds = {n: _node_kind(n, modules) for n in nodes}
-    reused = _reused_modules(nodes, modules)
-    if reused:
-        plan.notes.append(f"modules called more than once ({', '.join(reused[:3])}): no channels "
-                          "removed")
-        return
-    graph = _channel_graph(nodes, kinds, modules)
+    nodes, kinds, modules = graph.nodes, graph.kinds, graph.modules
     vals = _constant_channels(nodes, kinds, modules)
     single_bn = {str(n.target): str(next(iter(n.users)).target) for n in nodes
                  if kinds[n] == "conv" and len(n.users) == 1
@@ -159,80 +48,12 @@ def plan_cnn(model: nn.Module, plan: Plan, masks: dict[str, torch.Tensor]) -> No
     summarize_stayed(plan)
 
 
-def _trace(model: nn.Module, plan: Plan) -> torch.fx.GraphModule | None:
-    """The fx graph with shapes propagated, or None (and a note) when the model does not trace."""
-    from torch.fx.passes.shape_prop import ShapeProp
-
-    try:
-        gm = torch.fx.symbolic_trace(model)
-        size = tuple(getattr(model, "rsst_input_size", (3, 32, 32)))
-        device = next(model.parameters()).device
-        ShapeProp(gm).propagate(torch.zeros(1, *size, device=device))
-    except Exception as exc:  # noqa: BLE001 - any trace failure means: compact nothing, say why
-        plan.notes.append(f"the model does not trace with torch.fx ({type(exc).__name__}): "
-                          "no channels removed")
-        return None
-    return gm
-
-
-def _reused_modules(nodes: list[torch.fx.Node], modules: dict[str, nn.Module]) -> list[str]:
-    """Conv / BN / linear modules called more than once: one call's channels cannot be cut alone."""
-    calls: dict[str, int] = {}
-    for n in nodes:
-        if n.op == "call_module":
-            calls[str(n.target)] = calls.get(str(n.target), 0) + 1
-    return sorted(k for k, v in calls.items() if v > 1 and isinstance(
-        modules.get(k), nn.Conv2d | nn.BatchNorm2d | nn.Linear))
-
-
-def _channel_graph(nodes: list[torch.fx.Node], kinds: dict[torch.fx.Node, str],
-                   modules: dict[str, nn.Module]) -> _ChannelGraph:
-    """Union nodes that share a channel dimension, then find each space's consumers."""
-    spaces = _Spaces()
-    for n in nodes:
-        spaces.find(n)
-        if kinds[n] in _CHANNELWISE and _main_input(n) is not None:
-            spaces.union(n, _main_input(n))
-        elif kinds[n] == "add":
-            spaces.union(n, n.args[0])
-            spaces.union(n, n.args[1])
-
-    opaque: set[Any] = set()
-    has_add: set[Any] = set()
-    consumers: dict[Any, list[tuple[torch.fx.Node, torch.fx.Node]]] = {}
-    for n in nodes:
-        root = spaces.find(n)
-        if kinds[n] == "add":
-            has_add.add(root)
-        if kinds[n] in ("other", "linear"):
-            opaque.add(root)  # produced by something whose channel layout is not modelled
-        for user in n.users:
-            k = kinds[user]
-            if k in _CHANNELWISE and _main_input(user) is n and len(user.args) <= 2 and not any(
-                    isinstance(a, torch.fx.Node) for a in list(user.args[1:])
-                    + list(user.kwargs.values())):
-                continue
-            if k == "add":
-                continue
-            if k in ("conv", "linear") and _main_input(user) is n and len(user.args) == 1:
-                shape = _shape(n)
-                if k == "linear" and (shape is None or len(shape) != 2):
-                    opaque.add(root)
-                    continue
-                consumers.setdefault(root, []).append((user, n))
-                continue
-            opaque.add(root)
-    return _ChannelGraph(nodes, kinds, modules, spaces, opaque, has_add, consumers)
-
-
 def _decide_spaces(
-    plan: Plan, graph: _ChannelGraph, vals: dict[torch.fx.Node, torch.Tensor],
+    plan: Plan, graph: ChannelGraph, vals: dict[torch.fx.Node, torch.Tensor],
     single_bn: dict[str, str],
 ) -> tuple[dict[Any, torch.Tensor], dict[Any, dict[int, str]]]:
     """Per space: the removed channels (recorded in ``plan``) and why the others stay."""
-    members: dict[Any, list[torch.fx.Node]] = {}
-    for n in graph.nodes:
-        members.setdefault(graph.spaces.find(n), []).append(n)
+    members = graph.members()
     removed_of: dict[Any, torch.Tensor] = {}
     reasons_of: dict[Any, dict[int, str]] = {}
     for root, group in members.items():
@@ -251,7 +72,7 @@ def _decide_spaces(
 
 
 def _removable_channels(
-    graph: _ChannelGraph, root: Any, width: int,
+    graph: ChannelGraph, root: Any, width: int,
     cons: list[tuple[torch.fx.Node, torch.fx.Node]],
     vals: dict[torch.fx.Node, torch.Tensor], single_bn: dict[str, str],
 ) -> tuple[torch.Tensor, dict[int, str]]:
@@ -284,7 +105,7 @@ def _removable_channels(
 
 
 def _record_removal(
-    plan: Plan, graph: _ChannelGraph, group: list[torch.fx.Node],
+    plan: Plan, graph: ChannelGraph, group: list[torch.fx.Node],
     cons: list[tuple[torch.fx.Node, torch.fx.Node]], removable: torch.Tensor,
     vals: dict[torch.fx.Node, torch.Tensor], single_bn: dict[str, str],
 ) -> None:
@@ -313,7 +134,7 @@ def _record_removal(
 
 
 def _report_units(
-    plan: Plan, graph: _ChannelGraph, masks: dict[str, torch.Tensor],
+    plan: Plan, graph: ChannelGraph, masks: dict[str, torch.Tensor],
     removed_of: dict[Any, torch.Tensor], reasons_of: dict[Any, dict[int, str]],
 ) -> None:
     """One report unit per conv: pruned channels, kept ones, and why pruned ones stayed."""
@@ -385,7 +206,7 @@ def _constant_channels(nodes: list[torch.fx.Node], kinds: dict[torch.fx.Node, st
     nan = float("nan")
     for n in nodes:
         k = kinds[n]
-        src = _main_input(n)
+        src = main_input(n)
         v_in = vals.get(src) if src is not None else None
         if k == "conv":
             m = modules[str(n.target)]

@@ -7,19 +7,20 @@ from torch import nn
 
 
 def random_prune(model: nn.Module, fraction: float, *, seed: int = 0,
-                 structure: str = "auto") -> dict[str, torch.Tensor]:
+                 structure: str = "auto", groups: str = "per-layer") -> dict[str, torch.Tensor]:
     """Kill ``fraction`` of the groups of every unit at random, the way Refill's hard mask does
     (weights, biases and BN γ/β of a dead group zeroed), and return the masks
     (``<param> -> uint8``, every prunable weight, the layout of a run's state file).
 
     Uses the run's own `Arena`/`build_structure`, so the zeroed elements are exactly the groups
-    a real run would zero. The model's parameters become views into the arena's buffer.
+    a real run would zero (``groups="coupled"``: whole coupled sets, with the columns reading
+    them). The model's parameters become views into the arena's buffer.
     """
     from rsst.arena import Arena
     from rsst.structure import build_structure
 
     arena = Arena(model)
-    struct = build_structure(model, arena, structure)
+    struct = build_structure(model, arena, structure, groups=groups)
     gen = torch.Generator().manual_seed(seed)
     mask = torch.ones(arena.numel, dtype=torch.bool, device=arena.device)
     for unit in struct.units:
