@@ -9,7 +9,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from rsst.structure import Structure, Unit
+from rsst.structure import Structure
 
 
 def prune_lowest(scores: torch.Tensor, hard_mask: torch.Tensor, prunable: torch.Tensor,
