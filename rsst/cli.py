@@ -494,6 +494,38 @@ def report(
     console.print(f"wrote {target}")
 
 
+@app.command(
+    cls=RsstCommand,
+    epilog="Examples:\n\n"
+    "  rsst study studies/cifar10-resnet20-reduced.toml --out studies/out/reduced\n\n"
+    "  rsst study my-study.toml --out runs/my-study --workers 2   # two runs at a time\n\n"
+    "  rsst study my-study.toml --out /scratch/study --executor slurm",
+)
+def study(
+    study_file: Path = typer.Argument(..., help="A study file (.toml): seeds, base settings, "
+                                      "grid, per-method tables, variants."),
+    out: Path = typer.Option(..., "--out", help="The study directory (created; an existing "
+                             "study directory is continued)."),
+    workers: int = typer.Option(1, help="Runs at a time (local), or SLURM jobs at a time."),
+    executor: str = typer.Option("local", help="local (child processes here) | slurm (one "
+                                 "SLURM job per run through submitit; extra rsst\\[slurm])."),
+) -> None:
+    """Run every method × setting × seed of a study file, each as its own `rsst run` process.
+
+    Runs live in DIR/runs/<method>-<hash>/seed-<N>/, the hash naming the settings that differ
+    from the defaults (DIR/runs/<method>-<hash>/identity.json lists them). Killed at any moment,
+    the same command continues: finished runs are skipped, interrupted ones resumed.
+    """
+    from rsst.study.run import run_study
+
+    outcome = run_study(study_file, out, workers=workers, executor=executor, console=console)
+    if outcome.failed:
+        err_console.print(f"[bold red]error:[/] {len(outcome.failed)} of {len(outcome.tasks)} "
+                          f"runs failed; their logs are DIR/runs/<experiment>/seed-<N>.log; "
+                          f"fix the cause and run the same command again", highlight=False)
+        raise typer.Exit(code=1)
+
+
 def _usage_line(exc: UsageError) -> str:
     """Click's usage error (and its "did you mean" hint) as one line, naming where help is."""
     message = " ".join(exc.format_message().replace("Value error, ", "").split())
