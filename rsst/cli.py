@@ -526,6 +526,38 @@ def study(
         raise typer.Exit(code=1)
 
 
+@app.command(
+    cls=RsstCommand,
+    epilog="Examples:\n\n"
+    "  rsst ticket runs/my-run --state 3 --control reinit\n\n"
+    "  rsst ticket runs/my-run --state last --control shuffle --out runs/my-run-shuffled",
+)
+def ticket(
+    run_dir: Path = typer.Argument(..., help="A run directory written by `rsst run`."),
+    state: str = typer.Option(..., help="The state whose mask is the ticket: a number or last."),
+    control: str = typer.Option(..., help="reinit (same mask, fresh initialization) | shuffle "
+                                "(same counts per tensor, or per unit's groups in structured "
+                                "runs, at random places; from the run's rewind point)."),
+    seed: int | None = typer.Option(None, help="Seed of the control (default: the run's seed + "
+                                    "1 for reinit, the run's seed for shuffle).",
+                                    show_default=False),
+    out: Path | None = typer.Option(None, help="The control's run directory (default: "
+                                    "RUN_DIR-<control>-stateNN beside the run).",
+                                    show_default=False),
+) -> None:
+    """Lottery-ticket control of a state: train its mask reinitialized, or shuffled, for one
+    state with the run's recipe. A ticket that its controls match is not a winning ticket."""
+    from rsst.controls import run_control
+
+    chosen: int | str = state
+    if state != "last":
+        try:
+            chosen = int(state)
+        except ValueError:
+            _fail(f"--state {state!r}: give a state number or last")
+    run_control(run_dir, chosen, control, seed=seed, out=out, console=console)
+
+
 def _usage_line(exc: UsageError) -> str:
     """Click's usage error (and its "did you mean" hint) as one line, naming where help is."""
     message = " ".join(exc.format_message().replace("Value error, ", "").split())
