@@ -418,8 +418,8 @@ def evaluate(
     "  rsst compare runs --metric val_after_cut --json > compare.json",
 )
 def compare(
-    run_dirs: list[str] = typer.Argument(..., help="Run directories, globs, or folders "
-                                         "holding runs."),
+    run_dirs: list[str] = typer.Argument(..., help="Run directories, globs, folders "
+                                         "holding runs, or study directories."),
     x: str = typer.Option("remain", "--x", help="x axis: remain (fraction of weights alive) | "
                           "sparsity (groups removed) | macs | params (compacted, vs dense)."),
     metric: str = typer.Option("val", help="val | test | val_after_cut (the network each "
@@ -432,8 +432,10 @@ def compare(
                                           "as JSON to this file."),
     force: bool = typer.Option(False, help="Compare runs on different datasets anyway."),
 ) -> None:
-    """Accuracy against sparsity across runs, grouped by method / arch / dataset (seeds: mean ±
-    std), with each group's winning ticket: its sparsest state within 0.5 point of dense."""
+    """Accuracy against sparsity across runs, grouped by run identity: only runs that differ in
+    their seed alone are pooled (mean ± std, n, 95 % interval); groups of one method are labelled
+    by the settings that differ. Each group's winning ticket: its sparsest state within 0.5
+    point of dense. A study directory (rsst study --out) stands for its runs and controls."""
     from rich.markup import escape
 
     from rsst.compare import compare_runs, comparison_tables, find_runs, to_json
@@ -509,6 +511,9 @@ def study(
     workers: int = typer.Option(1, help="Runs at a time (local), or SLURM jobs at a time."),
     executor: str = typer.Option("local", help="local (child processes here) | slurm (one "
                                  "SLURM job per run through submitit; extra rsst\\[slurm])."),
+    write_report: bool = typer.Option(False, "--report", help="Then write DIR/report.md, "
+                                      "DIR/compare.json and DIR/compare.png (statistics over "
+                                      "seeds, winning tickets, controls beside their tickets)."),
 ) -> None:
     """Run every method × setting × seed of a study file, each as its own `rsst run` process.
 
@@ -519,6 +524,11 @@ def study(
     from rsst.study.run import run_study
 
     outcome = run_study(study_file, out, workers=workers, executor=executor, console=console)
+    if write_report:
+        from rsst.study.report import write_report as write
+
+        for path in write(out):
+            console.print(f"wrote {path}", highlight=False)
     if outcome.failed:
         err_console.print(f"[bold red]error:[/] {len(outcome.failed)} of {len(outcome.tasks)} "
                           f"runs failed; their logs are DIR/runs/<experiment>/seed-<N>.log; "
@@ -539,7 +549,7 @@ def ticket(
                                 "(same counts per tensor, or per unit's groups in structured "
                                 "runs, at random places; from the run's rewind point)."),
     seed: int | None = typer.Option(None, help="Seed of the control (default: the run's seed + "
-                                    "1 for reinit, the run's seed for shuffle).",
+                                    "10000 for reinit, the run's seed for shuffle).",
                                     show_default=False),
     out: Path | None = typer.Option(None, help="The control's run directory (default: "
                                     "RUN_DIR-<control>-stateNN beside the run).",

@@ -31,10 +31,18 @@ from rsst.atomic import atomic_write_json
 from rsst.config import RunConfig, load_config, save_config, validate
 from rsst.errors import UserError
 from rsst.methods import method_class
+from rsst.study.identity import identity_hash
 
 CONTROLS = ("reinit", "shuffle")
+#: reinit's default seed is the run's plus this: another initialization, and not the one of a
+#: study's next seed, whose own run would then share it
+REINIT_SEED_OFFSET = 10_000
 #: written into a control's run directory: the source run, state, control and seed
 CONTROL_RECORD = "control.json"
+
+
+#: what a control killed during its setup (before config.toml) leaves; it is set up again
+_SETUP_FILES = (rundir.LOCK, rundir.CHECKPOINT, CONTROL_RECORD)
 
 
 def control_config(source: RunConfig, seed: int) -> RunConfig:
@@ -45,8 +53,8 @@ def control_config(source: RunConfig, seed: int) -> RunConfig:
 
 
 def default_seed(source: RunConfig, control: str) -> int:
-    """reinit: the next seed (a fresh initialization); shuffle: the run's own seed."""
-    return source.seed + 1 if control == "reinit" else source.seed
+    """reinit: another seed (a fresh initialization); shuffle: the run's own seed."""
+    return source.seed + REINIT_SEED_OFFSET if control == "reinit" else source.seed
 
 
 def default_out(run_dir: Path, state: int, control: str) -> Path:
@@ -149,8 +157,8 @@ def run_control(run_dir: str | Path, state: int | str, control: str, *, seed: in
         raise UserError(f"--seed {seed}: give a seed ≥ 0")
     out = Path(out) if out is not None else default_out(run_dir, state, control)
     rundir.check_writable(out, "--out")
-    if out.is_dir() and any(p.name != rundir.LOCK and not rundir.is_stale_temp(p)
-                            for p in out.iterdir()):
+    if (out / rundir.CONFIG).is_file() or (out.is_dir() and any(
+            p.name not in _SETUP_FILES and not rundir.is_stale_temp(p) for p in out.iterdir())):
         raise UserError(f"--out {out} already exists: continue a killed control with "
                         f"`rsst run --resume {out}`, or pass another --out")
     config = control_config(source, seed)
@@ -171,14 +179,18 @@ def run_control(run_dir: str | Path, state: int | str, control: str, *, seed: in
     lock.acquire("a second control in it")
     try:
         rundir.remove_stale_temps(out)
-        save_config(dataclasses.replace(config, out=str(out)), out / rundir.CONFIG)
+        # the checkpoint (weights and masks) first and config.toml last: a directory with a
+        # config is resumable exactly; one killed before it is set up again from the start
+        pruning.start()
         atomic_write_json(out / CONTROL_RECORD, {
             "control": control, "source": str(run_dir), "state": state, "seed": seed,
             "source_method": source.method, "source_seed": source.seed,
+            "source_identity": identity_hash(source),
             "ticket": ticket_summary(record)})
+        save_config(dataclasses.replace(config, out=str(out)), out / rundir.CONFIG)
         console.print(f"control [bold]{control}[/] of {run_dir} state {state} → {out}",
                       highlight=False)
-        pruning.run(resume=False)
+        pruning.run(resume=True)
     finally:
         lock.release()
     console.print(f"done: {out}")

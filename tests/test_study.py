@@ -11,7 +11,9 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -93,6 +95,10 @@ def test_grid_method_tables_and_variants_expand_to_experiments():
     ({**BASE, "study": {"seeds": [1, 1]}}, ["repeats a seed"]),
     ({**BASE, "extra": {}}, ["unknown table [extra]"]),
     ({**BASE, "variant": [{"rate": 0.3}, {"rate": 0.3}]}, ["same experiment"]),
+    ({**BASE, "controls": {"kinds": ["scramble"]}}, ["[controls] kinds", "reinit"]),
+    ({**BASE, "controls": {"state": 5}}, ["[controls] state = 5", "has 3 states"]),
+    ({**BASE, "controls": {"methods": ["imp"]}}, ["[controls] methods", "'imp'"]),
+    ({**BASE, "controls": {"when": 1}}, ["[controls] has unknown key 'when'"]),
 ])
 def test_bad_study_files_name_the_key_and_the_fix(data, words):
     with pytest.raises(UserError) as info:
@@ -130,6 +136,9 @@ device = "cpu"
 backend = "torch"
 [grid]
 method = ["refill"]
+[controls]
+kinds = ["shuffle"]
+state = 1
 """
 
 
@@ -161,7 +170,8 @@ def finish(proc: subprocess.Popen) -> tuple[int, str]:
 def results(out: Path) -> dict[str, dict]:
     """Every run directory of a study: its summary without wall times and paths."""
     return {str(p.parent.relative_to(out)): clean(json.loads(p.read_text()))
-            for p in sorted(out.glob("runs/*/seed-*/summary.json"))}
+            for p in sorted([*out.glob("runs/*/seed-*/summary.json"),
+                             *out.glob("controls/*/seed-*/*/summary.json")])}
 
 
 @pytest.fixture(scope="module")
@@ -184,9 +194,16 @@ def test_a_study_writes_one_run_per_identity_and_seed(reference):
         assert [r["state"] for r in json.loads((run / "summary.json").read_text())["states"]] \
             == [0, 1]
         assert f"seed = {seed}" in (run / "config.toml").read_text()
-    # the resolved study reruns the same experiments
+    # the resolved study reruns the same experiments and controls
     again = read_study(reference / "study.toml")
     assert [e.name for e in again.experiments] == [folder.name]
+    assert again.controls == {"kinds": ["shuffle"], "state": 1, "methods": ["refill"]}
+    for seed in (0, 1):  # a shuffle control of each run's state 1
+        control = reference / "controls" / folder.name / f"seed-{seed}" / "shuffle-state-1"
+        assert (control / FINISHED).is_file()
+        record = json.loads((control / "control.json").read_text())
+        assert (record["control"], record["state"], record["source_seed"]) == ("shuffle", 1,
+                                                                                seed)
 
 
 def test_a_second_start_skips_finished_runs(study_file, reference):
@@ -222,6 +239,7 @@ def test_killed_study_started_again_matches_an_uninterrupted_one(study_file, ref
     code, text = finish(start_study(study_file, out))
     assert code == 0, text[-3000:]
     assert len(list(out.glob(f"runs/*/seed-*/{FINISHED}"))) == 2
+    assert len(list(out.glob(f"controls/*/seed-*/shuffle-state-1/{FINISHED}"))) == 2
     assert sorted(p.relative_to(out).as_posix() for p in out.glob("runs/*/seed-*")
                   if p.is_dir()) == sorted(p.relative_to(reference).as_posix()
                                            for p in reference.glob("runs/*/seed-*")
@@ -244,3 +262,25 @@ def test_slurm_path_through_submitits_debug_executor(study_file, reference, tmp_
                             console=Console(quiet=True))
     assert not outcome.failed
     assert results(out) == results(reference)
+
+
+def test_report_carries_n_intervals_chance_and_controls(reference, tmp_path):
+    from rsst.study.report import write_report
+    from rsst.study.stats import t975
+
+    study = tmp_path / "study"
+    shutil.copytree(reference, study)
+    written = write_report(study)
+    assert [p.name for p in written] == ["report.md", "compare.json", "compare.png"]
+    text = (study / "report.md").read_text()
+    runs = sorted(study.glob("runs/*/seed-*/summary.json"))
+    accs = [json.loads(p.read_text())["states"][1]["val_acc"] for p in runs]
+    mean, std = statistics.fmean(accs), statistics.stdev(accs)
+    half = t975(1) * std / 2**0.5
+    assert f"{100 * mean:.2f} ± {100 * std:.2f} (n = 2, 95 % CI [{100 * (mean - half):.2f}, " \
+        f"{100 * (mean + half):.2f}])" in text
+    assert "50 % (1/2 classes)" in text  # two classes: chance is one half
+    assert "## Controls beside their tickets" in text and "| shuffle |" in text
+    result = json.loads((study / "compare.json").read_text())
+    (control,) = [g for g in result["groups"] if g["control"]]
+    assert control["label"].startswith("shuffle of refill") and control["n_runs"] == 2

@@ -36,20 +36,20 @@ SLURM_KEYS = {"partition": "slurm_partition", "time_min": "timeout_min",
 
 @dataclass(frozen=True)
 class RunTask:
-    """One (identity, seed): where its run directory is and how to start it."""
+    """One run directory of a study (a run, or a control of one): how to start it."""
 
-    name: str  # "<method>-<hash>/seed-<N>"
+    name: str  # "<method>-<hash>/seed-<N>" (a control: ".../<control>-state-<S>")
     run_dir: Path
-    config_file: Path
+    #: the ``rsst`` command that starts it afresh, e.g. ("run", "--config", ...)
+    start: tuple[str, ...]
     seed: int
     log: Path
 
     def argv(self) -> list[str]:
-        """``rsst run`` arguments: a fresh start, or ``--resume`` once the run has a config."""
+        """``rsst`` arguments: a fresh start, or ``run --resume`` once the run has a config."""
         if (self.run_dir / "config.toml").is_file():
-            return ["--resume", str(self.run_dir)]
-        return ["--config", str(self.config_file), "--seed", str(self.seed),
-                "--out", str(self.run_dir)]
+            return ["run", "--resume", str(self.run_dir)]
+        return list(self.start)
 
 
 @dataclass(frozen=True)
@@ -92,13 +92,13 @@ def run_task(task: RunTask, threads: int | None = None) -> TaskResult:
     if is_finished(task.run_dir):
         return TaskResult(task.name, 0, skipped=True)
     argv = task.argv()
-    resumed = argv[0] == "--resume"
+    resumed = argv[:2] == ["run", "--resume"]
     start = time.monotonic()
     task.log.parent.mkdir(parents=True, exist_ok=True)
     with open(task.log, "a") as log:
-        log.write(f"\n$ rsst run {' '.join(argv)}\n")
+        log.write(f"\n$ rsst {' '.join(argv)}\n")
         log.flush()
-        code = subprocess.run([sys.executable, "-m", "rsst", "run", *argv], stdout=log,
+        code = subprocess.run([sys.executable, "-m", "rsst", *argv], stdout=log,
                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                               env=_child_env(threads)).returncode
     seconds = time.monotonic() - start

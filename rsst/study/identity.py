@@ -42,10 +42,24 @@ def canonical_json(settings: dict[str, Any]) -> str:
     return json.dumps(settings, sort_keys=True, separators=(",", ":"))
 
 
+def hash_settings(settings: dict[str, Any]) -> str:
+    """Short sha256 of identity settings as canonical JSON."""
+    return hashlib.sha256(canonical_json(settings).encode()).hexdigest()[:HASH_LENGTH]
+
+
 def identity_hash(config: RunConfig) -> str:
-    """Short sha256 of `identity_settings` as canonical JSON."""
-    text = canonical_json(identity_settings(config))
-    return hashlib.sha256(text.encode()).hexdigest()[:HASH_LENGTH]
+    return hash_settings(identity_settings(config))
+
+
+def settings_of_saved(table: dict[str, Any]) -> dict[str, Any] | None:
+    """`identity_settings` of a run's saved config.toml table (keys this version does not know
+    are left out: a setting added later is at its default); None when it is no config."""
+    hints = field_types()
+    try:
+        return identity_settings(RunConfig(**{k: coerce(k, v, hints[k])
+                                              for k, v in table.items() if k in hints}))
+    except (TypeError, ValueError):
+        return None
 
 
 def identity_name(config: RunConfig) -> str:

@@ -35,6 +35,7 @@ from rsst.study.spec import Study, read_study, resolved_study_toml
 
 STUDY_FILE = "study.toml"
 RUNS = "runs"
+CONTROLS = "controls"
 
 
 @dataclass
@@ -59,10 +60,36 @@ def plan_tasks(study: Study, root: Path) -> list[RunTask]:
     for exp in study.experiments:
         folder = identity_dir(root, exp.name)
         for seed in study.seeds:
-            tasks.append(RunTask(name=f"{exp.name}/seed-{seed}", run_dir=folder / f"seed-{seed}",
-                                 config_file=folder / "run.toml", seed=seed,
-                                 log=folder / f"seed-{seed}.log"))
+            run_dir = folder / f"seed-{seed}"
+            tasks.append(RunTask(name=f"{exp.name}/seed-{seed}", run_dir=run_dir,
+                                 start=("run", "--config", str(folder / "run.toml"), "--seed",
+                                        str(seed), "--out", str(run_dir)),
+                                 seed=seed, log=folder / f"seed-{seed}.log"))
     return tasks
+
+
+def plan_controls(study: Study, root: Path) -> list[tuple[RunTask, RunTask]]:
+    """(source run, control) pairs of the study's [controls], in study order."""
+    spec = study.controls
+    if not spec:
+        return []
+    pairs = []
+    runs = {t.name: t for t in plan_tasks(study, root)}
+    for exp in study.experiments:
+        if exp.config.method not in spec["methods"]:
+            continue
+        for seed in study.seeds:
+            source = runs[f"{exp.name}/seed-{seed}"]
+            folder = Path(root) / CONTROLS / exp.name / f"seed-{seed}"
+            for kind in spec["kinds"]:
+                label = f"{kind}-state-{spec['state']}"
+                run_dir = folder / label
+                pairs.append((source, RunTask(
+                    name=f"{exp.name}/seed-{seed}/{label}", run_dir=run_dir,
+                    start=("ticket", str(source.run_dir), "--state", str(spec["state"]),
+                           "--control", kind, "--out", str(run_dir)),
+                    seed=seed, log=folder / f"{label}.log")))
+    return pairs
 
 
 def _check_root(root: Path) -> None:
@@ -110,7 +137,7 @@ def run_study(study_file: Path, root: Path, *, workers: int = 1, executor: str =
                       f"{len(study.seeds)} seeds = {len(tasks)} runs in {root} ({done} finished "
                       f"already; executor {executor}, {workers} at a time)", highlight=False)
         console.print(progress_table(study, root))
-        count = {"n": done}
+        count = {"n": done, "of": len(tasks)}
 
         def on_done(result: TaskResult) -> None:
             if result.skipped:
@@ -118,16 +145,26 @@ def run_study(study_file: Path, root: Path, *, workers: int = 1, executor: str =
             count["n"] += result.returncode == 0
             word = ("resumed and finished" if result.resumed else "finished") \
                 if result.returncode == 0 else f"FAILED (exit {result.returncode})"
-            console.print(f"[{count['n']}/{len(tasks)}] {result.name} {word} in "
+            console.print(f"[{count['n']}/{count['of']}] {result.name} {word} in "
                           f"{result.seconds / 60:.1f} min"
                           + (f": {result.last_line}" if result.last_line else ""),
                           highlight=False)
 
-        if executor == "local":
-            results = run_local(tasks, workers, on_done)
-        else:
-            results = run_slurm(tasks, workers, on_done, root / "slurm", study.slurm,
-                                cluster=cluster)
+        def execute(todo: list[RunTask]) -> list[TaskResult]:
+            if executor == "local":
+                return run_local(todo, workers, on_done)
+            return run_slurm(todo, workers, on_done, root / "slurm", study.slurm,
+                             cluster=cluster)
+
+        results = execute(tasks)
+        controls = [control for source, control in plan_controls(study, root)
+                    if is_finished(source.run_dir)]
+        if controls:
+            count.update(n=sum(is_finished(c.run_dir) for c in controls), of=len(controls))
+            console.print(f"controls: {len(controls)} ({count['n']} finished already)",
+                          highlight=False)
+            tasks = tasks + controls
+            results += execute(controls)
     finally:
         lock.release()
     outcome = StudyRun(study, root, tasks, results)

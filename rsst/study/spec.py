@@ -185,8 +185,45 @@ def parse_study(data: dict[str, Any], where: str = "<study>") -> Study:
 
     experiments = _expand(where, base, grid, method_tables, variants)
     return Study(name=name, seeds=seeds, experiments=experiments,
-                 controls=dict(data.get("controls", {})), slurm=dict(data.get("slurm", {})),
-                 base=base)
+                 controls=_controls(where, data.get("controls", {}), experiments),
+                 slurm=dict(data.get("slurm", {})), base=base)
+
+
+def _controls(where: str, raw: dict[str, Any], experiments: list[Experiment]
+              ) -> dict[str, Any]:
+    """[controls]: kinds (reinit, shuffle), state (a number or "last"), methods (default all)."""
+    from rsst.controls import CONTROLS
+
+    if not raw:
+        return {}
+    for key in raw:
+        if key not in ("kinds", "state", "methods"):
+            raise _fail(where, f"[controls] has unknown key {key!r}: valid keys are kinds, "
+                        "state, methods")
+    kinds = raw.get("kinds", list(CONTROLS))
+    if (not isinstance(kinds, list) or not kinds
+            or not all(isinstance(k, str) and k in CONTROLS for k in kinds)):
+        raise _fail(where, f"[controls] kinds = {kinds!r}: give a list of "
+                    f"{' and/or '.join(CONTROLS)}, e.g. kinds = [\"reinit\", \"shuffle\"]")
+    state = raw.get("state", "last")
+    if not (state == "last" or (isinstance(state, int) and not isinstance(state, bool)
+                                and state >= 0)):
+        raise _fail(where, f"[controls] state = {state!r}: give a state number ≥ 0 or \"last\"")
+    used = [e.config.method for e in experiments]
+    methods = raw.get("methods", sorted(set(used), key=used.index))
+    if not isinstance(methods, list) or not all(isinstance(m, str) for m in methods):
+        raise _fail(where, f"[controls] methods = {methods!r}: give a list of method names")
+    for method in methods:
+        if method not in used:
+            raise _fail(where, f"[controls] methods names {method!r}, which no run of the study "
+                        f"uses ({', '.join(sorted(set(used)))}); remove it")
+    if isinstance(state, int):
+        for exp in experiments:
+            if exp.config.method in methods and state >= exp.config.states:
+                raise _fail(where, f"[controls] state = {state}: run {exp.name} has "
+                            f"{exp.config.states} states (0 to {exp.config.states - 1}); give "
+                            "one of those or \"last\"")
+    return {"kinds": kinds, "state": state, "methods": methods}
 
 
 def _expand(where: str, base: dict[str, Any], grid: dict[str, list[Any]],
