@@ -172,7 +172,7 @@ def run_study(study_file: Path, root: Path, *, workers: int = 1, executor: str =
     return outcome
 
 
-def _status(task: RunTask, states: int) -> tuple[str, int]:
+def _status(task: RunTask) -> tuple[str, int]:
     finished = len(rundir.finished_states(task.run_dir)) if task.run_dir.is_dir() else 0
     if is_finished(task.run_dir):
         return "finished", finished
@@ -192,7 +192,7 @@ def progress_table(study: Study, root: Path) -> Any:
     for exp in study.experiments:
         cells = []
         for seed in study.seeds:
-            status, states = _status(tasks[f"{exp.name}/seed-{seed}"], exp.config.states)
+            status, states = _status(tasks[f"{exp.name}/seed-{seed}"])
             cells.append(f"{status} {states}/{exp.config.states}")
         varied = " ".join(f"{k}={v}" for k, v in exp.varied.items() if k != "method")
         table.add_row(exp.name, varied, *cells)
