@@ -460,7 +460,7 @@ def comparison_tables(result: dict[str, Any]) -> list[Any]:
                     f"{result['x_label']}")
     summary.caption = (f"winning ticket: the sparsest state within {WINNING_TICKET_POINTS:g} "
                        "point of dense (state 0)")
-    summary.caption += "; ± is the std over seeds, [a, b] the 95 % interval of the mean " \
+    summary.caption += "; ± is the std over seeds, \\[a, b] the 95 % interval of the mean " \
         "(Student t; none for one seed)"
     for header in ("group", "arch", "dataset", "runs", "dense", "best (x)", "winning ticket"):
         summary.add_column(header, justify="left" if header in ("group", "arch", "dataset")

@@ -102,8 +102,8 @@ def plot_comparison(result: dict[str, Any], path: str | Path) -> Path:
             for p, y in zip(line, ys, strict=True):
                 ci = p.get("ci95")
                 half = 100 * (ci[1] - p["acc"]) if ci else 100 * (p["acc_std"] or 0.0)
-                lo.append(y - half)
-                hi.append(y + half)
+                lo.append(max(y - half, 0.0))  # an accuracy interval ends at 0 and 100 %
+                hi.append(min(y + half, 100.0))
             ax.fill_between(xs, lo, hi, color=color, alpha=0.15, linewidth=0)
         before = [p for p in g["points"] if p["phase"] == "before_cut" and p["x"] is not None
                   and p["acc"] is not None]
@@ -122,7 +122,7 @@ def plot_comparison(result: dict[str, Any], path: str | Path) -> Path:
             ax.plot([100 * ticket["x"]], [100 * ticket["acc"]], "*", color=color, markersize=13,
                     markeredgecolor="black", markeredgewidth=0.5)
     for j, dense in enumerate(denses):
-        ax.axhline(100 * dense, linestyle=LINESTYLES[j % 4], color=NEUTRAL, linewidth=1,
+        ax.axhline(100 * dense, linestyle=("--", "-.")[j % 2], color=NEUTRAL, linewidth=1,
                    label="dense" if len(denses) == 1 else f"dense {100 * dense:.2f}")
     chances = {g.get("chance") for g in result["groups"]} - {None}
     for chance in sorted(chances):
