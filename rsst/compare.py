@@ -201,6 +201,8 @@ def find_runs(args: list[str | Path], warn: Any = None) -> list[RunData]:
                         take(child)
                 continue
             children = sorted(c for c in path.iterdir() if is_run_dir(c)) if path.is_dir() else []
+            if not children and path.is_dir():  # a study's runs/: <method>-<hash>/seed-<N>/
+                children = sorted(c for c in path.glob("*/seed-*") if is_run_dir(c))
             if children:
                 for child in children:
                     take(child)

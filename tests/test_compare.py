@@ -323,3 +323,6 @@ def test_compare_reads_a_study_directory(runs, tmp_path, monkeypatch, capsys):
     assert code == 0, err
     (group,) = json.loads(out)["groups"]
     assert group["n_runs"] == 2 and [r["seed"] for r in group["runs"]] == [0, 1]
+    code, out, err = cli(monkeypatch, capsys, "compare", str(study / "runs"), "--json")
+    assert code == 0, err
+    assert json.loads(out)["groups"][0]["n_runs"] == 2
