@@ -99,6 +99,7 @@ def test_grid_method_tables_and_variants_expand_to_experiments():
     ({**BASE, "controls": {"state": 5}}, ["[controls] state = 5", "has 3 states"]),
     ({**BASE, "controls": {"methods": ["imp"]}}, ["[controls] methods", "'imp'"]),
     ({**BASE, "controls": {"when": 1}}, ["[controls] has unknown key 'when'"]),
+    ({**BASE, "slurm": {"partitionn": "gpu"}}, ["[slurm] has unknown key 'partitionn'"]),
 ])
 def test_bad_study_files_name_the_key_and_the_fix(data, words):
     with pytest.raises(UserError) as info:

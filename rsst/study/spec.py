@@ -18,6 +18,14 @@ reg_granularity = 1.0
 fillback_rate = 0.0
 [[variant]]
 fillback_rate = 0.5
+
+[controls]                     # after the runs: controls of each run's ticket (rsst ticket)
+kinds = ["reinit", "shuffle"]
+state = "last"                 # or a state number
+methods = ["rsst", "refill"]   # default: every method of the study
+
+[slurm]                        # --executor slurm: partition, time_min, gpus_per_node,
+time_min = 600                 # cpus_per_task, mem_gb, account, qos, constraint
 ```
 
 Each combination is resolved like ``rsst run`` resolves its flags (defaults ← preset ← base ←
@@ -36,6 +44,7 @@ from typing import Any
 
 from rsst.config import RunConfig, build_config, coerce, field_types
 from rsst.errors import UserError
+from rsst.study.executors import SLURM_KEYS
 from rsst.study.identity import identity_hash, identity_name, identity_settings
 
 if sys.version_info >= (3, 11):
@@ -66,7 +75,7 @@ class Study:
     name: str
     seeds: list[int]
     experiments: list[Experiment]
-    #: raw [controls] and [slurm] tables, checked by their own modules
+    #: [controls]: kinds, state, methods (empty: no controls); [slurm]: submitit options
     controls: dict[str, Any] = field(default_factory=dict)
     slurm: dict[str, Any] = field(default_factory=dict)
     base: dict[str, Any] = field(default_factory=dict)
@@ -182,6 +191,10 @@ def parse_study(data: dict[str, Any], where: str = "<study>") -> Study:
                          ("slurm", data.get("slurm", {}))):
         if not isinstance(value, dict):
             raise _fail(where, f"[{name_}] must be a table")
+    for key in data.get("slurm", {}):
+        if key not in SLURM_KEYS:
+            raise _fail(where, f"[slurm] has unknown key {key!r}: valid keys are "
+                        f"{', '.join(SLURM_KEYS)}")
 
     experiments = _expand(where, base, grid, method_tables, variants)
     return Study(name=name, seeds=seeds, experiments=experiments,
