@@ -5,6 +5,9 @@ places, and both train one state of the run's recipe from the documented weights
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +21,7 @@ from rsst.controls import CONTROL_RECORD, run_control
 from rsst.errors import UserError
 
 pytestmark = pytest.mark.usefixtures("tiny_data")
+ROOT = Path(__file__).resolve().parent.parent
 QUIET = Console(quiet=True)
 
 
@@ -106,3 +110,45 @@ def test_bad_inputs_are_one_line_errors(refill_run, tmp_path):
     with pytest.raises(UserError, match="not an rsst run directory"):
         run_control(tmp_path, 1, "reinit", out=tmp_path / "x", console=QUIET)
     assert not (tmp_path / "x").exists()
+
+
+def test_a_killed_control_set_up_again_or_resumed_matches_an_uninterrupted_one(tmp_path):
+    """Killed while writing its first checkpoint or its config.toml, `rsst ticket` sets the
+    control up again; killed mid-epoch, `rsst run --resume` finishes it; the end equals an
+    uninterrupted control."""
+    from test_cli_run import write_two_classes
+    from test_resume_kill import clean, finish, start
+
+    images = write_two_classes(tmp_path / "images", train=28, test=4)
+    source = tmp_path / "source"
+    code, err = finish(start(tmp_path, [
+        "--dataset", "imagefolder", "--data-dir", str(images), "--method", "refill",
+        "--states", "2", "--epochs", "1", "--batch-size", "16", "--device", "cpu",
+        "--backend", "torch", "--out", str(source)]))
+    assert code == 0, err[-2000:]
+
+    def ticket(out: Path, kill_at: str | None = None) -> tuple[int, str]:
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "RSST_CACHE": str(tmp_path / "cache"),
+               "OMP_NUM_THREADS": "1", "RSST_TEST_KILL_AT": kill_at or ""}
+        return finish(subprocess.Popen(
+            [sys.executable, "-m", "rsst", "ticket", str(source), "--state", "1", "--control",
+             "shuffle", "--out", str(out)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True))
+
+    reference = tmp_path / "reference"
+    assert ticket(reference)[0] == 0
+    killed = tmp_path / "killed"
+    assert ticket(killed, kill_at="write:checkpoint.safetensors")[0] == -9  # its first write
+    assert ticket(killed, kill_at="write:config.toml")[0] == -9
+    assert not (killed / "config.toml").exists()
+    assert ticket(killed, kill_at="state0-epoch1-step2")[0] == -9
+    assert (killed / "config.toml").is_file() and not (killed / "summary.json").exists()
+    code, err = finish(start(tmp_path, ["--resume", str(killed)]))
+    assert code == 0, err[-2000:]
+
+    def result(run: Path) -> dict:
+        return clean(json.loads((run / "summary.json").read_text()))
+
+    assert result(killed) == result(reference)
+    assert torch.equal(masks(killed, 0)["layers.0.0.conv1.weight.mask"],
+                       masks(reference, 0)["layers.0.0.conv1.weight.mask"])
