@@ -285,3 +285,22 @@ def test_report_carries_n_intervals_chance_and_controls(reference, tmp_path):
     result = json.loads((study / "compare.json").read_text())
     (control,) = [g for g in result["groups"] if g["control"]]
     assert control["label"].startswith("shuffle of refill") and control["n_runs"] == 2
+
+
+def test_refusals_before_anything_is_written(tmp_path, study_file):
+    from rsst.study.run import run_study
+
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="holds other files and no study.toml"):
+        run_study(study_file, taken)
+    assert [p.name for p in taken.iterdir()] == ["notes.txt"]
+    for kwargs, words in (({"executor": "cloud"}, "choose one of local, slurm"),
+                          ({"workers": 0}, "give 1 or more"),
+                          ({"executor": "slurm"}, "no SLURM cluster here")):
+        if kwargs.get("executor") == "slurm" and shutil.which("srun"):
+            continue  # a SLURM machine: the executor is available
+        with pytest.raises(UserError, match=words):
+            run_study(study_file, tmp_path / "new", **kwargs)
+        assert not (tmp_path / "new").exists()

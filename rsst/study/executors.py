@@ -138,10 +138,10 @@ def slurm_executor(folder: Path, options: dict[str, Any], workers: int,
         if key not in SLURM_KEYS:
             raise UserError(f"[slurm] has unknown key {key!r}: valid keys are "
                             f"{', '.join(SLURM_KEYS)}")
-    executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
-    if cluster is None and executor.cluster != "slurm":
-        raise UserError("--executor slurm: no SLURM cluster here (sbatch not found); run on a "
+    if cluster is None and submitit.SlurmExecutor.affinity() < 0:  # before any folder is made
+        raise UserError("--executor slurm: no SLURM cluster here (srun not found); run on a "
                         "SLURM login node, or use --executor local")
+    executor = submitit.AutoExecutor(folder=folder, cluster=cluster or "slurm")
     params = {SLURM_KEYS[k]: v for k, v in options.items()}
     params.setdefault("timeout_min", 24 * 60)
     params.setdefault("name", "rsst-study")
@@ -151,10 +151,10 @@ def slurm_executor(folder: Path, options: dict[str, Any], workers: int,
     return executor
 
 
-def run_slurm(tasks: Iterable[RunTask], workers: int, on_done: Callable[[TaskResult], None],
-              folder: Path, options: dict[str, Any], cluster: str | None = None
+def run_slurm(tasks: Iterable[RunTask], on_done: Callable[[TaskResult], None], executor: Any
               ) -> list[TaskResult]:
-    """Submit every unfinished run as one job of a SLURM array and wait for them all."""
+    """Submit every unfinished run as one job of a SLURM array (``executor``: from
+    `slurm_executor`) and wait for them all."""
     tasks = list(tasks)
     results = [TaskResult(t.name, 0, skipped=True) for t in tasks if is_finished(t.run_dir)]
     for result in results:
@@ -162,7 +162,6 @@ def run_slurm(tasks: Iterable[RunTask], workers: int, on_done: Callable[[TaskRes
     todo = [t for t in tasks if not is_finished(t.run_dir)]
     if not todo:
         return results
-    executor = slurm_executor(folder, options, workers, cluster)
     jobs = executor.map_array(run_task, todo)
     for task, job in zip(todo, jobs, strict=True):
         try:

@@ -29,6 +29,7 @@ from rsst.study.executors import (
     is_finished,
     run_local,
     run_slurm,
+    slurm_executor,
 )
 from rsst.study.identity import NOT_IDENTITY, canonical_json
 from rsst.study.spec import Study, read_study, resolved_study_toml
@@ -126,6 +127,9 @@ def run_study(study_file: Path, root: Path, *, workers: int = 1, executor: str =
     study = read_study(study_file)
     root = Path(root)
     _check_root(root)
+    # submitit and a cluster are checked before anything is written
+    slurm = (slurm_executor(root / "slurm", study.slurm, workers, cluster)
+             if executor == "slurm" else None)
     root.mkdir(parents=True, exist_ok=True)
     lock = rundir.RunLock(root)
     lock.acquire("a second `rsst study`")
@@ -153,8 +157,7 @@ def run_study(study_file: Path, root: Path, *, workers: int = 1, executor: str =
         def execute(todo: list[RunTask]) -> list[TaskResult]:
             if executor == "local":
                 return run_local(todo, workers, on_done)
-            return run_slurm(todo, workers, on_done, root / "slurm", study.slurm,
-                             cluster=cluster)
+            return run_slurm(todo, on_done, slurm)
 
         results = execute(tasks)
         controls = [control for source, control in plan_controls(study, root)
