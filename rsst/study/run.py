@@ -125,7 +125,7 @@ def run_study(study_file: Path, root: Path, *, workers: int = 1, executor: str =
     if workers < 1:
         raise UserError(f"--workers {workers}: give 1 or more runs at a time")
     study = read_study(study_file)
-    root = Path(root)
+    root = Path(root).absolute()  # runs started elsewhere (a SLURM node) find it too
     _check_root(root)
     # submitit and a cluster are checked before anything is written
     slurm = (slurm_executor(root / "slurm", study.slurm, workers, cluster)
