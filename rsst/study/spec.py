@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from rsst.config import RunConfig, build_config, coerce, field_types
+from rsst.config import _toml_value as _toml  # the config.toml writer's literals
 from rsst.errors import UserError
 from rsst.study.executors import SLURM_KEYS
 from rsst.study.identity import identity_hash, identity_name, identity_settings
@@ -298,21 +299,6 @@ def resolved_study_toml(study: Study) -> str:
         lines += ["", f"[[variant]]  # {exp.name}"]
         lines += [f"{k} = {_toml(v)}" for k, v in exp.settings.items()]
     return "\n".join(lines) + "\n"
-
-
-def _toml(value: Any) -> str:
-    import json
-    import math
-
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float) and not math.isfinite(value):
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
-    return json.dumps(value)
 
 
 __all__ = ["Experiment", "Study", "parse_study", "read_study", "resolved_study_toml"]
