@@ -563,8 +563,8 @@ def evaluate(
     "  rsst compare runs --metric val_after_cut --json > compare.json",
 )
 def compare(
-    run_dirs: list[str] = typer.Argument(..., help="Run directories, globs, or folders "
-                                         "holding runs."),
+    run_dirs: list[str] = typer.Argument(..., help="Run directories, globs, folders "
+                                         "holding runs, or study directories."),
     x: str = typer.Option("remain", "--x", help="x axis: remain (fraction of weights alive) | "
                           "sparsity (groups removed) | macs | params (compacted, vs dense)."),
     metric: str = typer.Option("val", help="val | test | val_after_cut (the network each "
@@ -577,8 +577,10 @@ def compare(
                                           "as JSON to this file."),
     force: bool = typer.Option(False, help="Compare runs on different datasets anyway."),
 ) -> None:
-    """Accuracy against sparsity across runs, grouped by method / arch / dataset (seeds: mean ±
-    std), with each group's winning ticket: its sparsest state within 0.5 point of dense."""
+    """Accuracy against sparsity across runs, grouped by run identity: only runs that differ in
+    their seed alone are pooled (mean ± std, n, 95 % interval); groups of one method are labelled
+    by the settings that differ. Each group's winning ticket: its sparsest state within 0.5
+    point of dense. A study directory (rsst study --out) stands for its runs and controls."""
     from rich.markup import escape
 
     from rsst.compare import compare_runs, comparison_tables, find_runs, to_json
@@ -668,6 +670,78 @@ def env(
             value = f"{value['commit']}{' (dirty)' if value.get('dirty') else ''}"
         table.add_row(key, "–" if value is None else str(value))
     console.print(table)
+
+
+@app.command(
+    cls=RsstCommand,
+    epilog="Examples:\n\n"
+    "  rsst study studies/cifar10-resnet20-reduced.toml --out studies/out/reduced\n\n"
+    "  rsst study my-study.toml --out runs/my-study --workers 2   # two runs at a time\n\n"
+    "  rsst study my-study.toml --out /scratch/study --executor slurm",
+)
+def study(
+    study_file: Path = typer.Argument(..., help="A study file (.toml): seeds, base settings, "
+                                      "grid, per-method tables, variants."),
+    out: Path = typer.Option(..., "--out", help="The study directory (created; an existing "
+                             "study directory is continued)."),
+    workers: int = typer.Option(1, help="Runs at a time (local), or SLURM jobs at a time."),
+    executor: str = typer.Option("local", help="local (child processes here) | slurm (one "
+                                 "SLURM job per run through submitit; the slurm extra)."),
+    write_report: bool = typer.Option(False, "--report", help="Then write DIR/report.md, "
+                                      "DIR/compare.json and DIR/compare.png (statistics over "
+                                      "seeds, winning tickets, controls beside their tickets)."),
+) -> None:
+    """Run every method × setting × seed of a study file, each as its own `rsst run` process.
+
+    Runs live in DIR/runs/<method>-<hash>/seed-<N>/, the hash naming the settings that differ
+    from the defaults (DIR/runs/<method>-<hash>/identity.json lists them). Killed at any moment,
+    the same command continues: finished runs are skipped, interrupted ones resumed.
+    """
+    from rsst.study.run import run_study
+
+    outcome = run_study(study_file, out, workers=workers, executor=executor, console=console)
+    if write_report:
+        from rsst.study.report import write_report as write
+
+        for path in write(out):
+            console.print(f"wrote {path}", highlight=False)
+    if outcome.failed:
+        err_console.print(f"[bold red]error:[/] {len(outcome.failed)} of {len(outcome.tasks)} "
+                          f"runs failed; their logs are DIR/runs/<experiment>/seed-<N>.log; "
+                          f"fix the cause and run the same command again", highlight=False)
+        raise typer.Exit(code=1)
+
+
+@app.command(
+    cls=RsstCommand,
+    epilog="Examples:\n\n"
+    "  rsst ticket runs/my-run --state 3 --control reinit\n\n"
+    "  rsst ticket runs/my-run --state last --control shuffle --out runs/my-run-shuffled",
+)
+def ticket(
+    run_dir: Path = typer.Argument(..., help="A run directory written by `rsst run`."),
+    state: str = typer.Option(..., help="The state whose mask is the ticket: a number or last."),
+    control: str = typer.Option(..., help="reinit (same mask, fresh initialization) | shuffle "
+                                "(same counts per tensor, or per unit's groups in structured "
+                                "runs, at random places; from the run's rewind point)."),
+    seed: int | None = typer.Option(None, help="Seed of the control (default: the run's seed + "
+                                    "10000 for reinit, the run's seed for shuffle).",
+                                    show_default=False),
+    out: Path | None = typer.Option(None, help="The control's run directory (default: "
+                                    "RUN_DIR-<control>-stateNN beside the run).",
+                                    show_default=False),
+) -> None:
+    """Lottery-ticket control of a state: train its mask reinitialized, or shuffled, for one
+    state with the run's recipe. A ticket that its controls match is not a winning ticket."""
+    from rsst.controls import run_control
+
+    chosen: int | str = state
+    if state != "last":
+        try:
+            chosen = int(state)
+        except ValueError:
+            _fail(f"--state {state!r}: give a state number or last")
+    run_control(run_dir, chosen, control, seed=seed, out=out, console=console)
 
 
 def _usage_line(exc: UsageError) -> str:

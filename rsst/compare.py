@@ -6,9 +6,13 @@ format versions and runs of any method compare alike. Each finished state gives 
 network it delivers. An RSST state gives two, labelled: *before cut* (trained, pending weights
 still present) and *after cut* (the pending weights removed, the network it delivers).
 
-Runs are grouped by (method, arch, dataset); several runs in a group (seeds) become mean ± std.
-The *winning ticket* of a group is its sparsest delivered state whose accuracy is within
-`WINNING_TICKET_POINTS` accuracy points of the dense network (state 0, every weight alive).
+Runs are grouped by their identity (`rsst.study.identity`: every setting but the seed, the run
+directory and the cache), so only seeds are pooled: mean ± std, n and the 95 % interval of the
+mean (Student t, n − 1 degrees of freedom). Groups of one method are labelled by the settings in
+which they differ (``refill rate=0.5``). Controls (`rsst ticket`) form groups of their own, named
+after the ticket they control. The *winning ticket* of a group is its sparsest delivered state
+whose accuracy is within `WINNING_TICKET_POINTS` accuracy points of the dense network (state 0,
+every weight alive).
 """
 
 from __future__ import annotations
@@ -26,6 +30,11 @@ from rsst import statefile
 from rsst.errors import UserError
 from rsst.rundir import CONFIG, STATE_RECORD, SUMMARY
 from rsst.rundir import METRICS as METRICS_FILE
+from rsst.study.identity import hash_settings, settings_of_saved
+from rsst.study.stats import summarize
+
+#: a control's record in its run directory (`rsst.controls`)
+CONTROL_RECORD = "control.json"
 
 X_AXES = ("remain", "sparsity", "macs", "params")
 METRICS = ("val", "test", "val_after_cut")
@@ -55,6 +64,19 @@ class RunData:
     seed: int | None
     records: list[dict[str, Any]]
     config: dict[str, Any] = field(default_factory=dict)
+    #: identity settings (those differing from the defaults), None without a readable config
+    settings: dict[str, Any] | None = None
+    #: control.json of a `rsst ticket` control, else None
+    control: dict[str, Any] | None = None
+    #: classes of the task (chance accuracy is 1 / num_classes), from a state's weights file
+    num_classes: int | None = None
+
+    @property
+    def identity(self) -> str:
+        """The identity hash; without a config, method · arch · dataset stands in for it."""
+        if self.settings is None:
+            return f"{self.method}/{self.arch}/{self.dataset}"
+        return hash_settings(self.settings)
 
 
 def _read_json(path: Path) -> Any:
@@ -125,9 +147,28 @@ def load_run(path: Path) -> RunData:
         return default
 
     seed = config.get("seed")
+    control = _read_json(path / CONTROL_RECORD)
+    classes = _num_classes(path)
     return RunData(path=path, method=str(pick("method", "unknown")),
                    arch=str(pick("arch", "unknown")), dataset=str(pick("dataset", "unknown")),
-                   seed=seed if isinstance(seed, int) else None, records=records, config=config)
+                   seed=seed if isinstance(seed, int) else None, records=records, config=config,
+                   settings=settings_of_saved(config) if config else None,
+                   control=control if isinstance(control, dict) else None,
+                   num_classes=classes)
+
+
+def _num_classes(path: Path) -> int | None:
+    """The class count a state's weights file records (its metadata; no tensor is read)."""
+    from safetensors import safe_open
+
+    for weights in sorted(path.glob("state_*/weights.safetensors"))[:1]:
+        try:
+            with safe_open(str(weights), "pt") as f:
+                value = (f.metadata() or {}).get("rsst.num_classes", "")
+        except Exception:  # a torn or foreign file: no chance line, nothing else changes
+            return None
+        return int(value) if value.isdigit() and int(value) > 0 else None
+    return None
 
 
 def find_runs(args: list[str | Path], warn: Any = None) -> list[RunData]:
@@ -154,7 +195,15 @@ def find_runs(args: list[str | Path], warn: Any = None) -> list[RunData]:
             if is_run_dir(path):
                 take(path)
                 continue
+            if (path / "study.toml").is_file():  # a study directory: its runs and controls
+                for child in sorted([*path.glob("runs/*/seed-*"),
+                                     *path.glob("controls/*/seed-*/*")]):
+                    if is_run_dir(child):
+                        take(child)
+                continue
             children = sorted(c for c in path.iterdir() if is_run_dir(c)) if path.is_dir() else []
+            if not children and path.is_dir():  # a study's runs/: <method>-<hash>/seed-<N>/
+                children = sorted(c for c in path.glob("*/seed-*") if is_run_dir(c))
             if children:
                 for child in children:
                     take(child)
@@ -266,16 +315,78 @@ def compare_runs(runs: list[RunData], *, x: str = "remain", metric: str = "val",
         have = ", ".join(f"{d}: {n} run{'s' * (n > 1)}" for d, n in sorted(datasets.items()))
         raise UserError(f"the runs are on different datasets ({have}): accuracies are not "
                         "comparable; pass runs of one dataset, or --force to plot them anyway")
-    grouped: dict[tuple[str, str, str], list[RunData]] = {}
+    grouped: dict[tuple[str, ...], list[RunData]] = {}
     for run in runs:
-        grouped.setdefault((run.method, run.arch, run.dataset), []).append(run)
+        grouped.setdefault(_group_key(run), []).append(run)
     groups = []
-    for (method, arch, dataset), members in sorted(grouped.items()):
+    for members in grouped.values():
+        first = members[0]
         per_run = [{"dir": str(r.path), "seed": r.seed, "points": run_points(r, metric)}
-                   for r in members]
-        groups.append(_group(method, arch, dataset, per_run, x))
+                   for r in sorted(members, key=lambda r: (r.seed is None, r.seed or 0))]
+        group = _group(first.method, first.arch, first.dataset, per_run, x)
+        classes = next((r.num_classes for r in members if r.num_classes), None)
+        group.update(identity=first.identity, settings=first.settings, control=_control(first),
+                     num_classes=classes, chance=1 / classes if classes else None)
+        groups.append(group)
+    _label_groups(groups)
+    groups.sort(key=lambda g: (g["control"] is not None, g["method"], g["label"]))
     return _finite({"x": x, "metric": metric, "x_label": X_LABELS[x],
                     "winning_ticket_points": WINNING_TICKET_POINTS, "groups": groups})
+
+
+def _group_key(run: RunData) -> tuple[str, ...]:
+    """Runs pool (as seeds) only when everything but the seed is the same: their identity and,
+    for controls, the kind, the ticket's identity and its state."""
+    if run.control is None:
+        return ("run", run.identity)
+    c = run.control
+    return ("control", str(c.get("control")), str(c.get("source_identity")),
+            str(c.get("state")), run.identity)
+
+
+def _control(run: RunData) -> dict[str, Any] | None:
+    if run.control is None:
+        return None
+    return {k: run.control.get(k) for k in ("control", "state", "source_method",
+                                            "source_identity")}
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(map(str, value)) or "[]"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _label_groups(groups: list[dict[str, Any]]) -> None:
+    """``method · arch`` when a method has one group; otherwise the method and the settings in
+    which its groups differ (``refill rate=0.5``). A control: ``shuffle of <its ticket's label>
+    state N``. Each group also gets ``varied``: those settings."""
+    from rsst.config import RunConfig
+
+    defaults = RunConfig().to_dict()
+    runs = [g for g in groups if g["control"] is None]
+    by_method: dict[str, list[dict[str, Any]]] = {}
+    for g in runs:
+        by_method.setdefault(g["method"], []).append(g)
+    for members in by_method.values():
+        keys = sorted({k for g in members for k in (g["settings"] or {})} - {"method"})
+
+        def value(g: dict[str, Any], k: str) -> Any:
+            return (g["settings"] or {}).get(k, defaults.get(k))
+
+        varied = [k for k in keys if len({json.dumps(value(g, k)) for g in members}) > 1]
+        for g in members:
+            g["varied"] = {k: value(g, k) for k in varied}
+            g["label"] = (f"{g['method']} " + " ".join(f"{k}={_shown(v)}" for k, v in
+                                                       g["varied"].items())
+                          if varied else f"{g['method']} · {g['arch']}")
+    labels = {g["identity"]: g["label"] for g in runs}
+    for g in groups:
+        c = g["control"]
+        if c is not None:
+            source = labels.get(c["source_identity"], str(c["source_method"]))
+            g["varied"] = {}
+            g["label"] = f"{c['control']} of {source} state {c['state']}"
 
 
 def _group(method: str, arch: str, dataset: str, per_run: list[dict[str, Any]], x: str
@@ -287,13 +398,12 @@ def _group(method: str, arch: str, dataset: str, per_run: list[dict[str, Any]], 
     order = {"before_cut": 0, "trained": 1, "after_cut": 2}
     points = []
     for (state, phase), ps in sorted(by_key.items(), key=lambda kv: (kv[0][0], order[kv[0][1]])):
-        accs = [p["acc"] for p in ps if p["acc"] is not None]
-        xs = [p[x] for p in ps if p[x] is not None]
-        acc, acc_std = _mean_std(accs)
-        xm, x_std = _mean_std(xs)
+        accs = summarize([p["acc"] for p in ps if p["acc"] is not None])
+        xm, x_std = _mean_std([p[x] for p in ps if p[x] is not None])
         points.append({"state": state, "phase": phase, "label": PHASE_LABELS[phase],
                        "delivered": phase != "before_cut", "x": xm, "x_std": x_std,
-                       "acc": acc, "acc_std": acc_std, "n": len(accs)})
+                       "acc": accs.mean, "acc_std": accs.std, "n": accs.n,
+                       "ci95": list(accs.interval) if accs.interval else None})
     dense = next((p for p in points if p["state"] == 0 and p["delivered"]), None)
     dense_acc = dense["acc"] if dense else None
     usable = [p for p in points if p["delivered"] and p["acc"] is not None and p["x"] is not None]
@@ -303,7 +413,7 @@ def _group(method: str, arch: str, dataset: str, per_run: list[dict[str, Any]], 
         within = [p for p in usable if p["acc"] >= dense_acc - WINNING_TICKET_POINTS / 100]
         sparser = (lambda p: p["x"]) if x == "sparsity" else (lambda p: -p["x"])
         ticket = max(within, key=lambda p: (sparser(p), p["state"]), default=None)
-    brief = ("state", "phase", "x", "acc")
+    brief = ("state", "phase", "x", "acc", "acc_std", "n", "ci95")
     return {"method": method, "arch": arch, "dataset": dataset,
             "label": f"{method} · {arch}", "runs": per_run, "n_runs": len(per_run),
             "dense_acc": dense_acc, "points": points,
@@ -347,24 +457,31 @@ def comparison_tables(result: dict[str, Any]) -> list[Any]:
                     f"{result['x_label']}")
     summary.caption = (f"winning ticket: the sparsest state within {WINNING_TICKET_POINTS:g} "
                        "point of dense (state 0)")
-    for header in ("method", "arch", "dataset", "runs", "dense", "best (x)", "winning ticket"):
-        summary.add_column(header, justify="left" if header in ("method", "arch", "dataset")
+    summary.caption += "; ± is the std over seeds, \\[a, b] the 95 % interval of the mean " \
+        "(Student t; none for one seed)"
+    for header in ("group", "arch", "dataset", "runs", "dense", "best (x)", "winning ticket"):
+        summary.add_column(header, justify="left" if header in ("group", "arch", "dataset")
                            else "right")
     for g in result["groups"]:
         best, ticket = g["best"], g["winning_ticket"]
         summary.add_row(
-            g["method"], g["arch"], g["dataset"], str(g["n_runs"]), _pct(g["dense_acc"]),
+            g["label"], g["arch"], g["dataset"], str(g["n_runs"]), _pct(g["dense_acc"]),
             f"{_pct(best['acc'])} ({_pct(best['x'])})" if best else "–",
             f"state {ticket['state']}: {_pct(ticket['acc'])} ({_pct(ticket['x'])})"
             if ticket else "none")
-    points = Table(title="per state (mean ± std over runs)")
-    for header in ("method", "state", "point", X_LABELS[x], "accuracy", "n"):
-        points.add_column(header, justify="left" if header in ("method", "point") else "right")
+    points = Table(title="per state (mean ± std over seeds, n, 95 % interval)")
+    for header in ("group", "state", "point", X_LABELS[x], "accuracy", "n", "95 % interval"):
+        points.add_column(header, justify="left" if header in ("group", "point") else "right")
     for g in result["groups"]:
         for p in g["points"]:
             points.add_row(g["label"], str(p["state"]), p["label"] or "trained",
-                           _pct(p["x"], p["x_std"]), _pct(p["acc"], p["acc_std"]), str(p["n"]))
+                           _pct(p["x"], p["x_std"]), _pct(p["acc"], p["acc_std"]), str(p["n"]),
+                           _interval(p["ci95"]))
     return [summary, points]
+
+
+def _interval(ci: list[float] | None) -> str:
+    return f"[{100 * ci[0]:.2f}, {100 * ci[1]:.2f}]" if ci else "–"
 
 
 def run_kinds(run: RunData) -> list[str]:

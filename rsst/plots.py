@@ -67,37 +67,48 @@ def _x_axis(ax: Any, x: str, values: list[float]) -> None:
     ax.minorticks_off()
 
 
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
+LINESTYLES = ("-", "--", "-.", ":")
+NEUTRAL = "0.35"  # grey: the dense reference and chance, which belong to no method
+
+
 def plot_comparison(result: dict[str, Any], path: str | Path) -> Path:
-    """One line per group (mean ± std band over seeds), RSST before-cut points hollow and joined
-    to their after-cut point, dense accuracy dashed, the winning ticket starred."""
+    """One line per group, each with its own colour, marker and line style so overlapping
+    series stay visible; a band of the 95 % interval over seeds (std where only the std is
+    known), RSST before-cut points hollow and joined to their after-cut point, the dense
+    accuracy and the chance level as grey reference lines, the winning ticket starred."""
     path, fmt = check_plot_path(path)
     plt = pyplot()
     x = result["x"]
     fig, ax = plt.subplots(figsize=COMPARE_SIZE, layout="constrained")
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     every_x: list[float] = []
-    dense_drawn: set[float] = set()
-    shared_dense = len({round(g["dense_acc"], 6) for g in result["groups"]
-                        if g["dense_acc"] is not None}) == 1
+    denses = sorted({round(g["dense_acc"], 6) for g in result["groups"]
+                     if g["dense_acc"] is not None and g.get("control") is None})
     for i, g in enumerate(result["groups"]):
         color = colors[i % len(colors)]
+        marker, style = MARKERS[i % len(MARKERS)], LINESTYLES[(i // len(colors)) % 4]
         line = [p for p in g["points"] if p["delivered"] and p["x"] is not None
                 and p["acc"] is not None]
         xs = [100 * p["x"] for p in line]
         ys = [100 * p["acc"] for p in line]
         every_x += xs
-        label = g["label"] + (f" ({g['n_runs']} runs)" if g["n_runs"] > 1 else "")
-        ax.plot(xs, ys, "o-", color=color, label=label, markersize=4)
+        label = g["label"] + (f" (n={g['n_runs']})" if g["n_runs"] > 1 else "")
+        ax.plot(xs, ys, marker=marker, linestyle=style, color=color, label=label, markersize=5,
+                mfc="white" if g.get("control") else color)
         if g["n_runs"] > 1:
-            sd = [100 * (p["acc_std"] or 0.0) for p in line]
-            lo = [y - s for y, s in zip(ys, sd, strict=True)]
-            hi = [y + s for y, s in zip(ys, sd, strict=True)]
-            ax.fill_between(xs, lo, hi, color=color, alpha=0.2, linewidth=0)
+            lo, hi = [], []
+            for p, y in zip(line, ys, strict=True):
+                ci = p.get("ci95")
+                half = 100 * (ci[1] - p["acc"]) if ci else 100 * (p["acc_std"] or 0.0)
+                lo.append(max(y - half, 0.0))  # an accuracy interval ends at 0 and 100 %
+                hi.append(min(y + half, 100.0))
+            ax.fill_between(xs, lo, hi, color=color, alpha=0.15, linewidth=0)
         before = [p for p in g["points"] if p["phase"] == "before_cut" and p["x"] is not None
                   and p["acc"] is not None]
         if before:
             after = {p["state"]: p for p in line if p["phase"] == "after_cut"}
-            ax.plot([100 * p["x"] for p in before], [100 * p["acc"] for p in before], "o",
+            ax.plot([100 * p["x"] for p in before], [100 * p["acc"] for p in before], marker,
                     mfc="none", color=color, markersize=6, label=f"{g['label']} before cut")
             for p in before:
                 a = after.get(p["state"])
@@ -105,21 +116,25 @@ def plot_comparison(result: dict[str, Any], path: str | Path) -> Path:
                     ax.plot([100 * p["x"], 100 * a["x"]], [100 * p["acc"], 100 * a["acc"]], ":",
                             color=color, linewidth=1)
             every_x += [100 * p["x"] for p in before]
-        dense = g["dense_acc"]
-        if dense is not None and round(dense, 6) not in dense_drawn:
-            dense_drawn.add(round(dense, 6))
-            ax.axhline(100 * dense, linestyle="--", color=color, linewidth=1,
-                       label="dense" if shared_dense else f"dense ({g['label']})")
         ticket = g["winning_ticket"]
-        if ticket is not None and ticket["state"] > 0:
-            ax.plot([100 * ticket["x"]], [100 * ticket["acc"]], "*", color=color, markersize=12)
+        if ticket is not None and ticket["state"] > 0 and g.get("control") is None:
+            ax.plot([100 * ticket["x"]], [100 * ticket["acc"]], "*", color=color, markersize=13,
+                    markeredgecolor="black", markeredgewidth=0.5)
+    for j, dense in enumerate(denses):
+        ax.axhline(100 * dense, linestyle=("--", "-.")[j % 2], color=NEUTRAL, linewidth=1,
+                   label="dense" if len(denses) == 1 else f"dense {100 * dense:.2f}")
+    chances = {g.get("chance") for g in result["groups"]} - {None}
+    for chance in sorted(chances):
+        ax.axhline(100 * chance, linestyle=":", color=NEUTRAL, linewidth=1,
+                   label=f"chance ({100 * chance:g} %)")
     _x_axis(ax, x, every_x)
     ax.set_xlabel(result["x_label"])
     ax.set_ylabel(f"{result['metric'].replace('_', ' ')} accuracy (%)")
     ax.set_title("accuracy vs sparsity  (★ sparsest state within "
-                 f"{result['winning_ticket_points']:g} pt of dense)", fontsize=10)
+                 f"{result['winning_ticket_points']:g} pt of dense; bands: 95 % interval)",
+                 fontsize=10)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     _save(fig, path, fmt)
     plt.close(fig)
     return path

@@ -259,3 +259,72 @@ def test_plot_without_matplotlib_says_how_to_install(ref_runs, tmp_path, monkeyp
     code, out, err = cli(monkeypatch, capsys, "compare", str(ref_runs["rsst"]), "--plot",
                          str(tmp_path / "c.jpg"))
     assert code == 2 and ".png or .svg" in err
+
+
+# -- grouping by identity, intervals, study directories -------------------------------------------
+def _variant(src: Path, dst: Path, seed: int, acc: float, **settings) -> Path:
+    """A copy of a run with other settings in its config.toml, its seed, and state 1's val
+    accuracy set to ``acc``."""
+    run_dir = copy_run(src, dst, with_states=False)
+    text = (run_dir / "config.toml").read_text().replace("seed = 0", f"seed = {seed}")
+    for key, value in settings.items():
+        lines = [line for line in text.splitlines() if not line.startswith(f"{key} = ")]
+        text = "\n".join(lines).replace("[run]", f"[run]\n{key} = {json.dumps(value)}") + "\n"
+    (run_dir / "config.toml").write_text(text)
+    data = summary(run_dir)
+    data["states"][1]["val_acc"] = acc
+    (run_dir / "summary.json").write_text(json.dumps(data))
+    return run_dir
+
+
+def test_groups_pool_only_seeds_and_are_labelled_by_what_differs(runs, tmp_path):
+    accs = {0.3: [0.5, 0.7], 0.5: [0.6, 0.65, 0.8]}
+    for rate, values in accs.items():
+        for seed, acc in enumerate(values):
+            _variant(runs["refill"], tmp_path / f"r{rate}-s{seed}", seed, acc, rate=rate)
+    _variant(runs["imp"], tmp_path / "imp", 0, 0.4)
+    result = compare_runs(find_runs([str(tmp_path / "*")]))
+    labels = {g["label"]: g for g in result["groups"]}
+    assert set(labels) == {"refill rate=0.3", "refill rate=0.5", "imp · resnet20"}
+    for rate, values in accs.items():
+        group = labels[f"refill rate={rate}"]
+        assert group["n_runs"] == len(values) and group["varied"] == {"rate": rate}
+        (state1,) = [p for p in group["points"] if p["state"] == 1]
+        n = len(values)
+        mean, std = statistics.fmean(values), statistics.stdev(values)
+        t = {2: 12.7062, 3: 4.3027}[n]  # t(0.975; n − 1), from a printed table
+        assert (state1["n"], state1["acc"]) == (n, pytest.approx(mean))
+        assert state1["ci95"] == pytest.approx([mean - t * std / n**0.5, mean + t * std / n**0.5])
+    (imp1,) = [p for p in labels["imp · resnet20"]["points"] if p["state"] == 1]
+    assert imp1["n"] == 1 and imp1["ci95"] is None  # one seed: no interval
+
+
+def test_t_quantiles_match_the_t_distribution():
+    """t975 against the t distribution's CDF, integrated numerically from its density."""
+    import math
+
+    from rsst.study.stats import t975
+
+    def cdf(t: float, df: int, steps: int = 20000) -> float:
+        c = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi)
+        h = t / steps  # Simpson's rule on [0, t], plus the half below 0
+        f = [c * (1 + (i * h) ** 2 / df) ** (-(df + 1) / 2) for i in range(steps + 1)]
+        return 0.5 + h / 3 * (f[0] + f[-1] + 4 * sum(f[1:-1:2]) + 2 * sum(f[2:-1:2]))
+
+    for df in (1, 2, 3, 4, 9, 29, 30, 31, 60, 200):
+        assert cdf(t975(df), df) == pytest.approx(0.975, abs=2e-5), df
+
+
+def test_compare_reads_a_study_directory(runs, tmp_path, monkeypatch, capsys):
+    study = tmp_path / "study"
+    (study / "runs" / "refill-abc").mkdir(parents=True)
+    (study / "study.toml").write_text("[study]\nseeds = [0, 1]\n")
+    for seed, acc in enumerate((0.5, 0.6)):
+        _variant(runs["refill"], study / "runs" / "refill-abc" / f"seed-{seed}", seed, acc)
+    code, out, err = cli(monkeypatch, capsys, "compare", str(study), "--json")
+    assert code == 0, err
+    (group,) = json.loads(out)["groups"]
+    assert group["n_runs"] == 2 and [r["seed"] for r in group["runs"]] == [0, 1]
+    code, out, err = cli(monkeypatch, capsys, "compare", str(study / "runs"), "--json")
+    assert code == 0, err
+    assert json.loads(out)["groups"][0]["n_runs"] == 2

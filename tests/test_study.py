@@ -1,0 +1,306 @@
+"""`rsst study`: run identity, the study file's checks, and a study killed at any moment that,
+started again, ends exactly where an uninterrupted study ends.
+
+The end-to-end runs are tiny: ResNet-20 on 56 8×8 images, 2 states × 1 epoch, one thread per
+process, each run its own ``python -m rsst run`` process (as the study runs them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from test_cli_run import write_two_classes
+from test_resume_kill import clean
+
+from rsst import cli
+from rsst.config import RunConfig, build_config
+from rsst.errors import UserError
+from rsst.study.executors import FINISHED
+from rsst.study.identity import identity_hash, identity_name, identity_settings
+from rsst.study.spec import parse_study, read_study
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# -- identity ------------------------------------------------------------------------------------
+def test_identity_hashes_only_the_settings_that_differ_from_the_defaults():
+    config = build_config(overrides={"method": "refill", "rate": 0.5, "epochs": 3, "seed": 7})
+    # computed independently: sorted compact JSON of exactly the changed settings, sha256
+    text = '{"epochs":3,"method":"refill","rate":0.5}'
+    assert identity_settings(config) == {"epochs": 3, "method": "refill", "rate": 0.5}
+    assert identity_hash(config) == hashlib.sha256(text.encode()).hexdigest()[:10]
+    assert identity_name(config) == "refill-" + identity_hash(config)
+
+
+def test_identity_ignores_seed_out_and_cache_and_equal_values_spelt_differently():
+    a = build_config(overrides={"rate": 0.5, "seed": 1, "out": "x", "cache_dir": "/c"})
+    b = build_config(overrides={"rate": 0.5, "seed": 2})
+    c = dataclasses.replace(b, rate=1 / 2, lr=RunConfig().lr)  # a default written out
+    assert identity_hash(a) == identity_hash(b) == identity_hash(c)
+    assert identity_hash(build_config(overrides={"rate": 0.4})) != identity_hash(b)
+    # an int given for a float setting is the same experiment as the float
+    assert identity_hash(dataclasses.replace(b, gamma=1)) == identity_hash(
+        dataclasses.replace(b, gamma=1.0))
+
+
+def test_identity_of_a_preset_is_its_values():
+    by_preset = build_config(preset="cifar10-resnet20", overrides={"data_dir": "/d"})
+    spelt_out = build_config(overrides={**_preset("cifar10-resnet20"), "data_dir": "/d"})
+    assert identity_hash(by_preset) == identity_hash(spelt_out)
+
+
+def _preset(name):
+    from rsst.config import PRESETS
+
+    return PRESETS[name]
+
+
+# -- the study file --------------------------------------------------------------------------------
+BASE = {"study": {"seeds": [0, 1]}, "base": {"epochs": 1}, "grid": {"method": ["rsst", "refill"]}}
+
+
+def test_grid_method_tables_and_variants_expand_to_experiments():
+    study = parse_study({**BASE, "method": {"rsst": {"reg_granularity": 1.0}},
+                         "variant": [{"rate": 0.2}, {"rate": 0.5}]})
+    got = [(e.config.method, e.config.rate, e.config.reg_granularity, e.config.epochs)
+           for e in study.experiments]
+    assert got == [("rsst", 0.2, 1.0, 1), ("rsst", 0.5, 1.0, 1),
+                   ("refill", 0.2, 2.0, 1), ("refill", 0.5, 2.0, 1)]
+    assert study.seeds == [0, 1]
+    assert len({e.name for e in study.experiments}) == 4
+    assert parse_study({"study": {"seeds": 3}}).seeds == [0, 1, 2]
+
+
+@pytest.mark.parametrize("data, words", [
+    ({**BASE, "base": {"lrr": 0.1}}, ["[base]", "'lrr'", "did you mean lr?"]),
+    ({**BASE, "base": {"epochs": "two"}}, ["[base]", "epochs must be an integer"]),
+    ({**BASE, "grid": {"method": []}}, ["[grid] method", "empty list", "one or more"]),
+    ({**BASE, "grid": {"rate": 0.5}}, ["[grid] rate", "must be a list"]),
+    ({**BASE, "grid": {"rate": [0.5, 1.5]}}, ["run rsst rate=1.5", "--rate 1.5 is outside"]),
+    ({**BASE, "base": {"target_remain": 0.2}}, ["run rsst", "--target-remain"]),
+    ({**BASE, "method": {"imp": {"rate": 0.2}}}, ["[method.imp] applies to no run"]),
+    ({**BASE, "base": {"seed": 3}}, ["[base] sets seed", "[study] seeds"]),
+    ({"base": {}}, ["[study] has no seeds"]),
+    ({**BASE, "study": {"seeds": [1, 1]}}, ["repeats a seed"]),
+    ({**BASE, "extra": {}}, ["unknown table [extra]"]),
+    ({**BASE, "variant": [{"rate": 0.3}, {"rate": 0.3}]}, ["same experiment"]),
+    ({**BASE, "controls": {"kinds": ["scramble"]}}, ["[controls] kinds", "reinit"]),
+    ({**BASE, "controls": {"state": 5}}, ["[controls] state = 5", "has 3 states"]),
+    ({**BASE, "controls": {"methods": ["imp"]}}, ["[controls] methods", "'imp'"]),
+    ({**BASE, "controls": {"when": 1}}, ["[controls] has unknown key 'when'"]),
+    ({**BASE, "slurm": {"partitionn": "gpu"}}, ["[slurm] has unknown key 'partitionn'"]),
+])
+def test_bad_study_files_name_the_key_and_the_fix(data, words):
+    with pytest.raises(UserError) as info:
+        parse_study(data, "s.toml")
+    message = str(info.value)
+    assert message.startswith("study file s.toml: ")
+    assert all(w in message for w in words), message
+
+
+def test_cli_refuses_a_bad_study_file_with_one_line_and_creates_nothing(tmp_path, capsys):
+    study = tmp_path / "s.toml"
+    study.write_text('[study]\nseeds = [0]\n[grid]\nmethod = ["rsst", "nope"]\n')
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["study", str(study), "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "study file" in err and "nope" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+    assert read_study  # the same reader the CLI uses
+
+
+# -- running: uninterrupted, killed, resumed ---------------------------------------------------
+STUDY = """
+[study]
+name = "tiny"
+seeds = [0, 1]
+[base]
+dataset = "imagefolder"
+data_dir = "{images}"
+arch = "resnet20"
+states = 2
+epochs = 1
+batch_size = 16
+device = "cpu"
+backend = "torch"
+[grid]
+method = ["refill"]
+[controls]
+kinds = ["shuffle"]
+state = 1
+"""
+
+
+@pytest.fixture(scope="module")
+def study_file(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("study")
+    images = write_two_classes(root / "images", train=28, test=4)
+    path = root / "tiny.toml"
+    path.write_text(STUDY.format(images=images))
+    return path
+
+
+def start_study(study_file: Path, out: Path, kill_at: str | None = None) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RSST_CACHE": str(out.parent / "cache"),
+           "OMP_NUM_THREADS": "1", "COLUMNS": "120"}
+    env.pop("RSST_TEST_KILL_AT", None)
+    if kill_at is not None:
+        env["RSST_TEST_KILL_AT"] = kill_at
+    return subprocess.Popen([sys.executable, "-m", "rsst", "study", str(study_file), "--out",
+                             str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)  # its own process group
+
+
+def finish(proc: subprocess.Popen) -> tuple[int, str]:
+    out, err = proc.communicate(timeout=600)
+    return proc.returncode, out + err
+
+
+def results(out: Path) -> dict[str, dict]:
+    """Every run directory of a study: its summary without wall times and paths."""
+    return {str(p.parent.relative_to(out)): clean(json.loads(p.read_text()))
+            for p in sorted([*out.glob("runs/*/seed-*/summary.json"),
+                             *out.glob("controls/*/seed-*/*/summary.json")])}
+
+
+@pytest.fixture(scope="module")
+def reference(study_file, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("reference") / "study"
+    code, text = finish(start_study(study_file, out))
+    assert code == 0, text[-3000:]
+    return out
+
+
+def test_a_study_writes_one_run_per_identity_and_seed(reference):
+    (folder,) = (reference / "runs").iterdir()
+    identity = json.loads((folder / "identity.json").read_text())
+    assert folder.name == f"refill-{identity['hash']}"
+    assert identity["hash"] == hashlib.sha256(identity["hash_of"].encode()).hexdigest()[:10]
+    assert sorted(p.name for p in folder.glob("seed-*") if p.is_dir()) == ["seed-0", "seed-1"]
+    for seed in (0, 1):
+        run = folder / f"seed-{seed}"
+        assert (run / FINISHED).is_file()
+        assert [r["state"] for r in json.loads((run / "summary.json").read_text())["states"]] \
+            == [0, 1]
+        assert f"seed = {seed}" in (run / "config.toml").read_text()
+    # the resolved study reruns the same experiments and controls
+    again = read_study(reference / "study.toml")
+    assert [e.name for e in again.experiments] == [folder.name]
+    assert again.controls == {"kinds": ["shuffle"], "state": 1, "methods": ["refill"]}
+    for seed in (0, 1):  # a shuffle control of each run's state 1
+        control = reference / "controls" / folder.name / f"seed-{seed}" / "shuffle-state-1"
+        assert (control / FINISHED).is_file()
+        record = json.loads((control / "control.json").read_text())
+        assert (record["control"], record["state"], record["source_seed"]) == ("shuffle", 1,
+                                                                                seed)
+
+
+def test_a_second_start_skips_finished_runs(study_file, reference):
+    before = {p: p.stat().st_mtime_ns for p in reference.glob("runs/*/seed-*/summary.json")}
+    code, text = finish(start_study(study_file, reference))
+    assert code == 0, text[-3000:]
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+    assert "2 finished already" in " ".join(text.split())
+
+
+def _wait_for(path_glob: str, root: Path, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 300
+    while not list(root.glob(path_glob)):
+        assert proc.poll() is None, finish(proc)[1][-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+
+
+def test_killed_study_started_again_matches_an_uninterrupted_one(study_file, reference,
+                                                                 tmp_path):
+    out = tmp_path / "study"
+    # 1. SIGKILL the whole process group (the study and its run) mid-run: after state 0
+    proc = start_study(study_file, out)
+    _wait_for("runs/*/seed-0/state_00/state.json", out, proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    finish(proc)
+    assert not list(out.glob(f"runs/*/seed-*/{FINISHED}"))
+    # 2. the study dies after a run's process exited 0, before it marked the run finished
+    code, text = finish(start_study(study_file, out, kill_at="study-before-marker"))
+    assert code == -9, text[-3000:]
+    assert not list(out.glob(f"runs/*/seed-*/{FINISHED}"))
+    # 3. started again: it resumes seed 0 (already complete) and runs seed 1
+    code, text = finish(start_study(study_file, out))
+    assert code == 0, text[-3000:]
+    assert len(list(out.glob(f"runs/*/seed-*/{FINISHED}"))) == 2
+    assert len(list(out.glob(f"controls/*/seed-*/shuffle-state-1/{FINISHED}"))) == 2
+    assert sorted(p.relative_to(out).as_posix() for p in out.glob("runs/*/seed-*")
+                  if p.is_dir()) == sorted(p.relative_to(reference).as_posix()
+                                           for p in reference.glob("runs/*/seed-*")
+                                           if p.is_dir())
+    assert results(out) == results(reference)
+
+
+def test_slurm_path_through_submitits_debug_executor(study_file, reference, tmp_path):
+    pytest.importorskip("submitit")
+    from rich.console import Console
+
+    from rsst.study.run import run_study
+
+    out = tmp_path / "study"
+    env = {"PYTHONPATH": str(ROOT), "RSST_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            mp.setenv(key, value)
+        outcome = run_study(study_file, out, executor="slurm", cluster="debug",
+                            console=Console(quiet=True))
+    assert not outcome.failed
+    assert results(out) == results(reference)
+
+
+def test_report_carries_n_intervals_chance_and_controls(reference, tmp_path):
+    from rsst.study.report import write_report
+    from rsst.study.stats import t975
+
+    study = tmp_path / "study"
+    shutil.copytree(reference, study)
+    written = write_report(study)
+    assert [p.name for p in written] == ["report.md", "compare.json", "compare.png"]
+    text = (study / "report.md").read_text()
+    runs = sorted(study.glob("runs/*/seed-*/summary.json"))
+    accs = [json.loads(p.read_text())["states"][1]["val_acc"] for p in runs]
+    mean, std = statistics.fmean(accs), statistics.stdev(accs)
+    half = t975(1) * std / 2**0.5
+    assert f"{100 * mean:.2f} ± {100 * std:.2f} (n = 2, 95 % CI [{100 * (mean - half):.2f}, " \
+        f"{100 * (mean + half):.2f}])" in text
+    assert "50 % (1/2 classes)" in text  # two classes: chance is one half
+    assert "## Controls beside their tickets" in text and "| shuffle |" in text
+    result = json.loads((study / "compare.json").read_text())
+    (control,) = [g for g in result["groups"] if g["control"]]
+    assert control["label"].startswith("shuffle of refill") and control["n_runs"] == 2
+
+
+def test_refusals_before_anything_is_written(tmp_path, study_file):
+    from rsst.study.run import run_study
+
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="holds other files and no study.toml"):
+        run_study(study_file, taken)
+    assert [p.name for p in taken.iterdir()] == ["notes.txt"]
+    for kwargs, words in (({"executor": "cloud"}, "choose one of local, slurm"),
+                          ({"workers": 0}, "give 1 or more"),
+                          ({"executor": "slurm"}, "no SLURM cluster here")):
+        if kwargs.get("executor") == "slurm" and shutil.which("srun"):
+            continue  # a SLURM machine: the executor is available
+        with pytest.raises(UserError, match=words):
+            run_study(study_file, tmp_path / "new", **kwargs)
+        assert not (tmp_path / "new").exists()
