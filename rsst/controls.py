@@ -20,6 +20,7 @@ directory (method ``imp``, one state), so ``rsst run --resume``, ``rsst compare`
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -132,9 +133,11 @@ def ticket_summary(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_control(run_dir: str | Path, state: int | str, control: str, *, seed: int | None = None,
-                out: str | Path | None = None, console: Console | None = None) -> Path:
-    """Train the ``control`` of ``run_dir``'s state ``state`` ("last" allowed) into ``out``."""
-    from rsst.loop import PruningRun
+                out: str | Path | None = None, console: Console | None = None,
+                load_data: Callable[[RunConfig], Any] | None = None) -> Path:
+    """Train the ``control`` of ``run_dir``'s state ``state`` ("last" allowed) into ``out``;
+    ``load_data`` reads the dataset (`rsst.loop.load_run_data` unless given)."""
+    from rsst.loop import PruningRun, load_run_data
 
     console = console or Console()
     run_dir = Path(run_dir)
@@ -162,7 +165,8 @@ def run_control(run_dir: str | Path, state: int | str, control: str, *, seed: in
         raise UserError(f"--out {out} already exists: continue a killed control with "
                         f"`rsst run --resume {out}`, or pass another --out")
     config = control_config(source, seed)
-    pruning = PruningRun(config, out, console)  # data and model: errors before any write
+    data = (load_data or load_run_data)(config)
+    pruning = PruningRun(config, out, console, data)  # data and model: errors before any write
     hard = ticket_mask(pruning.structure, pruning.arena, masks)
     if control == "shuffle":
         saved = rundir.load_checkpoint(run_dir, pruning.device)

@@ -14,15 +14,16 @@ import pytest
 import torch
 from rich.console import Console
 from safetensors.torch import load_file
+from tinydata import tiny_dataset
 
 from rsst import loop
 from rsst.config import RunConfig, load_config, validate
 from rsst.controls import CONTROL_RECORD, run_control
 from rsst.errors import UserError
 
-pytestmark = pytest.mark.usefixtures("tiny_data")
 ROOT = Path(__file__).resolve().parent.parent
 QUIET = Console(quiet=True)
+TINY = dict(console=QUIET, load_data=tiny_dataset)  # in process, on 8×8 images
 
 
 def config(**kw) -> RunConfig:
@@ -32,15 +33,15 @@ def config(**kw) -> RunConfig:
 
 
 @pytest.fixture(scope="module")
-def refill_run(tmp_path_factory, tiny_data) -> Path:
+def refill_run(tmp_path_factory) -> Path:
     return loop.run(config(method="refill"), out=tmp_path_factory.mktemp("r") / "refill",
-                    console=QUIET)
+                    **TINY)
 
 
 @pytest.fixture(scope="module")
-def imp_run(tmp_path_factory, tiny_data) -> Path:
+def imp_run(tmp_path_factory) -> Path:
     return loop.run(config(method="imp"), out=tmp_path_factory.mktemp("r") / "imp",
-                    console=QUIET)
+                    **TINY)
 
 
 def masks(run_dir: Path, state: int) -> dict[str, torch.Tensor]:
@@ -54,7 +55,7 @@ def groups(run_dir: Path, state: int) -> dict[str, int]:
 
 
 def test_reinit_trains_the_same_mask_from_another_initialization(refill_run, tmp_path):
-    out = run_control(refill_run, 1, "reinit", out=tmp_path / "reinit", console=QUIET)
+    out = run_control(refill_run, 1, "reinit", out=tmp_path / "reinit", **TINY)
     assert {k: v.tolist() for k, v in masks(out, 0).items()} == \
         {k: v.tolist() for k, v in masks(refill_run, 1).items()}
     control = load_config(out / "config.toml")
@@ -80,7 +81,7 @@ def test_reinit_trains_the_same_mask_from_another_initialization(refill_run, tmp
 
 
 def test_shuffle_keeps_kept_groups_per_unit_and_moves_them(refill_run, tmp_path):
-    out = run_control(refill_run, 1, "shuffle", out=tmp_path / "shuffle", console=QUIET)
+    out = run_control(refill_run, 1, "shuffle", out=tmp_path / "shuffle", **TINY)
     assert groups(out, 0) == groups(refill_run, 1)  # the same count of channels per conv
     ticket, control = masks(refill_run, 1), masks(out, 0)
     moved = 0
@@ -94,7 +95,7 @@ def test_shuffle_keeps_kept_groups_per_unit_and_moves_them(refill_run, tmp_path)
 
 
 def test_unstructured_shuffle_keeps_the_count_per_tensor(imp_run, tmp_path):
-    out = run_control(imp_run, 1, "shuffle", out=tmp_path / "shuffle", console=QUIET)
+    out = run_control(imp_run, 1, "shuffle", out=tmp_path / "shuffle", **TINY)
     ticket, control = masks(imp_run, 1), masks(out, 0)
     assert any(int(ticket[k].sum()) < ticket[k].numel() for k in ticket)  # something pruned
     for name in ticket:
@@ -104,11 +105,11 @@ def test_unstructured_shuffle_keeps_the_count_per_tensor(imp_run, tmp_path):
 
 def test_bad_inputs_are_one_line_errors(refill_run, tmp_path):
     with pytest.raises(UserError, match="no finished state 7"):
-        run_control(refill_run, 7, "reinit", out=tmp_path / "x", console=QUIET)
+        run_control(refill_run, 7, "reinit", out=tmp_path / "x", **TINY)
     with pytest.raises(UserError, match="choose one of reinit, shuffle"):
-        run_control(refill_run, 1, "other", out=tmp_path / "x", console=QUIET)
+        run_control(refill_run, 1, "other", out=tmp_path / "x", **TINY)
     with pytest.raises(UserError, match="not an rsst run directory"):
-        run_control(tmp_path, 1, "reinit", out=tmp_path / "x", console=QUIET)
+        run_control(tmp_path, 1, "reinit", out=tmp_path / "x", **TINY)
     assert not (tmp_path / "x").exists()
 
 
