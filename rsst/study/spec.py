@@ -42,8 +42,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import tomli_w
+
 from rsst.config import RunConfig, build_config, coerce, field_types
-from rsst.config import _toml_value as _toml  # the config.toml writer's literals
 from rsst.errors import UserError
 from rsst.study.executors import SLURM_KEYS
 from rsst.study.identity import identity_hash, identity_name, identity_settings
@@ -285,20 +286,19 @@ def _label(method: str, varied: dict[str, Any]) -> str:
 def resolved_study_toml(study: Study) -> str:
     """The study as a study file that names every experiment explicitly (one [[variant]] per
     identity, settings that differ from the defaults), so ``rsst study DIR/study.toml`` reruns
-    exactly these runs."""
-    lines = ["# the resolved study written by `rsst study`: one [[variant]] per experiment",
-             "[study]", f"name = {_toml(study.name)}", f"seeds = {_toml(study.seeds)}"]
+    exactly these runs. Written by tomli-w, so any Unicode value round-trips."""
+    document: dict[str, Any] = {"study": {"name": study.name, "seeds": list(study.seeds)}}
     extra = {k: v for k, v in study.base.items() if k == "cache_dir"}
     if extra:
-        lines += ["", "[base]", *(f"{k} = {_toml(v)}" for k, v in extra.items())]
+        document["base"] = extra
     for table in ("controls", "slurm"):
         values = getattr(study, table)
         if values:
-            lines += ["", f"[{table}]", *(f"{k} = {_toml(v)}" for k, v in values.items())]
-    for exp in study.experiments:
-        lines += ["", f"[[variant]]  # {exp.name}"]
-        lines += [f"{k} = {_toml(v)}" for k, v in exp.settings.items()]
-    return "\n".join(lines) + "\n"
+            document[table] = dict(values)
+    if study.experiments:
+        document["variant"] = [dict(exp.settings) for exp in study.experiments]
+    header = "# the resolved study written by `rsst study`: one [[variant]] per experiment\n"
+    return header + tomli_w.dumps(document)
 
 
 __all__ = ["Experiment", "Study", "parse_study", "read_study", "resolved_study_toml"]
