@@ -13,9 +13,10 @@ from typing import Any
 
 from rsst.errors import UserError, install_hint
 
-PATH_ORDER: tuple[str, ...] = ("dense", "triton", "compiled", "torch", "eager", "seed")
+PATH_ORDER: tuple[str, ...] = ("dense", "triton", "compiled", "torch", "eager", "seed",
+                              "torch-pruning")
 PATH_COLORS = {"dense": "#7f7f7f", "triton": "#2ca02c", "torch": "#1f77b4", "eager": "#ff7f0e",
-               "seed": "#d62728"}
+               "seed": "#d62728", "torch-pruning": "#9467bd"}
 
 
 def require_matplotlib() -> None:

@@ -10,7 +10,11 @@ of the registry at CIFAR shapes with random (synthetic) batches:
   weight plus the per-layer seed-style update with its host round trip (`SeedStyleUpdate`);
 - ``eager`` / ``torch`` / ``compiled`` / ``triton``: rsst's `Arena` with the backend from
   `make_backend` and a realistic code buffer (60 % alive, 10 % pending, as in the update suite);
-  ``triton`` only on CUDA.
+  ``triton`` only on CUDA;
+- ``torch-pruning``: the peer — plain training with the same SGD as ``dense`` plus
+  Torch-Pruning's growing regularization, ``regularize(model)`` after every backward
+  (`rsst_bench.torch_pruning_peer`); its row says why when it cannot run (not installed, or an
+  attention model).
 
 Every path of a model runs in the same memory format — channels_last for the CNNs, as ``rsst run``
 picks by default (`rsst.models.use_channels_last`) — so the overhead figures measure the pruning
@@ -43,13 +47,15 @@ from torch import nn
 from rsst.arena import Arena
 from rsst.models import create_model, use_channels_last
 from rsst.update import BACKENDS, UpdateConfig, make_backend
+from rsst_bench import torch_pruning_peer as peer
 from rsst_bench.common import interleaved_ms, load_avg, release_memory, render_table, summary
 from rsst_bench.seed_style import SeedStyleUpdate
 from rsst_kernels import triton_available
 from rsst_kernels.masks import ALIVE
 
-DEFAULT_MODELS: tuple[str, ...] = ("resnet20", "resnet18", "vit_tiny", "vit_small")
-PATHS: tuple[str, ...] = ("dense", "seed", *reversed(BACKENDS))  # eager, torch, compiled, triton
+DEFAULT_MODELS: tuple[str, ...] = ("resnet20", "resnet56", "resnet18", "vit_tiny", "vit_small")
+PATHS: tuple[str, ...] = ("dense", "seed", *reversed(BACKENDS),  # eager, torch, compiled, triton
+                          peer.PATH)
 ALIVE_FRACTION = 0.6
 PENDING_FRACTION = 0.1
 LR = 0.01
@@ -119,6 +125,17 @@ class StepRunner:
                 optimizer.zero_grad(set_to_none=True)
 
             self.update = dense_update
+        elif path == peer.PATH:
+            self.model.to(memory_format=fmt)
+            optimizer = peer.sgd(self.model, device, lr=LR, momentum=config.momentum,
+                                 weight_decay=config.weight_decay)
+            added = peer.added_work(self.model, self.x[:1], optimizer)
+
+            def peer_update() -> None:
+                added()
+                optimizer.zero_grad(set_to_none=True)
+
+            self.update = peer_update
         elif path == "seed":
             # an arena only to draw the masks the way the other paths do
             arena = Arena(self.model, channels_last=self.channels_last)
@@ -294,9 +311,12 @@ def run(device: torch.device, *, models: list[str] | None = None, console: Conso
     settings = settings or StepSettings.for_device(device, quick)
     config = UpdateConfig(momentum=0.9, weight_decay=5e-4, schedule="exp_custom_exponents",
                           ramp_steps=1000)
-    paths, notes = _paths(device)
+    all_paths, notes = _paths(device)
     records: list[dict[str, Any]] = []
     for name in models:
+        with torch.device("meta"):  # whether the peer runs on this model, without real weights
+            peer_status = peer.unavailable_reason(create_model(name, num_classes=10))
+        paths = [p for p in all_paths if p != peer.PATH or peer_status is None]
         load_before = load_avg()
         timings = measure_model(name, device, settings, paths, config)
         load_after = load_avg()
@@ -324,6 +344,8 @@ def run(device: torch.device, *, models: list[str] | None = None, console: Conso
                 "vs_dense": ms / dense,
                 "vs_eager": timings["eager"]["median_ms"] / ms,
                 "vs_seed": timings["seed"]["median_ms"] / ms,
+                "vs_peer": (timings[peer.PATH]["median_ms"] / ms if peer.PATH in timings
+                            else None),
                 "params": params,
                 "memory_format": timings[path]["memory_format"],
                 "alive": timings[path]["alive"],
@@ -339,7 +361,11 @@ def run(device: torch.device, *, models: list[str] | None = None, console: Conso
                 "threads": torch.get_num_threads(),
                 "load_avg": load_before,
                 "load_avg_after": load_after,
+                "status": None,
             })
+        if peer_status is not None:
+            records.append({"suite": "step", "model": name, "path": peer.PATH,
+                            "device": device.type, "median_ms": None, "status": peer_status})
     render_table(
         console,
         f"step suite · {device.type} · {torch.get_num_threads()} threads · forward + backward + "
@@ -349,10 +375,11 @@ def run(device: torch.device, *, models: list[str] | None = None, console: Conso
         [("model", "model"), ("path", "path"), ("min_ms", "min ms"), ("median_ms", "median ms"),
          ("spread_pct", "spread %"), ("overhead_min_pct", "% over dense (min)"),
          ("overhead_pct", "% over dense (median)"), ("vs_eager", "× eager"),
-         ("vs_seed", "× seed"), ("peak_mem_mb", "peak MB"),
-         ("extra_bytes_per_param", "extra B/param")],
+         ("vs_seed", "× seed"), ("vs_peer", "× torch-pruning"), ("peak_mem_mb", "peak MB"),
+         ("extra_bytes_per_param", "extra B/param"), ("status", "note")],
     )
-    loads = {r["model"]: (r["load_avg"], r["load_avg_after"]) for r in records}
+    loads = {r["model"]: (r["load_avg"], r["load_avg_after"]) for r in records
+             if r["median_ms"] is not None}
     console.print(f"[dim]load average (1 min) before/after each model: {loads}; memory: "
                   f"{records[0]['mem_kind'] if records else None}[/]")
     for note in notes:

@@ -8,7 +8,11 @@ arena is then filled with random weights, gradients and a realistic code buffer 
   backend (``triton`` on CUDA, ``compiled``, ``torch``, ``eager``) and the seed-style baseline;
 - AdamW (33 B/element: w, g, m, v read and written, the code byte read): the same backends;
 - ``copy``: a plain copy moving the same number of bytes (half read, half written) — the
-  bandwidth reference for a memory-bound pass, on every device.
+  bandwidth reference for a memory-bound pass, on every device;
+- ``torch-pruning``: the peer's added work per step on the real model (random gradients):
+  Torch-Pruning's growing-regularization ``regularize(model)`` then torch's SGD step
+  (`rsst_bench.torch_pruning_peer`); its row says why when it cannot run (not installed, or an
+  attention model). Every SGD row gives its ratio to it (``× torch-pruning``).
 
 Each figure comes with its min, median and spread over the rounds, the thread count and the load
 average before and after; GB/s are bytes per element × elements / median time. The compiled
@@ -26,6 +30,7 @@ from torch import nn
 
 from rsst.arena import Arena
 from rsst.update import BACKENDS, UpdateConfig, make_backend
+from rsst_bench import torch_pruning_peer as peer
 from rsst_bench.common import interleaved_ms, load_avg, release_memory, render_table, summary
 from rsst_bench.seed_style import SeedStyleUpdate
 from rsst_kernels import BYTES_PER_ELEMENT, triton_available
@@ -33,7 +38,7 @@ from rsst_kernels.compiled_update import ADAMW_PASS, SGD_PASS
 from rsst_kernels.fused_adamw import ADAMW_BYTES_PER_ELEMENT
 from rsst_kernels.masks import ALIVE, PENDING
 
-DEFAULT_MODELS = ("resnet20", "resnet18", "vit_tiny", "vit_small", "vit_base")
+DEFAULT_MODELS = ("resnet20", "resnet56", "resnet18", "vit_tiny", "vit_small", "vit_base")
 #: vit_base's 85 M-element arena takes minutes per backend on a small CPU: asked for by name there
 CPU_DEFAULT_MODELS = DEFAULT_MODELS[:-1]
 OPTIMIZER_BYTES = {"sgd": BYTES_PER_ELEMENT, "adamw": ADAMW_BYTES_PER_ELEMENT}
@@ -113,7 +118,39 @@ def _variants(name: str, device: torch.device, backends: list[str]
     seed = SeedStyleUpdate(seed_arena)
     fns["seed"] = lambda: seed.step(0.01)
     info["seed"] = {"optimizer": "sgd", "backend": "seed"}
+    peer_fn = _peer(name, device)
+    if callable(peer_fn):
+        fns[peer.PATH] = peer_fn
+    info[peer.PATH] = {"optimizer": "sgd", "backend": peer.PATH,
+                       "status": None if callable(peer_fn) else peer_fn}
     return fns, info, arena
+
+
+def _peer(name: str, device: torch.device) -> Callable[[], None] | str:
+    """The peer's added work on the real model ``name`` with random gradients, or why not."""
+    from rsst.models import create_model
+
+    with torch.device("meta"):  # the check first: no real weights for a model it cannot run
+        reason = peer.unavailable_reason(create_model(name, num_classes=10))
+    if reason is not None:
+        return reason
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=10).to(device)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    optimizer = peer.sgd(model, device, lr=0.01, momentum=0.9, weight_decay=1e-4)
+    return peer.added_work(model, torch.randn(1, 3, 32, 32, device=device), optimizer)
+
+
+def _peer_record(name: str, device: torch.device, stat: dict[str, float], calls: int,
+                 warmup: int, eager_ms: float, load_before: float, load_after: float
+                 ) -> dict[str, Any]:
+    """The peer's row: times only (its work is no single pass over known bytes)."""
+    return {"suite": "update", "model": name, "path": peer.PATH, "backend": peer.PATH,
+            "optimizer": "sgd", "device": device.type, **stat, "calls_per_sample": calls,
+            "warmup_calls": warmup, "vs_eager": eager_ms / stat["median_ms"], "vs_peer": 1.0,
+            "status": None, "threads": torch.get_num_threads(), "load_avg_before": load_before,
+            "load_avg_after": load_after}
 
 
 def run(device: torch.device, *, models: list[str] | None = None, console: Console,
@@ -139,7 +176,12 @@ def run(device: torch.device, *, models: list[str] | None = None, console: Conso
                             if p.compile_seconds is not None]
         numel = arena.numel
         stats = {path: summary(values) for path, values in samples.items()}
+        peer_ms = stats[peer.PATH]["median_ms"] if peer.PATH in stats else None
         for path, stat in stats.items():
+            if path == peer.PATH:
+                records.append(_peer_record(name, device, stat, calls[path], warmup,
+                                            stats["eager"]["median_ms"], load_before, load_after))
+                continue
             optimizer = info[path]["optimizer"]
             suffix = "" if optimizer == "sgd" else "-adamw"
             nbytes = OPTIMIZER_BYTES[optimizer]
@@ -167,10 +209,15 @@ def run(device: torch.device, *, models: list[str] | None = None, console: Conso
                 "pct_of_copy": 100 * gbps / copy_gbps,
                 "vs_eager": stats["eager" + suffix]["median_ms"] / ms,
                 "vs_seed": stats["seed"]["median_ms"] / ms if optimizer == "sgd" else None,
+                "vs_peer": peer_ms / ms if optimizer == "sgd" and peer_ms else None,
                 "threads": torch.get_num_threads(),
                 "load_avg_before": load_before,
                 "load_avg_after": load_after,
             })
+        if peer.PATH not in stats:
+            records.append({"suite": "update", "model": name, "path": peer.PATH,
+                            "backend": peer.PATH, "optimizer": "sgd", "device": device.type,
+                            "median_ms": None, "status": info[peer.PATH]["status"]})
         del fns, arena
         release_memory(device)
     render_table(
@@ -181,9 +228,11 @@ def run(device: torch.device, *, models: list[str] | None = None, console: Conso
         records,
         [("model", "model"), ("path", "path"), ("numel", "elements"), ("min_ms", "min ms"),
          ("median_ms", "median ms"), ("spread_pct", "spread %"), ("gbps", "GB/s"),
-         ("pct_of_copy", "% of copy"), ("vs_eager", "× eager"), ("vs_seed", "× seed")],
+         ("pct_of_copy", "% of copy"), ("vs_eager", "× eager"), ("vs_seed", "× seed"),
+         ("vs_peer", "× torch-pruning"), ("status", "note")],
     )
-    loads = {r["model"]: (r["load_avg_before"], r["load_avg_after"]) for r in records}
+    loads = {r["model"]: (r["load_avg_before"], r["load_avg_after"]) for r in records
+             if r["median_ms"] is not None}
     console.print(f"[dim]load average (1 min) before/after each model: {loads}[/]")
     if compile_note:
         console.print(f"[dim]compiled pass, first call (compile or on-disk cache load): "

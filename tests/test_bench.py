@@ -47,8 +47,16 @@ def test_update_suite_records() -> None:
     records = update_suite.run(CPU, models=["resnet20"], console=quiet(), quick=True)
     assert [r["path"] for r in records] == [  # no triton on CPU
         "compiled", "torch", "eager", "copy", "compiled-adamw", "torch-adamw", "eager-adamw",
-        "copy-adamw", "seed"]
+        "copy-adamw", "seed", "torch-pruning"]
     by_path = {r["path"]: r for r in records}
+    peer_row = by_path.pop("torch-pruning")
+    records = list(by_path.values())
+    if peer_row["status"] is None:  # installed: timed with the others, SGD rows compare to it
+        assert peer_row["median_ms"] > 0 and peer_row["vs_peer"] == 1.0
+        assert by_path["compiled"]["vs_peer"] == pytest.approx(
+            peer_row["median_ms"] / by_path["compiled"]["median_ms"])
+    else:
+        assert peer_row["status"].startswith("not installed") and peer_row["median_ms"] is None
     for r in records:
         assert all(r[k] is not None for k in CONTRACT)
         nbytes = 25 if r["optimizer"] == "sgd" else 33
@@ -133,7 +141,10 @@ def test_step_suite_records() -> None:
     settings = step_suite.StepSettings(batch=2, warmup=1, rounds=1, block=1)
     records = step_suite.run(CPU, models=["resnet20"], console=quiet(), settings=settings)
     # no triton on CPU
-    assert [r["path"] for r in records] == ["dense", "seed", "eager", "torch", "compiled"]
+    assert [r["path"] for r in records] == ["dense", "seed", "eager", "torch", "compiled",
+                                            "torch-pruning"]
+    if records[-1]["status"] is not None:  # torch_pruning not installed: a row that says so
+        assert records.pop()["median_ms"] is None
     for r in records:
         assert all(r[k] is not None for k in CONTRACT)
         assert (r["suite"], r["model"], r["device"], r["batch"]) == ("step", "resnet20", "cpu", 2)
@@ -242,7 +253,8 @@ def test_cli_step_json_and_plot(tmp_path, monkeypatch: pytest.MonkeyPatch) -> No
     assert set(doc) == {"env", "results"}
     for key in ("device", "torch", "triton", "commit", "date"):
         assert key in doc["env"]
-    assert {r["path"] for r in doc["results"]} == {"dense", "seed", "eager", "torch", "compiled"}
+    assert {r["path"] for r in doc["results"]} == {"dense", "seed", "eager", "torch", "compiled",
+                                                   "torch-pruning"}
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -362,3 +374,55 @@ def test_custom_op_compiles_without_graph_breaks() -> None:
         torch.testing.assert_close(got, expected)
     for a, b in zip(comp, eager, strict=True):
         torch.testing.assert_close(a, b)
+
+
+# -- the Torch-Pruning peer ---------------------------------------------------------------------
+def test_peer_rows_say_not_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without torch_pruning both suites still run and the peer's row names the extra."""
+    from rsst_bench import torch_pruning_peer as peer
+
+    monkeypatch.setattr(peer, "_torch_pruning", lambda: None)
+    settings = step_suite.StepSettings(batch=2, warmup=1, rounds=1, block=1)
+    steps = step_suite.run(CPU, models=["resnet20"], console=quiet(), settings=settings)
+    updates = update_suite.run(CPU, models=["resnet20"], console=quiet(), quick=True)
+    for records in (steps, updates):
+        row = records[-1]
+        assert row["path"] == "torch-pruning" and row["median_ms"] is None
+        assert row["status"] == peer.NOT_INSTALLED and "rsst[torch-pruning]" in row["status"]
+        assert all(r["vs_peer"] is None for r in records[:-1])
+
+
+def test_peer_skips_attention_models() -> None:
+    from rsst.models import create_model
+    from rsst_bench import torch_pruning_peer as peer
+
+    if peer._torch_pruning() is None:
+        pytest.skip("torch_pruning not installed")
+    with torch.device("meta"):
+        assert peer.unavailable_reason(create_model("vit_tiny", num_classes=10)) == peer.ATTENTION
+        assert peer.unavailable_reason(create_model("resnet20", num_classes=10)) is None
+
+
+def test_peer_adds_growing_reg_gradient_then_steps() -> None:
+    """regularize() adds γ·w (γ = reg at the start; once per dependency a channel is in) to the
+    gradients, then torch's SGD steps: with zero gradients, lr 1, no momentum, w ← w − k·γ·w."""
+    pytest.importorskip("torch_pruning")
+    from rsst_bench import torch_pruning_peer as peer
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4),
+                                torch.nn.ReLU(), torch.nn.Conv2d(4, 5, 3),
+                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                torch.nn.Linear(5, 3))
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    before = [m.weight.detach().clone() for m in (model[0], model[3], model[6])]
+    optimizer = peer.sgd(model, CPU, lr=1.0, momentum=0.0, weight_decay=0.0)
+    peer.added_work(model, torch.randn(1, 3, 8, 8), optimizer)()
+    for module, w in zip((model[0], model[3], model[6]), before, strict=True):
+        k = (w - module.weight.detach()) / (peer.REG * w)  # how many times γ·w was added
+        assert torch.allclose(k, k.round(), atol=1e-3) and k.min() >= 1 - 1e-3, module
+    first_out = (before[0] - model[0].weight.detach()) / (peer.REG * before[0])
+    torch.testing.assert_close(first_out, torch.ones_like(first_out), rtol=0, atol=1e-3)  # outs
+    last_in = (before[2] - model[6].weight.detach()) / (peer.REG * before[2])
+    torch.testing.assert_close(last_in, torch.ones_like(last_in), rtol=0, atol=1e-3)  # ins

@@ -54,7 +54,7 @@ def _failing_compiler(fn):
 def test_a_failed_compile_warns_once_and_runs_the_twin(monkeypatch):
     """Simulated compiler failure: one warning line, then the twin's (correct) update."""
     broken = CompiledPass(sgd_pass, compiler=_failing_compiler)
-    monkeypatch.setattr(update, "SGD_PASS", broken)
+    monkeypatch.setattr(update.compiled, "SGD_PASS", broken)
     torch.manual_seed(0)
     model = torch.nn.Linear(5, 3)
     twin_model = torch.nn.Linear(5, 3)
