@@ -388,7 +388,7 @@ def test_peer_rows_say_not_installed(monkeypatch: pytest.MonkeyPatch) -> None:
     for records in (steps, updates):
         row = records[-1]
         assert row["path"] == "torch-pruning" and row["median_ms"] is None
-        assert row["status"] == peer.NOT_INSTALLED and "rsst[torch-pruning]" in row["status"]
+        assert row["status"] == peer.NOT_INSTALLED and "rsst-prune[torch-pruning]" in row["status"]
         assert all(r["vs_peer"] is None for r in records[:-1])
 
 
