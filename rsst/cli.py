@@ -366,6 +366,10 @@ def _logger_parameters() -> list[inspect.Parameter]:
         option("wandb_entity", str | None, "--wandb-entity", help="W&B entity (team or user)."),
         option("wandb_name", str | None, "--wandb-name", help="W&B run name (default: the run "
                "directory's name)."),
+        option("wandb_group", str | None, "--wandb-group", help="W&B group: runs of one group "
+               "show together (e.g. the seeds of one setting)."),
+        option("wandb_tags", str | None, "--wandb-tags", help="W&B tags, comma-separated "
+               "(e.g. resnet20,baseline)."),
     ]
 
 
@@ -410,7 +414,8 @@ def _run(ctx: typer.Context, **values: Any) -> None:
     config, resume, out = values["config"], values["resume"], values["out"]
     preset = values["preset"].value if values["preset"] is not None else None
     logging = {"loggers": values["logger"] or [], "logger_options": {
-        k: values[k] for k in ("wandb_project", "wandb_entity", "wandb_name")}}
+        k: values[k] for k in ("wandb_project", "wandb_entity", "wandb_name", "wandb_group",
+                               "wandb_tags")}}
     if resume is not None:
         if given or config is not None or preset is not None:
             _fail("--resume continues a run with its saved config.toml; drop the other flags")
