@@ -141,6 +141,7 @@ def plot_comparison(result: dict[str, Any], path: str | Path) -> Path:
 
 
 REPORT_SIZE = (12.0, 4.5)  # inches: 1200 x 450 pixels
+MAX_LAYER_LABELS = 60  # layer names the heat-map's axis can show at 6 pt
 
 
 def alive_matrix(records: list[dict[str, Any]]) -> tuple[list[str], list[list[float]]]:
@@ -196,8 +197,9 @@ def plot_report(records: list[dict[str, Any]], title: str, path: str | Path) -> 
         image = layer_ax.imshow(np.ma.masked_invalid(np.array(rows, dtype=float)), cmap=cmap,
                                 vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest")
         fig.colorbar(image, ax=layer_ax, label="fraction of groups alive")
-        layer_ax.set_xticks(range(len(layers)))
-        layer_ax.set_xticklabels(layers, rotation=90, fontsize=6)
+        step = max(1, -(-len(layers) // MAX_LAYER_LABELS))  # every step-th name stays legible
+        layer_ax.set_xticks(range(0, len(layers), step))
+        layer_ax.set_xticklabels(layers[::step], rotation=90, fontsize=6)
         layer_ax.set_yticks(range(len(records)))
         layer_ax.set_yticklabels([str(s) for s in states], fontsize=7)
     else:

@@ -166,9 +166,13 @@ def test_report_plot_is_a_state_by_layer_heat_map(runs, tmp_path, monkeypatch, c
 
 def test_report_json_is_the_saved_records(runs, tmp_path, monkeypatch, capsys):
     run_dir = copy_run(runs["rsst"], tmp_path / "run")
-    code, out, err = cli(monkeypatch, capsys, "report", str(run_dir), "--json")
+    target = tmp_path / "report.svg"
+    code, out, err = cli(monkeypatch, capsys, "report", str(run_dir), "--json", "--plot",
+                         str(target))
     assert code == 0, err
-    data = json.loads(out)
+    data = json.loads(out)  # stdout holds the JSON alone; "wrote" goes to stderr
+    assert f"wrote {target}" in err and "<svg" in target.read_text()
+    assert "<image" in target.read_text()  # the layer map is a raster (imshow), not lines
     assert data["method"] == "rsst" and data["run_dir"] == str(run_dir)
     assert data["states"] == summary(run_dir)["states"]
 
