@@ -136,6 +136,7 @@ def test_plot_is_a_real_picture(runs, tmp_path, monkeypatch, capsys):
     assert svg.read_text().lstrip().startswith("<?xml") and "<svg" in svg.read_text()
 
 
+@pytest.mark.slow  # a real tiny run (module fixture)
 def test_report_writes_no_file_unless_asked(runs, tmp_path, monkeypatch, capsys):
     run_dir = copy_run(runs["rsst"], tmp_path / "run")
     before = sorted(p.relative_to(run_dir) for p in run_dir.rglob("*"))
@@ -145,6 +146,7 @@ def test_report_writes_no_file_unless_asked(runs, tmp_path, monkeypatch, capsys)
     assert sorted(p.relative_to(run_dir) for p in run_dir.rglob("*")) == before
 
 
+@pytest.mark.slow  # a real tiny run (module fixture)
 def test_report_plot_is_a_state_by_layer_heat_map(runs, tmp_path, monkeypatch, capsys):
     from rsst.plots import alive_matrix
 
@@ -164,6 +166,7 @@ def test_report_plot_is_a_state_by_layer_heat_map(runs, tmp_path, monkeypatch, c
     assert rows[0][0] == 1.0  # state 0 is dense
 
 
+@pytest.mark.slow  # a real tiny run (module fixture)
 def test_report_json_is_the_saved_records(runs, tmp_path, monkeypatch, capsys):
     run_dir = copy_run(runs["rsst"], tmp_path / "run")
     target = tmp_path / "report.svg"

@@ -63,6 +63,7 @@ def test_tensorboard_events_equal_metrics(logged_run):
     assert events.Scalars(f"structure/{layer}")[-1].value == info["alive"]
 
 
+@pytest.mark.slow  # a real tiny run (module fixture)
 def test_tensorboard_hparams_hold_the_settings_and_last_state(logged_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import plugin_data_pb2
