@@ -366,6 +366,10 @@ def _logger_parameters() -> list[inspect.Parameter]:
         option("wandb_entity", str | None, "--wandb-entity", help="W&B entity (team or user)."),
         option("wandb_name", str | None, "--wandb-name", help="W&B run name (default: the run "
                "directory's name)."),
+        option("wandb_group", str | None, "--wandb-group", help="W&B group: runs of one group "
+               "show together (e.g. the seeds of one setting)."),
+        option("wandb_tags", str | None, "--wandb-tags", help="W&B tags, comma-separated "
+               "(e.g. resnet20,baseline)."),
     ]
 
 
@@ -410,7 +414,8 @@ def _run(ctx: typer.Context, **values: Any) -> None:
     config, resume, out = values["config"], values["resume"], values["out"]
     preset = values["preset"].value if values["preset"] is not None else None
     logging = {"loggers": values["logger"] or [], "logger_options": {
-        k: values[k] for k in ("wandb_project", "wandb_entity", "wandb_name")}}
+        k: values[k] for k in ("wandb_project", "wandb_entity", "wandb_name", "wandb_group",
+                               "wandb_tags")}}
     if resume is not None:
         if given or config is not None or preset is not None:
             _fail("--resume continues a run with its saved config.toml; drop the other flags")
@@ -609,36 +614,43 @@ def compare(
 
 @app.command(
     cls=RsstCommand,
-    epilog="Examples:\n\n  rsst report runs/my-run                 # table + runs/my-run/report.png"
-    "\n\n  rsst report runs/my-run --plot my-run.svg",
+    epilog="Examples:\n\n  rsst report runs/my-run                 # the per-state table"
+    "\n\n  rsst report runs/my-run --plot my-run.svg"
+    "\n\n  rsst report runs/my-run --json > my-run.json",
 )
 def report(
     run_dir: Path = typer.Argument(..., help="A run directory written by `rsst run`."),
-    plot: Path | None = typer.Option(None, help="Where to write the plot (.png or .svg; default "
-                                     "RUN_DIR/report.png; needs matplotlib: the plot extra)."),
+    plot: Path | None = typer.Option(None, help="Also draw accuracy per state and a state × "
+                                     "layer map of the groups left into this .png or .svg "
+                                     "file (needs matplotlib: the plot extra).",
+                                     show_default="none"),
+    json_out: bool = typer.Option(False, "--json", help="Print the run's identity and state "
+                                  "records as JSON on stdout instead of the table."),
 ) -> None:
-    """One run: the per-state table, accuracy per state and the groups left per layer."""
-    from rich.markup import escape
-
+    """One run: the per-state table (or JSON), optionally a plot of accuracy per state and the
+    groups left per layer."""
     from rsst.compare import load_single_run, run_kinds
     from rsst.console import state_table
-    from rsst.plots import check_plot_path, plot_report, pyplot
 
     if plot is not None:
+        from rsst.plots import check_plot_path, pyplot
+
         check_plot_path(plot)
         pyplot()
     run = load_single_run(run_dir)
-    console.print(state_table(run.records, run_kinds(run)))
-    if plot is None:
-        try:
-            pyplot()
-        except UserError as exc:
-            err_console.print(f"[yellow]note:[/] no plot written: {escape(str(exc))}",
-                              highlight=False)
-            return
-    target = plot_report(run.records, f"{run.method} · {run.arch} · {run.dataset} · {run_dir}",
-                         plot or Path(run_dir) / "report.png")
-    console.print(f"wrote {target}")
+    if plot is not None:
+        from rsst.plots import plot_report
+
+        target = plot_report(run.records, f"{run.method} · {run.arch} · {run.dataset} · "
+                             f"{run_dir}", plot)
+    if json_out:
+        from rsst.compare import report_json, to_json
+
+        print(to_json(report_json(run)))
+    else:
+        console.print(state_table(run.records, run_kinds(run)))
+    if plot is not None:
+        (err_console if json_out else console).print(f"wrote {target}")
 
 
 @app.command(

@@ -494,6 +494,13 @@ def run_kinds(run: RunData) -> list[str]:
     return kinds
 
 
+def report_json(run: RunData) -> dict[str, Any]:
+    """`rsst report --json`: the run's identity and its finished state records as saved."""
+    return {"run_dir": str(run.path), "method": run.method, "arch": run.arch,
+            "dataset": run.dataset, "seed": run.seed, "kinds": run_kinds(run),
+            "states": run.records}
+
+
 def load_single_run(path: str | Path) -> RunData:
     """The one run `rsst report` reads; a `UserError` when it is not a run or has no state."""
     path = Path(path)

@@ -244,11 +244,20 @@ class ExportResult:
     check: dict[str, Any] | None = None  # hf / onnx / pt2: the load-back check of the output
 
 
-def check_output_path(out: str | Path) -> Path:
+#: the file ending each traced form needs: the loaders (onnxruntime, torch.export.load) and
+#: users recognise a file by it
+GRAPH_SUFFIXES = {"onnx": ".onnx", "pt2": ".pt2"}
+
+
+def check_output_path(out: str | Path, form: str = "compact") -> Path:
     out = Path(out)
+    suffix = GRAPH_SUFFIXES.get(form, ".safetensors")
     if out.is_dir():
         raise UserError(f"-o {out} is a folder: pass a file name such as "
-                        f"{out / 'model.safetensors'}")
+                        f"{out / ('model' + suffix)}")
+    if form in GRAPH_SUFFIXES and out.suffix.lower() != suffix:
+        raise UserError(f"-o {out}: --form {form} writes a {suffix} file; pass a name ending in "
+                        f"{suffix}, e.g. {out.with_suffix(suffix).name}")
     if not out.parent.is_dir():
         raise UserError(f"the folder of -o {out} does not exist: create {out.parent} first or "
                         "write somewhere else")
@@ -283,7 +292,7 @@ def export_model(run_dir: str | Path, out: str | Path, *, state: str | int = "la
 
         out = check_folder_output(out, form)
     else:
-        out = check_output_path(out)
+        out = check_output_path(out, form)
     if form == "onnx":
         from rsst.export_graph import require_onnx
 

@@ -17,6 +17,11 @@ an image of the trained size to itself, so the centre crop keeps every pixel.
   ``import rsst.timm_models`` first. The input normalization is inside the model, so the
   folder's mean/std are 0/1 and timm's transform only scales pixels to [0, 1].
 
+``config.json``'s ``pretrained_cfg`` describes this model, not the one its architecture was
+first published with: timm's inherited ``tag``, ``license`` and hub addresses are replaced by
+rsst's (tag ``rsst-<method>-state<N>``, the card's license). For the ``rsst_model`` form its
+``rsst.architecture`` lists every layer's compacted width (channels, features, heads).
+
 The folder is built in a temporary folder beside ``-o``, loaded back through timm and checked
 against the rsst model, then renamed into place: a failed export leaves nothing behind.
 """
@@ -102,16 +107,27 @@ def write_hf(out: Path, *, dense: nn.Module, compact: nn.Module,
     else:
         model, mean, std = _rsst_hf_model(compact, plan_modules, spec), (0.0,) * 3, (1.0,) * 3
         reference, loader = compact, "rsst.timm_models"
-    info = {key: meta[key] for key in ("rsst.arch", "rsst.method", "rsst.state",
-                                       "rsst.sparsity", "rsst.format_version") if key in meta}
+    from rsst import statefile as sf
+    from rsst.model_card import card_license
+
+    info = {key.removeprefix("rsst."): _meta_value(meta[key]) for key in (
+        "rsst.arch", "rsst.method", "rsst.state", "rsst.sparsity", "rsst.format_version")
+        if key in meta}
+    if loader == "rsst.timm_models":
+        info["architecture"] = {"arch": spec.arch, "num_classes": spec.num_classes,
+                                "input_size": list(spec.input_size),
+                                "layers": architecture(model)}
+    license = card_license(sf.json_metadata(meta, sf.CONFIG, {}) or {})
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
     try:
-        save_for_hf(model, str(tmp), safe_serialization=True,
-                    model_config={"rsst": {k.removeprefix("rsst."): v for k, v in info.items()}})
+        save_for_hf(model, str(tmp), safe_serialization=True, model_config={"rsst": info})
         (tmp / "README.md").write_text(card)
-        check = _check_folder(tmp, reference, spec.input_size, mean, std)
-        check["loader"] = loader
         config = json.loads((tmp / "config.json").read_text())
+        config["pretrained_cfg"] = describe_pretrained_cfg(config["pretrained_cfg"], meta,
+                                                           license)
+        (tmp / "config.json").write_text(json.dumps(config, indent=2))
+        check = _check_folder(tmp, reference, spec.input_size, mean, std)  # the final config
+        check["loader"] = loader
         config["rsst"]["check"] = check
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
         os.chmod(tmp, 0o777 & ~_umask())
@@ -120,6 +136,48 @@ def write_hf(out: Path, *, dense: nn.Module, compact: nn.Module,
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return check
+
+
+#: pretrained_cfg fields that name where timm's published weights came from: not this model's
+INHERITED_FIELDS = ("hf_hub_id", "hf_hub_filename", "url", "file", "source", "origin_url",
+                    "paper_ids", "paper_name", "notes", "hf_hub_revision", "state_dict")
+
+
+def _meta_value(text: str) -> Any:
+    """A metadata string as the value it encodes (numbers, JSON objects); text stays text."""
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError):
+        return text
+
+
+def describe_pretrained_cfg(cfg: dict[str, Any], meta: dict[str, str], license: str
+                            ) -> dict[str, Any]:
+    """``pretrained_cfg`` of this model: the inherited tag, license and hub addresses replaced."""
+    cfg = {k: v for k, v in cfg.items() if k not in INHERITED_FIELDS}
+    cfg["tag"] = f"rsst-{meta.get('rsst.method', 'unknown')}-state{meta.get('rsst.state', '0')}"
+    cfg["license"] = license
+    return cfg
+
+
+def architecture(model: nn.Module) -> dict[str, Any]:
+    """Every layer's width in ``model``: convolutions (in / out channels, kernel, stride,
+    groups), linear layers (in / out features), BatchNorms (channels), attention (heads, head
+    width)."""
+    layers: dict[str, Any] = {}
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            layers[name] = {"type": "conv", "in": m.in_channels, "out": m.out_channels,
+                            "kernel": list(m.kernel_size), "stride": list(m.stride),
+                            "groups": m.groups}
+        elif isinstance(m, nn.Linear):
+            layers[name] = {"type": "linear", "in": m.in_features, "out": m.out_features}
+        elif isinstance(m, nn.BatchNorm2d):
+            layers[name] = {"type": "bn", "channels": m.num_features}
+        elif hasattr(m, "qkv") and hasattr(m, "num_heads") and hasattr(m, "head_dim"):
+            layers[name] = {"type": "attention", "heads": int(m.num_heads),
+                            "head_dim": int(m.head_dim)}
+    return layers
 
 
 def _umask() -> int:

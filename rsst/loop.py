@@ -580,7 +580,7 @@ def run(config: RunConfig, *, out: Path | None = None, resume: Path | None = Non
     """
     console = console or Console()
     quiet_library_noise()
-    check_loggers(loggers)  # a missing extra fails before any training
+    check_loggers(loggers, logger_options)  # a missing extra fails before any training
     if resume is not None:
         run_dir = Path(resume)
         rundir.check_resume_target(run_dir)

@@ -5,7 +5,6 @@ are counted, so a file found later explains itself."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import shlex
 from pathlib import Path
@@ -44,17 +43,67 @@ def _pct(value: Any) -> str:
     return "–"
 
 
-def front_matter(meta: dict[str, str], config: dict[str, Any], form: str) -> list[str]:
-    """The YAML header model hubs read (Hugging Face: ``library_name``, ``tags``,
-    ``pipeline_tag``); strings are JSON-quoted, which YAML reads as they are."""
-    tags = ["image-classification", "pruning", "rsst", "lottery-ticket",
-            str(meta.get("rsst.method", "unknown")), str(meta.get("rsst.arch", "unknown"))]
-    lines = ["---", f"library_name: {'timm' if form == 'hf' else 'rsst'}",
-             "pipeline_tag: image-classification",
-             "tags:", *[f"- {json.dumps(t)}" for t in dict.fromkeys(tags)]]
-    if config.get("dataset"):
-        lines += ["datasets:", f"- {json.dumps(str(config['dataset']))}"]
-    return [*lines, "---", ""]
+#: the Hugging Face dataset id of each rsst dataset that has one on the Hub
+HUB_DATASETS = {"cifar10": "cifar10", "cifar100": "cifar100",
+                "tiny-imagenet": "zh-plus/tiny-imagenet"}
+DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "tiny-imagenet": "Tiny ImageNet",
+                 "imagefolder": "image folder", "synthetic": "synthetic images"}
+#: the license the card declares: rsst's own (MIT) for weights trained from scratch; "other"
+#: for weights fine-tuned from pretrained ones, whose terms rsst cannot know
+OWN_LICENSE = "mit"
+
+
+def card_license(config: dict[str, Any]) -> str:
+    """``mit`` (rsst's license) for a run trained from its own initialization; ``other`` when it
+    started from pretrained weights (--pretrained), whose license then applies."""
+    return "other" if config.get("pretrained") else OWN_LICENSE
+
+
+def card_metadata(meta: dict[str, str], config: dict[str, Any], form: str,
+                  record: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The model-card metadata model hubs read (Hugging Face: ``license``, ``library_name``,
+    ``tags``, ``datasets``, ``metrics``, ``model-index`` with the accuracy of the network the
+    file holds, in %)."""
+    from rsst import statefile as sf
+
+    method, arch = str(meta.get(sf.METHOD, "unknown")), str(meta.get(sf.ARCH, "unknown"))
+    tags = ["image-classification", "pruning", "structured-sparsity", "lottery-ticket", "rsst",
+            method, arch]
+    data: dict[str, Any] = {"license": card_license(config),
+                            "library_name": "timm" if form == "hf" else "rsst",
+                            "pipeline_tag": "image-classification",
+                            "tags": list(dict.fromkeys(tags))}
+    dataset = str(config.get("dataset") or "")
+    if dataset in HUB_DATASETS:
+        data["datasets"] = [HUB_DATASETS[dataset]]
+    data["metrics"] = ["accuracy"]
+    results = []
+    for split, split_name in (("val", "validation"), ("test", "test")):
+        value = sf.accuracy(record or {}, split)
+        if value is None:
+            continue
+        results.append({
+            "task": {"type": "image-classification", "name": "Image Classification"},
+            "dataset": {"type": HUB_DATASETS.get(dataset, dataset or "unknown"),
+                        "name": DATASET_NAMES.get(dataset, dataset or "unknown"),
+                        "split": split_name},
+            "metrics": [{"type": "accuracy", "value": round(100 * value, 2),
+                         "name": f"{split} accuracy (%)"}],
+        })
+    if results:
+        data["model-index"] = [{"name": f"{arch}-{method}-state{meta.get(sf.STATE, '?')}",
+                                "results": results}]
+    return data
+
+
+def front_matter(meta: dict[str, str], config: dict[str, Any], form: str,
+                 record: dict[str, Any] | None = None) -> list[str]:
+    """The card's YAML header (`card_metadata`), written by a YAML library."""
+    import yaml  # PyYAML: a timm and huggingface_hub dependency
+
+    text = yaml.safe_dump(card_metadata(meta, config, form, record), sort_keys=False,
+                          allow_unicode=True, default_flow_style=False)
+    return ["---", *text.rstrip("\n").splitlines(), "---", ""]
 
 
 def model_card(meta: dict[str, str], record: dict[str, Any] | None, *, form: str,
@@ -67,7 +116,7 @@ def model_card(meta: dict[str, str], record: dict[str, Any] | None, *, form: str
     sparsity = sf.json_metadata(meta, sf.SPARSITY, {}) or {}
     record = record or {}
     lines = [
-        *front_matter(meta, config, form),
+        *front_matter(meta, config, form, record),
         f"# {meta.get(sf.ARCH, '?')} pruned by {meta.get(sf.METHOD, '?')} "
         f"(state {meta.get(sf.STATE, '?')})", "",
         "## Model",
@@ -78,7 +127,11 @@ def model_card(meta: dict[str, str], record: dict[str, Any] | None, *, form: str
         f"- input normalization: mean {meta.get(sf.MEAN)}, std {meta.get(sf.STD)} "
         "(images in [0, 1])",
         f"- export form: {form}",
-        f"- dataset: {config.get('dataset', '?')}", "",
+        f"- dataset: {config.get('dataset', '?')}",
+        f"- license: {card_license(config)}"
+        + (" (the run started from pretrained weights: their license applies)"
+           if card_license(config) == "other" else " (the license of rsst, which trained it)"),
+        "",
         "## Sparsity",
         f"- weights alive (prunable layers): {_pct(sparsity.get('remain_weight'))}",
     ]

@@ -140,12 +140,33 @@ def plot_comparison(result: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
+REPORT_SIZE = (12.0, 4.5)  # inches: 1200 x 450 pixels
+MAX_LAYER_LABELS = 60  # layer names the heat-map's axis can show at 6 pt
+
+
+def alive_matrix(records: list[dict[str, Any]]) -> tuple[list[str], list[list[float]]]:
+    """(layers in first-seen order, one row per state of the fraction of each layer's groups
+    alive); NaN where a state records no such layer."""
+    layers: list[str] = []
+    for r in records:
+        for name in r.get("groups") or {}:
+            if name not in layers:
+                layers.append(name)
+    rows = []
+    for r in records:
+        groups = r.get("groups") or {}
+        rows.append([groups[n]["alive"] / groups[n]["total"] if n in groups
+                     and groups[n].get("total") else float("nan") for n in layers])
+    return layers, rows
+
+
 def plot_report(records: list[dict[str, Any]], title: str, path: str | Path) -> Path:
-    """One run: accuracy per state against remaining weights, and the alive fraction of every
-    layer's groups (channels / heads / neurons) per state."""
+    """One run: accuracy per state against remaining weights, and a state × layer heat-map of
+    the fraction of each layer's groups (channels / heads / neurons) alive: layers are separate
+    things, so they get cells, not a line joining them."""
     path, fmt = check_plot_path(path)
     plt = pyplot()
-    fig, (acc_ax, layer_ax) = plt.subplots(1, 2, figsize=(12, 4.5), layout="constrained",
+    fig, (acc_ax, layer_ax) = plt.subplots(1, 2, figsize=REPORT_SIZE, layout="constrained",
                                            gridspec_kw={"width_ratios": [1, 1.6]})
     drawn = False
     from rsst.statefile import accuracy
@@ -168,25 +189,24 @@ def plot_report(records: list[dict[str, Any]], title: str, path: str | Path) -> 
         acc_ax.legend(fontsize=8)
     acc_ax.set_title("accuracy per state", fontsize=10)
 
-    layers: list[str] = []
-    for r in records:
-        for name in r.get("groups") or {}:
-            if name not in layers:
-                layers.append(name)
-    cmap = plt.get_cmap("viridis")
-    for i, r in enumerate(records):
-        groups = r.get("groups") or {}
-        ys = [100 * groups[n]["alive"] / groups[n]["total"] if n in groups
-              and groups[n].get("total") else float("nan") for n in layers]
-        layer_ax.plot(range(len(layers)), ys, "o-", markersize=3,
-                      color=cmap(i / max(len(records) - 1, 1)), label=f"state {r['state']}")
-    layer_ax.set_xticks(range(len(layers)))
-    layer_ax.set_xticklabels(layers, rotation=90, fontsize=6)
-    layer_ax.set_ylabel("groups alive (%)")
-    layer_ax.set_ylim(-3, 103)
-    layer_ax.grid(True, alpha=0.3)
+    layers, rows = alive_matrix(records)
     if layers:
-        layer_ax.legend(fontsize=7, ncol=2)
+        import numpy as np
+
+        cmap = plt.get_cmap("viridis").with_extremes(bad="0.85")  # grey: layer not recorded
+        image = layer_ax.imshow(np.ma.masked_invalid(np.array(rows, dtype=float)), cmap=cmap,
+                                vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest")
+        fig.colorbar(image, ax=layer_ax, label="fraction of groups alive")
+        step = max(1, -(-len(layers) // MAX_LAYER_LABELS))  # every step-th name stays legible
+        layer_ax.set_xticks(range(0, len(layers), step))
+        layer_ax.set_xticklabels(layers[::step], rotation=90, fontsize=6)
+        layer_ax.set_yticks(range(len(records)))
+        layer_ax.set_yticklabels([str(s) for s in states], fontsize=7)
+    else:
+        layer_ax.text(0.5, 0.5, "no structure recorded", ha="center", va="center",
+                      transform=layer_ax.transAxes)
+    layer_ax.set_xlabel("layer")
+    layer_ax.set_ylabel("state")
     layer_ax.set_title("channels / heads / neurons left per layer", fontsize=10)
     fig.suptitle(title, fontsize=11)
     _save(fig, path, fmt)

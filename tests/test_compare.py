@@ -136,14 +136,48 @@ def test_plot_is_a_real_picture(runs, tmp_path, monkeypatch, capsys):
     assert svg.read_text().lstrip().startswith("<?xml") and "<svg" in svg.read_text()
 
 
-def test_report_writes_png_next_to_the_run(runs, tmp_path, monkeypatch, capsys):
+@pytest.mark.slow  # a real tiny run (module fixture)
+def test_report_writes_no_file_unless_asked(runs, tmp_path, monkeypatch, capsys):
     run_dir = copy_run(runs["rsst"], tmp_path / "run")
+    before = sorted(p.relative_to(run_dir) for p in run_dir.rglob("*"))
     code, out, err = cli(monkeypatch, capsys, "report", str(run_dir))
     assert code == 0, err
     assert "state" in out and "before cut" in out
-    image = Image.open(run_dir / "report.png")
+    assert sorted(p.relative_to(run_dir) for p in run_dir.rglob("*")) == before
+
+
+@pytest.mark.slow  # a real tiny run (module fixture)
+def test_report_plot_is_a_state_by_layer_heat_map(runs, tmp_path, monkeypatch, capsys):
+    from rsst.plots import alive_matrix
+
+    run_dir = copy_run(runs["rsst"], tmp_path / "run")
+    target = tmp_path / "report.png"
+    code, out, err = cli(monkeypatch, capsys, "report", str(run_dir), "--plot", str(target))
+    assert code == 0, err
+    assert f"wrote {target}" in out and not (run_dir / "report.png").exists()
+    image = Image.open(target)
     assert image.size == (1200, 450)
     assert (np.asarray(image.convert("L")) < 250).mean() > 0.02
+    records = summary(run_dir)["states"]
+    layers, rows = alive_matrix(records)
+    assert len(rows) == len(records) and all(len(row) == len(layers) for row in rows)
+    first = records[-1]["groups"][layers[0]]
+    assert rows[-1][0] == first["alive"] / first["total"]
+    assert rows[0][0] == 1.0  # state 0 is dense
+
+
+@pytest.mark.slow  # a real tiny run (module fixture)
+def test_report_json_is_the_saved_records(runs, tmp_path, monkeypatch, capsys):
+    run_dir = copy_run(runs["rsst"], tmp_path / "run")
+    target = tmp_path / "report.svg"
+    code, out, err = cli(monkeypatch, capsys, "report", str(run_dir), "--json", "--plot",
+                         str(target))
+    assert code == 0, err
+    data = json.loads(out)  # stdout holds the JSON alone; "wrote" goes to stderr
+    assert f"wrote {target}" in err and "<svg" in target.read_text()
+    assert "<image" in target.read_text()  # the layer map is a raster (imshow), not lines
+    assert data["method"] == "rsst" and data["run_dir"] == str(run_dir)
+    assert data["states"] == summary(run_dir)["states"]
 
 
 def test_seeds_become_mean_and_std(runs, tmp_path):

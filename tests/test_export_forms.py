@@ -72,6 +72,20 @@ def test_hf_folder_of_an_rsst_cnn_is_compacted_and_loads_in_timm(cnn, tmp_path):
     got = _timm_eval(loaded, images)
     assert torch.allclose(got, reference, atol=1e-4), float((got - reference).abs().max())
     assert (out / "README.md").read_text().count("pruned by refill") == 1
+    # config.json: every compacted width, equal to the kept indices of the compaction plan
+    layers = config["rsst"]["architecture"]["layers"]
+    plan = config["model_args"]["compact"]
+    assert layers["conv1"] == {"type": "conv", "in": 3, "out": 16, "kernel": [3, 3],
+                               "stride": [1, 1], "groups": 1}
+    for name, entry in plan.items():
+        if entry["type"] == "conv" and entry["out"] is not None:
+            assert layers[name]["out"] == len(entry["out"]), name
+        if entry["type"] == "conv" and entry["in"] is not None:
+            assert layers[name]["in"] == len(entry["in"]), name
+    for name, module in loaded.named_modules():
+        if isinstance(module, torch.nn.Conv2d):
+            assert (layers[name]["in"], layers[name]["out"]) == (module.in_channels,
+                                                                 module.out_channels)
 
 
 def test_hf_folder_of_a_timm_vit_loads_with_timm_alone(vit, tmp_path):

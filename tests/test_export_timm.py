@@ -155,5 +155,50 @@ def test_model_card_starts_with_hub_front_matter(tmp_path):
     card = (tmp_path / "m.md").read_text()
     data = yaml.safe_load(card.split("---\n")[1])
     assert data["library_name"] == "rsst" and data["pipeline_tag"] == "image-classification"
-    assert {"rsst", "resnet20", "pruning"} <= set(data["tags"])
+    assert {"rsst", "resnet20", "pruning", "structured-sparsity"} <= set(data["tags"])
+    assert [r["metrics"][0]["value"] for r in data["model-index"][0]["results"]] == [50.0, 60.0]
     assert card.split("---\n", 2)[2].lstrip().startswith("# resnet20 pruned by rsst (state 2)")
+
+
+def _front_matter(card: str) -> dict:
+    yaml = pytest.importorskip("yaml")  # pyyaml: a timm / huggingface_hub dependency
+    assert card.startswith("---\n")
+    return yaml.safe_load(card.split("---\n")[1])
+
+
+def test_hf_card_and_config_describe_this_model(vit_run, tmp_path):
+    out = tmp_path / "hf"
+    export_model(vit_run, out, form="hf")
+    data = _front_matter((out / "README.md").read_text())
+    assert data["license"] == "mit" and data["library_name"] == "timm"
+    assert {"pruning", "structured-sparsity", "lottery-ticket", "rsst", "vit_tiny"} <= set(
+        data["tags"])
+    assert data["metrics"] == ["accuracy"]
+    (entry,) = data["model-index"]
+    accuracy = {r["dataset"]["split"]: r["metrics"][0]["value"] for r in entry["results"]}
+    assert accuracy == {"validation": 50.0, "test": 60.0}  # the state's after-cut record
+    assert all(r["task"]["type"] == "image-classification" for r in entry["results"])
+    config = json.loads((out / "config.json").read_text())
+    cfg = config["pretrained_cfg"]
+    # timm's vit_tiny was published as augreg_in21k_ft_in1k under apache-2.0: not this model
+    assert cfg["tag"] == "rsst-rsst-state2" and cfg["license"] == "mit"
+    assert not {"hf_hub_id", "url", "origin_url", "paper_ids"} & set(cfg)
+    assert config["rsst"]["state"] == 2 and config["rsst"]["sparsity"]["head"] == 0.4
+    assert timm.create_model(f"local-dir:{out}", pretrained=True).pretrained_cfg["tag"] \
+        == "rsst-rsst-state2"
+
+
+def test_card_metadata_names_the_hub_dataset_and_the_license_of_pretrained_runs():
+    from rsst.model_card import card_metadata
+
+    meta = {"rsst.method": "imp", "rsst.arch": "resnet20", "rsst.state": "3"}
+    record = {"val_acc": 0.91234, "val_acc_before_cut": 0.95}
+    data = card_metadata(meta, {"dataset": "cifar10"}, "hf", record)
+    assert data["datasets"] == ["cifar10"] and data["license"] == "mit"
+    (entry,) = data["model-index"]
+    (result,) = entry["results"]  # no test accuracy recorded: no test entry
+    assert result["dataset"] == {"type": "cifar10", "name": "CIFAR-10", "split": "validation"}
+    assert result["metrics"][0]["value"] == 91.23  # after the cut, not 95
+    pretrained = card_metadata(meta, {"dataset": "synthetic", "pretrained": "x.safetensors"},
+                               "compact", record)
+    assert pretrained["license"] == "other" and "datasets" not in pretrained

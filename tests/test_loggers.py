@@ -38,7 +38,9 @@ def logged_run(tmp_path_factory) -> Path:
         out = tmp_path_factory.mktemp("logged") / "run"
         return tiny_run(config(), out=out, console=Console(quiet=True),
                         loggers=["tensorboard", "wandb", "csv"],
-                        logger_options={"wandb_project": "rsst-test", "wandb_name": "tiny"})
+                        logger_options={"wandb_project": "rsst-test", "wandb_name": "tiny",
+                                        "wandb_group": "resnet20-seeds",
+                                        "wandb_tags": "pruning, rsst,pruning"})
 
 
 def test_tensorboard_events_equal_metrics(logged_run):
@@ -59,6 +61,42 @@ def test_tensorboard_events_equal_metrics(logged_run):
         == pytest.approx([states[1]["structured_sparsity_after_cut"]["channel"]], rel=1e-6)
     layer, info = next(iter(states[1]["groups"].items()))
     assert events.Scalars(f"structure/{layer}")[-1].value == info["alive"]
+
+
+@pytest.mark.slow  # a real tiny run (module fixture)
+def test_tensorboard_hparams_hold_the_settings_and_last_state(logged_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    events = EventAccumulator(str(logged_run / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    content = events.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(
+        content["_hparams_/session_start_info"]).session_start_info
+    hparams = {k: v.WhichOneof("kind") and getattr(v, v.WhichOneof("kind"))
+               for k, v in start.hparams.items()}
+    assert hparams["method"] == "rsst" and hparams["epochs"] == EPOCHS
+    assert hparams["rate"] == pytest.approx(0.3)
+    last = jsonl(logged_run, "state")[-1]
+    for field in ("val_acc", "test_acc", "remain_weight"):
+        (scalar,) = events.Scalars(f"hparams/{field}")
+        assert scalar.value == pytest.approx(last[field], rel=1e-6)
+        assert scalar.step == last["state"]
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"wandb_group": "g"}, "--wandb-group only apply to W&B: add --logger wandb"),
+    ({"wandb_tags": "a,,b"}, "has an empty tag"),
+    ({"wandb_tags": "x" * 65}, "at most 64"),
+    ({"wandb_group": " "}, "give a name of 1 to 128"),
+])
+def test_bad_wandb_options_are_refused(options, message):
+    from rsst.errors import UserError
+    from rsst.trackers import check_loggers
+
+    names = [] if "wandb_group" in options and options["wandb_group"] == "g" else ["wandb"]
+    with pytest.raises(UserError, match=message):
+        check_loggers(names, options)
 
 
 def wandb_records(path: Path) -> list:
@@ -109,6 +147,8 @@ def test_wandb_offline_run_equals_metrics(logged_run):
     assert state_rows[1]["state/val_acc_before_cut"] == states[1]["val_acc_before_cut"]
     run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
     assert run.display_name == "tiny" and run.project == "rsst-test"
+    assert run.run_group == "resnet20-seeds"
+    assert list(run.tags) == ["pruning", "rsst"]
     config = {item.key: json.loads(item.value_json) for item in run.config.update}
     config.update({item.key: json.loads(item.value_json) for r in records
                    if r.WhichOneof("record_type") == "config" for item in r.config.update})
