@@ -7,7 +7,8 @@ channel group (its own per-group loop over the dependency graph), then the optim
 Set up as Torch-Pruning's own CIFAR benchmark does: group L2-magnitude importance
 (``GroupMagnitudeImportance(p=2)``), reg 5e-4, delta_reg 1e-4, the classifier ignored.
 
-The package is optional (``pip install 'rsst-prune[torch-pruning]'``); without it the peer's rows say
+The package is optional (``pip install 'rsst-prune[torch-pruning]'``); without it the peer's
+rows say
 "not installed". Models with attention need Torch-Pruning's head settings, which this peer does
 not set up: it runs on convolutional models only and says so otherwise.
 """
