@@ -70,24 +70,23 @@ def plan_tasks(study: Study, root: Path) -> list[RunTask]:
 
 
 def plan_controls(study: Study, root: Path) -> list[tuple[RunTask, RunTask]]:
-    """(source run, control) pairs of the study's [controls], in study order."""
-    spec = study.controls
-    if not spec:
-        return []
+    """(source run, control) pairs, in study order: a variant's ``controls`` for every ticket
+    state of its runs, and the [controls] table's kinds at its state."""
     pairs = []
+    spec = study.controls
     runs = {t.name: t for t in plan_tasks(study, root)}
     for exp in study.experiments:
-        if exp.config.method not in spec["methods"]:
-            continue
+        wanted = [(kind, state) for state in exp.ticket_states for kind in exp.controls]
+        if spec and exp.config.method in spec["methods"]:
+            wanted += [(kind, spec["state"]) for kind in spec["kinds"]]
         for seed in study.seeds:
             source = runs[f"{exp.name}/seed-{seed}"]
             folder = Path(root) / CONTROLS / exp.name / f"seed-{seed}"
-            for kind in spec["kinds"]:
-                label = f"{kind}-state-{spec['state']}"
+            for label, (kind, state) in {f"{k}-state-{s}": (k, s) for k, s in wanted}.items():
                 run_dir = folder / label
                 pairs.append((source, RunTask(
                     name=f"{exp.name}/seed-{seed}/{label}", run_dir=run_dir,
-                    start=("ticket", str(source.run_dir), "--state", str(spec["state"]),
+                    start=("ticket", str(source.run_dir), "--state", str(state),
                            "--control", kind, "--out", str(run_dir)),
                     seed=seed, log=folder / f"{label}.log")))
     return pairs
