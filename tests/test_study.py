@@ -80,6 +80,82 @@ def test_grid_method_tables_and_variants_expand_to_experiments():
     assert study.seeds == [0, 1]
     assert len({e.name for e in study.experiments}) == 4
     assert parse_study({"study": {"seeds": 3}}).seeds == [0, 1, 2]
+    assert parse_study({}).seeds == [RunConfig().seed]  # no seed given: the run's default
+
+
+ISSUE_STUDY = """
+name = "cifar10-resnet20"
+[base]                 # any `rsst run` setting, preset included
+preset = "cifar10-resnet20"
+data_dir = "~/data/cifar10"
+[grid]                 # lists expand as a cartesian product; `seed` gives replicates
+method = ["rsst", "refill", "imp"]
+seed = [0, 1, 2]
+[[variants]]           # optional extra settings, each crossed with [grid]; lists expand here too
+method = "snip"
+target_remain = [0.5, 0.2, 0.1]
+controls = ["reinit", "shuffle"]   # optional, see below
+"""
+
+
+def test_the_issue_study_file_reads_as_written(tmp_path):
+    import tomllib
+
+    from rsst.study.spec import resolved_study_toml
+
+    path = tmp_path / "issue.toml"
+    path.write_text(ISSUE_STUDY)
+    study = read_study(path)
+    assert study.name == "cifar10-resnet20" and study.seeds == [0, 1, 2]
+    got = [(e.config.method, e.config.target_remain, e.controls) for e in study.experiments]
+    # the grid's runs, then the variant crossed with the grid: its method replaces the grid's,
+    # so the three crossings of each target are one experiment
+    assert got == [("rsst", None, ()), ("refill", None, ()), ("imp", None, ()),
+                   ("snip", 0.5, ("reinit", "shuffle")), ("snip", 0.2, ("reinit", "shuffle")),
+                   ("snip", 0.1, ("reinit", "shuffle"))]
+    preset = build_config(preset="cifar10-resnet20", overrides={"data_dir": "~/data/cifar10"})
+    assert study.experiments[0].name == identity_name(preset)
+    assert all(e.config.epochs == 160 for e in study.experiments)
+    # the study written into DIR reruns the same experiments with the same controls
+    again = parse_study(tomllib.loads(resolved_study_toml(study)))
+    assert [(e.name, e.controls) for e in again.experiments] == [
+        (e.name, e.controls) for e in study.experiments]
+
+
+def test_variants_cross_the_grid_and_expand_their_lists():
+    study = parse_study({"base": {"states": 3}, "grid": {"method": ["rsst", "refill"]},
+                         "variants": [{"rate": [0.2, 0.4], "controls": ["reinit"]},
+                                      {"method": "imp", "controls": ["shuffle"]}]})
+    got = [(e.config.method, e.config.rate, e.controls) for e in study.experiments]
+    default = RunConfig().rate
+    assert got == [("rsst", default, ()), ("refill", default, ()),
+                   ("rsst", 0.2, ("reinit",)), ("rsst", 0.4, ("reinit",)),
+                   ("imp", default, ("shuffle",)),
+                   ("refill", 0.2, ("reinit",)), ("refill", 0.4, ("reinit",))]
+    assert study.experiments[2].ticket_states == [1, 2]  # every state ≥ 1
+    # a list setting (milestones) is one value; a list of them expands
+    one = parse_study({"variants": [{"milestones": [1, 2]}]})
+    assert [e.config.milestones for e in one.experiments][1:] == [[1, 2]]
+    two = parse_study({"variants": [{"milestones": [[1], [2]]}]})
+    assert [e.config.milestones for e in two.experiments][1:] == [[1], [2]]
+
+
+def test_the_running_study_keeps_its_identities_in_the_issue_format(tmp_path):
+    """studies/cifar10-resnet20-reduced.toml rewritten in the issue's spelling: same runs."""
+    old = read_study(ROOT / "studies" / "cifar10-resnet20-reduced.toml")
+    text = (ROOT / "studies" / "cifar10-resnet20-reduced.toml").read_text()
+    body = text[text.index("[base]"):].replace(
+        'method = ["rsst", "refill", "imp", "omp", "snip", "synflow", "random"]',
+        'method = ["rsst", "refill", "imp", "omp", "snip", "synflow", "random"]\nseed = [0, 1]')
+    path = tmp_path / "issue.toml"
+    path.write_text(f'name = "{old.name}"\n{body}')
+    new = read_study(path)
+    assert (new.name, new.seeds) == (old.name, old.seeds)
+    assert [e.name for e in new.experiments] == [e.name for e in old.experiments]
+    # the folders of the study running since the lead started it
+    assert {e.name for e in old.experiments} == {
+        "imp-fe28f0255c", "omp-a312338062", "random-9e276b5dcb", "refill-fb21210c4e",
+        "rsst-cbcc8667df", "snip-3d1e52b225", "synflow-f8a5b7a4f1"}
 
 
 @pytest.mark.parametrize("data, words", [
@@ -90,8 +166,19 @@ def test_grid_method_tables_and_variants_expand_to_experiments():
     ({**BASE, "grid": {"rate": [0.5, 1.5]}}, ["run rsst rate=1.5", "--rate 1.5 is outside"]),
     ({**BASE, "base": {"target_remain": 0.2}}, ["run rsst", "--target-remain"]),
     ({**BASE, "method": {"imp": {"rate": 0.2}}}, ["[method.imp] applies to no run"]),
-    ({**BASE, "base": {"seed": 3}}, ["[base] sets seed", "[study] seeds"]),
-    ({"base": {}}, ["[study] has no seeds"]),
+    ({**BASE, "base": {"seed": 3}}, ["[base] sets seed", "[grid] seed = [0, 1]"]),
+    ({**BASE, "grid": {"method": ["rsst"], "seed": [0]}}, ["seeds are given twice"]),
+    ({"grid": {"seed": 2}}, ["[grid] seed = 2", "list of seeds"]),
+    ({"grid": {"seed": []}}, ["[grid] seed = []", "list of seeds"]),
+    ({"nmae": "x"}, ["unknown key 'nmae'", "name = "]),
+    ({"name": 3}, ["name = 3", "give a string"]),
+    ({"grid": {}, "variants": [{"rate": []}]}, ["[variants 1] rate = []", "empty list"]),
+    ({"variants": [{"rate": 0.3}], "variant": [{"rate": 0.4}]}, ["both [[variants]]"]),
+    ({"variants": [{"seed": [1]}]}, ["[variants 1] sets seed", "[grid] seed"]),
+    ({"variants": [{"rate": ["x"]}]}, ["[variants 1]", "rate"]),
+    ({"variants": [{"controls": ["scramble"]}]}, ["[variants 1] controls", "reinit"]),
+    ({"variants": [{"controls": "reinit"}]}, ["[variants 1] controls", "give a list"]),
+    ({"variants": [{"method": "refill", "rate": 1.5}]}, ["run refill rate=1.5", "--rate"]),
     ({**BASE, "study": {"seeds": [1, 1]}}, ["repeats a seed"]),
     ({**BASE, "extra": {}}, ["unknown table [extra]"]),
     ({**BASE, "variant": [{"rate": 0.3}, {"rate": 0.3}]}, ["same experiment"]),

@@ -191,8 +191,8 @@ def _check_top(where: str, data: dict[str, Any]) -> None:
         if key in TOP_KEYS:
             continue
         if key not in TABLES:
-            kind = "table" if isinstance(value, dict | list) else "key"
-            raise _fail(where, f"unknown {kind} {key!r}: the top level holds name = \"...\" "
+            what = f"table [{key}]" if isinstance(value, dict | list) else f"key {key!r}"
+            raise _fail(where, f"unknown {what}: the top level holds name = \"...\" "
                         "and the tables " + ", ".join(f"[{t}]" for t in TABLES))
     if "variant" in data and "variants" in data:
         raise _fail(where, "both [[variants]] and [[variant]]: write every variant as "
