@@ -23,7 +23,7 @@ import pytest
 from test_cli_run import write_two_classes
 from test_resume_kill import clean
 
-from rsst import cli
+from rsst import cli, rundir
 from rsst.config import RunConfig, build_config
 from rsst.errors import UserError
 from rsst.study.executors import FINISHED
@@ -391,3 +391,168 @@ def test_refusals_before_anything_is_written(tmp_path, study_file):
         with pytest.raises(UserError, match=words):
             run_study(study_file, tmp_path / "new", **kwargs)
         assert not (tmp_path / "new").exists()
+
+
+# -- executors: worker environments, command lines, SLURM options --------------------------------
+def _task(tmp_path: Path, resumed: bool = False):
+    from rsst.study.executors import RunTask
+
+    run = tmp_path / "run"
+    if resumed:
+        run.mkdir()
+        (run / "config.toml").write_text("")
+    return RunTask(name="rsst-x/seed-0", run_dir=run, start=("run", "--config", "c.toml",
+                                                            "--seed", "0", "--out", str(run)),
+                   seed=0, log=tmp_path / "log")
+
+
+def test_local_workers_get_a_gpu_each_or_an_even_share_of_the_cpu(monkeypatch):
+    from rsst.study.executors import worker_env
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    cpu = [worker_env(i, 3, gpus=[], cpus=16) for i in range(3)]
+    assert [e["OMP_NUM_THREADS"] for e in cpu] == ["5"] * 3  # 16 cores // 3 workers
+    assert all("CUDA_VISIBLE_DEVICES" not in e or e["CUDA_VISIBLE_DEVICES"] ==
+               os.environ.get("CUDA_VISIBLE_DEVICES") for e in cpu)
+    gpu = [worker_env(i, 4, gpus=["2", "5"], cpus=16) for i in range(4)]
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in gpu] == ["2", "5", "2", "5"]
+    assert worker_env(0, 1, gpus=[], cpus=2)["OMP_NUM_THREADS"] == "2"
+    assert str(ROOT) in worker_env(0, 1, gpus=[], cpus=2)["PYTHONPATH"].split(os.pathsep)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the user's choice stays
+    assert worker_env(0, 2, gpus=[], cpus=16)["OMP_NUM_THREADS"] == "1"
+
+
+def test_the_default_workers_follow_the_visible_gpus(monkeypatch, tmp_path, study_file):
+    import rsst.study.run as study_run
+
+    seen = {}
+
+    def fake_local(tasks, workers, events, gpus):
+        seen["workers"], seen["gpus"] = workers, gpus
+        return []
+
+    monkeypatch.setattr(study_run, "visible_gpus", lambda: ["0", "1", "2"])
+    monkeypatch.setattr(study_run, "run_local", fake_local)
+    from rich.console import Console
+
+    study_run.run_study(study_file, tmp_path / "out", console=Console(quiet=True))
+    assert seen == {"workers": 3, "gpus": ["0", "1", "2"]}
+
+
+def test_a_run_with_several_gpus_starts_under_torchrun(tmp_path):
+    from rsst.study.executors import task_command
+
+    fresh = _task(tmp_path)
+    assert task_command(fresh) == [sys.executable, "-m", "rsst", *fresh.start]
+    assert task_command(fresh, 4) == [sys.executable, "-m", "torch.distributed.run",
+                                      "--standalone", "--nproc-per-node=4", "-m", "rsst",
+                                      *fresh.start]
+    # torchrun takes that command line as it is
+    from torch.distributed.run import get_args_parser
+
+    args = get_args_parser().parse_args(task_command(fresh, 4)[3:])
+    assert (args.nproc_per_node, args.module, args.training_script) == ("4", True, "rsst")
+    assert args.training_script_args == list(fresh.start)
+    resumed = _task(tmp_path, resumed=True)
+    assert task_command(resumed, 2)[-4:] == ["rsst", "run", "--resume", str(resumed.run_dir)]
+    control = dataclasses.replace(fresh, start=("ticket", "r", "--state", "1"),
+                                  run_dir=tmp_path / "control")
+    assert task_command(control, 2)[:3] == [sys.executable, "-m", "rsst"]  # one process
+
+
+def test_slurm_flags_over_the_file_table_reach_submitit(tmp_path, monkeypatch):
+    submitit = pytest.importorskip("submitit")
+    monkeypatch.setattr(submitit.SlurmExecutor, "affinity", staticmethod(lambda: 1))  # no srun
+    from rsst.study.executors import parse_slurm_args, slurm_executor
+    from rsst.study.run import slurm_options
+
+    study = parse_study({"slurm": {"partition": "cpu", "qos": "low"}})
+    options = slurm_options(study, partition="gpu", time="1-02:30:00", gpus_per_run=4,
+                            account="lab")
+    assert options == {"partition": "gpu", "qos": "low", "time_min": 24 * 60 + 150,
+                       "gpus_per_run": 4, "account": "lab"}
+    executor = slurm_executor(tmp_path / "s", options, 2, cluster="slurm",
+                              extra=parse_slurm_args(["mail-type=END", "exclude=n1"]))
+    params = executor._executor.parameters
+    assert (params["partition"], params["time"], params["gpus_per_node"], params["account"],
+            params["ntasks_per_node"], params["qos"]) == ("gpu", 1590, 4, "lab", 1, "low")
+    assert params["additional_parameters"] == {"mail_type": "END", "exclude": "n1"}
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"slurm": {"partition": "gpu"}}, "--slurm-partition applies to --executor slurm"),
+    ({"slurm_args": ["qos=high"]}, "--slurm-arg applies to --executor slurm"),
+    ({"executor": "slurm", "slurm_args": ["qos"]}, "--slurm-arg 'qos': give key=value"),
+    ({"executor": "slurm", "slurm": {"time": "soon"}}, "--slurm-time 'soon': give minutes"),
+    ({"executor": "slurm", "slurm": {"gpus_per_run": 0}}, "--slurm-gpus-per-run 0"),
+])
+def test_bad_slurm_flags_are_refused_before_anything_is_written(tmp_path, study_file, kwargs,
+                                                                words):
+    from rsst.study.run import run_study
+
+    with pytest.raises(UserError, match=words):
+        run_study(study_file, tmp_path / "new", cluster="debug", **kwargs)
+    assert not (tmp_path / "new").exists()
+
+
+def test_cli_slurm_flags_and_a_bad_one(tmp_path, study_file, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["study", str(study_file), "--out", str(tmp_path / "o"), "--slurm-time", "3",
+                  "--slurm-arg", "qos=high"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--slurm-time applies to --executor slurm" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+# -- progress: a live table in a terminal, one line per event in a pipe -----------------------
+def test_progress_lines_in_a_pipe_and_a_table_in_a_terminal(tmp_path):
+    import io
+
+    from rich.console import Console
+
+    from rsst.study.executors import TaskResult
+    from rsst.study.progress import StudyProgress
+
+    task = _task(tmp_path)
+    other = dataclasses.replace(task, name="imp-y/seed-0", run_dir=tmp_path / "other")
+    buffer = io.StringIO()
+    progress = StudyProgress([task, other], {task.name: 3, other.name: 3},
+                             Console(file=buffer, width=200), live=False)
+    progress.started(task.name)
+    progress.poll()
+    (task.run_dir / "state_00").mkdir(parents=True)
+    (task.run_dir / "state_00" / rundir.STATE_WEIGHTS).write_bytes(b"")
+    progress.poll()
+    assert "running state 2 of 3" in _render(progress.table())
+    assert "queued" in _render(progress.table())
+    progress.finished(TaskResult(task.name, 0, seconds=60))
+    progress.started(other.name)
+    progress.finished(TaskResult(other.name, 3, seconds=6, last_line="error: diverged"))
+    progress.poll()
+    lines = buffer.getvalue().splitlines()
+    assert lines == ["started rsst-x/seed-0 (0 of 3 states finished before)",
+                     "rsst-x/seed-0: state 0 finished (1 of 3)",
+                     "done rsst-x/seed-0 in 1.0 min",
+                     "started imp-y/seed-0 (0 of 3 states finished before)",
+                     "failed imp-y/seed-0 (exit 3) after 0.1 min: error: diverged"]
+    table = _render(progress.table())
+    assert "1 done" in table and "1 failed" in table and "exit 3: error: diverged" in table
+    terminal = io.StringIO()
+    live = StudyProgress([task], {task.name: 3}, Console(file=terminal, force_terminal=True,
+                                                         width=200), live=None)
+    assert live.live_table
+    with live:
+        live.started(task.name)
+        live.poll()
+    assert "started" not in terminal.getvalue() and "running state" in terminal.getvalue()
+
+
+def _render(table) -> str:
+    import io
+
+    from rich.console import Console
+
+    console = Console(file=io.StringIO(), width=200)
+    console.print(table)
+    return console.file.getvalue()
