@@ -368,6 +368,9 @@ def test_report_carries_n_intervals_chance_and_controls(reference, tmp_path):
     assert f"{100 * mean:.2f} ± {100 * std:.2f} (n = 2, 95 % CI [{100 * (mean - half):.2f}, " \
         f"{100 * (mean + half):.2f}])" in text
     assert "50 % (1/2 classes)" in text  # two classes: chance is one half
+    # the evaluation images: 56 training images, a tenth carved off as validation
+    assert {json.loads(p.read_text())["val_images"] for p in runs} == {56 // 10}
+    assert "| 2 | 5 | 50 (1/2) |" in text
     assert "## Controls beside their tickets" in text and "| shuffle |" in text
     result = json.loads((study / "compare.json").read_text())
     (control,) = [g for g in result["groups"] if g["control"]]
@@ -556,3 +559,42 @@ def _render(table) -> str:
     console = Console(file=io.StringIO(), width=200)
     console.print(table)
     return console.file.getvalue()
+
+
+# -- the report's rules ----------------------------------------------------------------------
+def _point_run(accs_by_state: dict[int, float]) -> dict:
+    return {"dir": "r", "seed": 0, "points": [
+        {"state": s, "phase": "trained", "acc": a, "remain": 0.5 ** s}
+        for s, a in accs_by_state.items()]}
+
+
+def test_the_winning_ticket_is_within_half_a_point_and_its_interval_meets_dense():
+    from rsst.compare import _group
+
+    # dense exactly 0.800 over two seeds (interval [0.8, 0.8]); state 2 is within half a
+    # point (0.797) but its interval [0.797, 0.797] misses dense's; state 1 meets it
+    runs = [_point_run({0: 0.800, 1: 0.799, 2: 0.797}), _point_run({0: 0.800, 1: 0.801,
+                                                                   2: 0.797})]
+    group = _group("imp", "resnet20", "cifar10", runs, "remain")
+    assert group["winning_ticket"]["state"] == 1
+    # one seed: no intervals, the half-point rule alone
+    alone = _group("imp", "resnet20", "cifar10", runs[:1], "remain")
+    assert alone["winning_ticket"]["state"] == 2
+
+
+def test_eval_images_from_the_summary_or_the_data_settings(tmp_path):
+    from rsst.study.report import eval_images
+
+    def run(name: str, summary: dict | None, config: str) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        if summary is not None:
+            (folder / "summary.json").write_text(json.dumps(summary))
+        (folder / "config.toml").write_text(config)
+        return folder
+
+    assert eval_images(run("new", {"val_images": 123}, 'dataset = "cifar10"\n')) == 123
+    assert eval_images(run("old", {}, 'dataset = "cifar10"\nval_split = 700\n')) == 700
+    assert eval_images(run("cifar", {}, 'dataset = "cifar100"\n')) == 5000
+    assert eval_images(run("synthetic", None, 'dataset = "synthetic"\n')) == 1000
+    assert eval_images(run("folders", {}, 'dataset = "imagefolder"\n')) is None
