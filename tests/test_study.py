@@ -270,6 +270,7 @@ def reference(study_file, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_a_study_writes_one_run_per_identity_and_seed(reference):
     (folder,) = (reference / "runs").iterdir()
     identity = json.loads((folder / "identity.json").read_text())
@@ -294,6 +295,7 @@ def test_a_study_writes_one_run_per_identity_and_seed(reference):
                                                                                 seed)
 
 
+@pytest.mark.slow
 def test_a_second_start_skips_finished_runs(study_file, reference):
     before = {p: p.stat().st_mtime_ns for p in reference.glob("runs/*/seed-*/summary.json")}
     code, text = finish(start_study(study_file, reference))
@@ -310,6 +312,7 @@ def _wait_for(path_glob: str, root: Path, proc: subprocess.Popen) -> None:
         time.sleep(0.02)
 
 
+@pytest.mark.slow
 def test_killed_study_started_again_matches_an_uninterrupted_one(study_file, reference,
                                                                  tmp_path):
     out = tmp_path / "study"
@@ -335,6 +338,7 @@ def test_killed_study_started_again_matches_an_uninterrupted_one(study_file, ref
     assert results(out) == results(reference)
 
 
+@pytest.mark.slow
 def test_slurm_path_through_submitits_debug_executor(study_file, reference, tmp_path):
     pytest.importorskip("submitit")
     from rich.console import Console
@@ -352,6 +356,7 @@ def test_slurm_path_through_submitits_debug_executor(study_file, reference, tmp_
     assert results(out) == results(reference)
 
 
+@pytest.mark.slow
 def test_report_carries_n_intervals_chance_and_controls(reference, tmp_path):
     from rsst.study.report import write_report
     from rsst.study.stats import t975
@@ -598,3 +603,64 @@ def test_eval_images_from_the_summary_or_the_data_settings(tmp_path):
     assert eval_images(run("cifar", {}, 'dataset = "cifar100"\n')) == 5000
     assert eval_images(run("synthetic", None, 'dataset = "synthetic"\n')) == 1000
     assert eval_images(run("folders", {}, 'dataset = "imagefolder"\n')) is None
+
+
+# -- a failed run, and a study file edited later ---------------------------------------------
+EDITED = """
+name = "edited"
+[base]
+dataset = "imagefolder"
+data_dir = "{images}"
+arch = "resnet20"
+states = 2
+epochs = 1
+batch_size = 16
+device = "cpu"
+backend = "torch"
+[grid]
+method = ["refill"]
+seed = [0]
+[[variants]]
+{variant}
+"""
+
+
+@pytest.mark.slow
+def test_a_failed_run_is_listed_and_an_edited_file_adds_runs_and_keeps_old_ones(
+        study_file, tmp_path, monkeypatch, capsys):
+    images = study_file.parent / "images"
+    path = tmp_path / "edited.toml"
+    out = tmp_path / "study"
+    for key, value in {"PYTHONPATH": str(ROOT), "RSST_CACHE": str(tmp_path / "cache"),
+                       "OMP_NUM_THREADS": "1"}.items():
+        monkeypatch.setenv(key, value)
+    # 1. the variant's data folder does not exist: that run exits 2, the other one finishes
+    path.write_text(EDITED.format(images=images, variant=f'data_dir = "{tmp_path / "gone"}"'))
+    with pytest.raises(SystemExit) as info:
+        cli.main(["study", str(path), "--out", str(out)])
+    assert info.value.code == 1
+    captured = capsys.readouterr()
+    failures = [line for line in captured.err.splitlines() if line.startswith("failed: ")]
+    (failed,) = read_study(path).experiments[1:]
+    assert len(failures) == 1 and failures[0].startswith(f"failed: {failed.name}/seed-0 (exit 2)")
+    assert "does not exist" in failures[0] or "gone" in failures[0]
+    (kept,) = [e for e in read_study(path).experiments if e.name != failed.name]
+    summary = out / "runs" / kept.name / "seed-0" / "summary.json"
+    assert (out / "runs" / kept.name / "seed-0" / FINISHED).is_file()
+    stamp = summary.stat().st_mtime_ns
+    # 2. edited: the failing variant replaced by another one; the old run stays, unrun
+    path.write_text(EDITED.format(images=images, variant="rate = 0.4"))
+    cli_code = None
+    try:
+        cli.main(["study", str(path), "--out", str(out)])
+    except SystemExit as exc:
+        cli_code = exc.code
+    assert cli_code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"not in the study file any more (kept, not run): {out / 'runs' / failed.name}" \
+        in text
+    assert (out / "runs" / failed.name).is_dir()  # listed, never deleted
+    assert summary.stat().st_mtime_ns == stamp  # finished before: skipped
+    (added,) = [e for e in read_study(path).experiments if e.name != kept.name]
+    assert added.config.rate == 0.4
+    assert (out / "runs" / added.name / "seed-0" / FINISHED).is_file()
