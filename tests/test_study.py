@@ -141,19 +141,20 @@ def test_variants_cross_the_grid_and_expand_their_lists():
 
 
 def test_the_running_study_keeps_its_identities_in_the_issue_format(tmp_path):
-    """studies/cifar10-resnet20-reduced.toml rewritten in the issue's spelling: same runs."""
-    old = read_study(ROOT / "studies" / "cifar10-resnet20-reduced.toml")
+    """studies/cifar10-resnet20-reduced.toml, in the issue's spelling, names the folders of the
+    study started from it in the older spelling ([study] seeds); both spellings agree."""
+    new = read_study(ROOT / "studies" / "cifar10-resnet20-reduced.toml")
     text = (ROOT / "studies" / "cifar10-resnet20-reduced.toml").read_text()
-    body = text[text.index("[base]"):].replace(
-        'method = ["rsst", "refill", "imp", "omp", "snip", "synflow", "random"]',
-        'method = ["rsst", "refill", "imp", "omp", "snip", "synflow", "random"]\nseed = [0, 1]')
-    path = tmp_path / "issue.toml"
-    path.write_text(f'name = "{old.name}"\n{body}')
-    new = read_study(path)
-    assert (new.name, new.seeds) == (old.name, old.seeds)
+    older = text.replace(f'name = "{new.name}"', f'[study]\nname = "{new.name}"\nseeds = [0, 1]'
+                         ).replace("seed = [0, 1]\n", "")
+    assert "[study]" in older and "seed = " not in older
+    path = tmp_path / "older.toml"
+    path.write_text(older)
+    old = read_study(path)
+    assert (new.name, new.seeds) == (old.name, old.seeds) == ("cifar10-resnet20-reduced", [0, 1])
     assert [e.name for e in new.experiments] == [e.name for e in old.experiments]
     # the folders of the study running since the lead started it
-    assert {e.name for e in old.experiments} == {
+    assert {e.name for e in new.experiments} == {
         "imp-fe28f0255c", "omp-a312338062", "random-9e276b5dcb", "refill-fb21210c4e",
         "rsst-cbcc8667df", "snip-3d1e52b225", "synflow-f8a5b7a4f1"}
 
