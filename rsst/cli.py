@@ -690,9 +690,9 @@ def study(
                                        show_default=False),
     executor: str = typer.Option("local", help="local (child processes here) | slurm (one "
                                  "SLURM job per run through submitit; the slurm extra)."),
-    write_report: bool = typer.Option(False, "--report", help="Then write DIR/report.md, "
-                                      "DIR/compare.json and DIR/compare.png (statistics over "
-                                      "seeds, winning tickets, controls beside their tickets)."),
+    write_report: bool = typer.Option(False, "--report", help="Run nothing: write DIR/report.md, "
+                                      "DIR/compare.json and DIR/compare.png from the runs "
+                                      "finished so far (a study writes them when it ends)."),
     slurm_partition: str | None = typer.Option(None, help="SLURM partition of the jobs.",
                                                show_default=False),
     slurm_time: str | None = typer.Option(None, help="Time limit per job: minutes or "
@@ -710,24 +710,29 @@ def study(
     The file: name = "..."; [base] settings of every run (preset included); [grid] lists that
     expand as a cartesian product (seed = [0, 1, 2] gives replicates); [[variants]] more runs,
     each crossed with [grid], lists expanding there too, and controls = ["reinit", "shuffle"]
-    to train those controls of every state ≥ 1 of the variant's runs. Runs live in
+    to train those controls of every state ≥ 1 of the variant's runs. At its end the study
+    writes DIR/report.md, DIR/compare.json and DIR/compare.png. Runs live in
     DIR/runs/<method>-<hash>/seed-<N>/, the hash naming the settings that differ from the
     defaults (DIR/runs/<method>-<hash>/identity.json lists them). Killed at any moment, the
     same command continues: finished runs are skipped, interrupted ones resumed; runs the file
     no longer names are listed and kept. A failed run does not stop the others; the study then
     exits 1 with one line per failure.
     """
+    from rsst.study.report import write_report as write
     from rsst.study.run import run_study
 
+    if write_report:  # the report alone, from what is finished; nothing is run
+        from rsst.study.spec import read_study
+
+        for path in write(out, read_study(study_file)):
+            console.print(f"wrote {path}", highlight=False)
+        return
     outcome = run_study(study_file, out, workers=workers, executor=executor, console=console,
                         slurm={"partition": slurm_partition, "time": slurm_time,
                                "gpus_per_run": slurm_gpus_per_run, "account": slurm_account},
                         slurm_args=slurm_arg)
-    if write_report:
-        from rsst.study.report import write_report as write
-
-        for path in write(out):
-            console.print(f"wrote {path}", highlight=False)
+    for path in write(out, outcome.study):  # the answer, from every run that finished
+        console.print(f"wrote {path}", highlight=False)
     if outcome.failed:
         for result in outcome.failed:
             err_console.print(f"failed: {result.name} (exit {result.returncode})"

@@ -383,6 +383,30 @@ def test_report_carries_n_intervals_chance_and_controls(reference, tmp_path):
     assert control["label"].startswith("shuffle of refill") and control["n_runs"] == 2
 
 
+@pytest.mark.slow
+def test_report_flag_writes_the_answer_from_what_is_finished_and_runs_nothing(
+        reference, study_file, tmp_path, capsys):
+    assert (reference / "report.md").is_file()  # a study writes its answer when it ends
+    study = tmp_path / "study"
+    shutil.copytree(reference, study)
+    for name in ("report.md", "compare.json", "compare.png"):
+        (study / name).unlink()
+    shutil.rmtree(next(study.glob("runs/*/seed-1")))  # a run not done yet
+    before = sorted(p.relative_to(study) for p in study.rglob("*"))
+    with pytest.raises(SystemExit) as info:
+        cli.main(["study", str(study_file), "--out", str(study), "--report"])
+    assert info.value.code == 0
+    after = sorted(p.relative_to(study) for p in study.rglob("*"))
+    assert sorted(set(after) - set(before)) == [Path("compare.json"), Path("compare.png"),
+                                                Path("report.md")]
+    assert "| 1 | 5 |" in (study / "report.md").read_text()  # one seed done
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        cli.main(["study", str(study_file), "--out", str(tmp_path / "none"), "--report"])
+    assert info.value.code == 2 and "is not a study directory" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists()
+
+
 def test_refusals_before_anything_is_written(tmp_path, study_file):
     from rsst.study.run import run_study
 

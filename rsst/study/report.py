@@ -18,7 +18,7 @@ from rsst.compare import WINNING_TICKET_POINTS, compare_runs, find_runs, to_json
 from rsst.config import RunConfig
 from rsst.data.synthetic import SYNTHETIC_VAL
 from rsst.errors import UserError
-from rsst.study.spec import read_study
+from rsst.study.spec import Study, read_study
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -98,14 +98,17 @@ def _verdict(ticket: dict[str, Any] | None, control: dict[str, Any] | None) -> s
     return "not distinguishable"
 
 
-def build_report(root: str | Path) -> tuple[str, dict[str, Any]]:
-    """(markdown, comparison) of the study in ``root``."""
+def build_report(root: str | Path, study: Study | None = None) -> tuple[str, dict[str, Any]]:
+    """(markdown, comparison) of the study in ``root`` (``study``: its file as read now;
+    default the study.toml the last `rsst study` wrote there)."""
     root = Path(root)
     if not (root / "study.toml").is_file():
-        raise UserError(f"{root} is not a study directory (no study.toml): pass the --out of "
-                        "`rsst study`")
-    study = read_study(root / "study.toml")
-    result = compare_runs(find_runs([root], warn=lambda line: None), x="remain", metric="val")
+        raise UserError(f"--out {root} is not a study directory (no study.toml): pass the "
+                        "--out of an `rsst study` run")
+    study = study or read_study(root / "study.toml")
+    # force: a study may span datasets; each row names its own evaluation images and chance
+    result = compare_runs(find_runs([root], warn=lambda line: None), x="remain", metric="val",
+                          force=True)
     runs = [g for g in result["groups"] if g["control"] is None]
     controls = [g for g in result["groups"] if g["control"] is not None]
     chance = {g["chance"] for g in result["groups"]} - {None}
@@ -168,12 +171,12 @@ def build_report(root: str | Path) -> tuple[str, dict[str, Any]]:
     return "\n".join(lines) + "\n", result
 
 
-def write_report(root: str | Path) -> list[Path]:
+def write_report(root: str | Path, study: Study | None = None) -> list[Path]:
     """report.md and compare.json, and compare.png when matplotlib is installed."""
     from rsst.plots import plot_comparison, pyplot
 
     root = Path(root)
-    text, result = build_report(root)
+    text, result = build_report(root, study)
     atomic_write_text(root / REPORT, text)
     atomic_write_text(root / COMPARE_JSON, to_json(result) + "\n")
     written = [root / REPORT, root / COMPARE_JSON]
