@@ -376,7 +376,7 @@ def test_report_carries_n_intervals_chance_and_controls(reference, tmp_path):
     assert "50 % (1/2 classes)" in text  # two classes: chance is one half
     # the evaluation images: 56 training images, a tenth carved off as validation
     assert {json.loads(p.read_text())["val_images"] for p in runs} == {56 // 10}
-    assert "| 2 | 5 | 50 (1/2) |" in text
+    assert "| 2 / 2 | 5 | 50 (1/2) |" in text
     assert "## Controls beside their tickets" in text and "| shuffle |" in text
     result = json.loads((study / "compare.json").read_text())
     (control,) = [g for g in result["groups"] if g["control"]]
@@ -399,7 +399,7 @@ def test_report_flag_writes_the_answer_from_what_is_finished_and_runs_nothing(
     after = sorted(p.relative_to(study) for p in study.rglob("*"))
     assert sorted(set(after) - set(before)) == [Path("compare.json"), Path("compare.png"),
                                                 Path("report.md")]
-    assert "| 1 | 5 |" in (study / "report.md").read_text()  # one seed done
+    assert "| 1 / 1 | 5 |" in (study / "report.md").read_text()  # one seed done
     capsys.readouterr()
     with pytest.raises(SystemExit) as info:
         cli.main(["study", str(study_file), "--out", str(tmp_path / "none"), "--report"])
@@ -613,21 +613,23 @@ def test_the_winning_ticket_is_within_half_a_point_and_its_interval_meets_dense(
 
 
 def test_eval_images_from_the_summary_or_the_data_settings(tmp_path):
+    from rsst.config import save_config
     from rsst.study.report import eval_images
 
-    def run(name: str, summary: dict | None, config: str) -> Path:
+    def run(name: str, summary: dict | None, **config) -> Path:
         folder = tmp_path / name
         folder.mkdir()
         if summary is not None:
             (folder / "summary.json").write_text(json.dumps(summary))
-        (folder / "config.toml").write_text(config)
+        save_config(build_config(overrides=config), folder / "config.toml")  # as runs write it
         return folder
 
-    assert eval_images(run("new", {"val_images": 123}, 'dataset = "cifar10"\n')) == 123
-    assert eval_images(run("old", {}, 'dataset = "cifar10"\nval_split = 700\n')) == 700
-    assert eval_images(run("cifar", {}, 'dataset = "cifar100"\n')) == 5000
-    assert eval_images(run("synthetic", None, 'dataset = "synthetic"\n')) == 1000
-    assert eval_images(run("folders", {}, 'dataset = "imagefolder"\n')) is None
+    assert eval_images(run("new", {"val_images": 123}, dataset="cifar10", data_dir="d")) == 123
+    assert eval_images(run("old", {}, dataset="cifar10", data_dir="d", val_split=700)) == 700
+    assert eval_images(run("cifar", {}, dataset="cifar100", data_dir="d")) == 5000
+    assert eval_images(run("synthetic", None, dataset="synthetic")) == 1000
+    assert eval_images(run("folders", {}, dataset="imagefolder", data_dir="d")) is None
+    assert eval_images(tmp_path / "nothing") is None
 
 
 # -- a failed run, and a study file edited later ---------------------------------------------

@@ -8,22 +8,17 @@ says how many seeds it stands on.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 from rsst import rundir
 from rsst.atomic import atomic_write_text
 from rsst.compare import WINNING_TICKET_POINTS, compare_runs, find_runs, to_json
-from rsst.config import RunConfig
+from rsst.config import load_config
 from rsst.data.synthetic import SYNTHETIC_VAL
 from rsst.errors import UserError
+from rsst.study.executors import is_finished
 from rsst.study.spec import Study, read_study
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 REPORT = "report.md"
 COMPARE_JSON = "compare.json"
@@ -60,18 +55,21 @@ def eval_images(run_dir: str | Path) -> int | None:
     except (OSError, ValueError, AttributeError):
         pass
     try:
-        config = tomllib.loads((run_dir / rundir.CONFIG).read_text())
-    except (OSError, ValueError):
+        config = load_config(run_dir / rundir.CONFIG)
+    except UserError:
         return None
-    if isinstance(config.get("val_split"), int):
-        return config["val_split"]
-    return {"synthetic": SYNTHETIC_VAL, "cifar10": 5000, "cifar100": 5000}.get(
-        config.get("dataset", RunConfig().dataset))
+    if config.val_split is not None:
+        return config.val_split
+    return {"synthetic": SYNTHETIC_VAL, "cifar10": 5000, "cifar100": 5000}.get(config.dataset)
 
 
 def _images(group: dict[str, Any]) -> str:
     counts = sorted({c for c in (eval_images(r["dir"]) for r in group["runs"])} - {None})
     return " / ".join(f"{c:,}" for c in counts) or "unknown"
+
+
+def _finished(group: dict[str, Any]) -> int:
+    return sum(is_finished(Path(r["dir"])) for r in group["runs"])
 
 
 def _chance(group: dict[str, Any]) -> str:
@@ -135,14 +133,14 @@ def build_report(root: str | Path, study: Study | None = None) -> tuple[str, dic
         *(f"- {label}: not in the study file any more (its runs are kept and reported)."
           for label in gone), "",
         "## Experiments", "",
-        "| experiment | seeds done | eval images | chance % | dense | winning ticket "
+        "| experiment | runs finished / started | eval images | chance % | dense | winning ticket "
         "(remaining weights) | best |",
         "|---|---|---|---|---|---|---|",
     ]
     for g in runs:
         ticket, best = g["winning_ticket"], g["best"]
         lines.append(
-            f"| {g['label']} | {g['n_runs']} | {_images(g)} | {_chance(g)} | "
+            f"| {g['label']} | {_finished(g)} / {g['n_runs']} | {_images(g)} | {_chance(g)} | "
             f"{_acc(_delivered(g, 0))} | "
             + (f"state {ticket['state']}: {_acc(ticket)} ({_pct(ticket['x'])} %)"
                if ticket else "none") + " | "
