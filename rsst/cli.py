@@ -580,7 +580,8 @@ def compare(
     """Accuracy against sparsity across runs, grouped by run identity: only runs that differ in
     their seed alone are pooled (mean ± std, n, 95 % interval); groups of one method are labelled
     by the settings that differ. Each group's winning ticket: its sparsest state within 0.5
-    point of dense. A study directory (rsst study --out) stands for its runs and controls."""
+    point of dense whose 95 % interval meets dense's. A study directory (rsst study --out)
+    stands for its runs and controls."""
     from rich.markup import escape
 
     from rsst.compare import compare_runs, comparison_tables, find_runs, to_json

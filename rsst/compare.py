@@ -468,7 +468,7 @@ def comparison_tables(result: dict[str, Any]) -> list[Any]:
     summary = Table(title=f"rsst compare · {result['metric']} accuracy (%) · x = "
                     f"{result['x_label']}")
     summary.caption = (f"winning ticket: the sparsest state within {WINNING_TICKET_POINTS:g} "
-                       "point of dense (state 0)")
+                       "point of dense (state 0) whose 95 % interval meets dense's")
     summary.caption += "; ± is the std over seeds, \\[a, b] the 95 % interval of the mean " \
         "(Student t; none for one seed)"
     for header in ("group", "arch", "dataset", "runs", "dense", "best (x)", "winning ticket"):
