@@ -691,3 +691,34 @@ def test_a_failed_run_is_listed_and_an_edited_file_adds_runs_and_keeps_old_ones(
     (added,) = [e for e in read_study(path).experiments if e.name != kept.name]
     assert added.config.rate == 0.4
     assert (out / "runs" / added.name / "seed-0" / FINISHED).is_file()
+
+
+def test_a_variants_controls_test_every_state_from_1_of_each_of_its_runs(tmp_path):
+    from rsst.study.run import plan_controls
+
+    study = parse_study({"base": {"states": 3}, "grid": {"method": ["refill"], "seed": [0, 4]},
+                         "variants": [{"rate": 0.5, "controls": ["reinit", "shuffle"]}],
+                         "controls": {"kinds": ["shuffle"], "state": 2}})
+    plain, tested = study.experiments
+    pairs = plan_controls(study, tmp_path)
+    got = [(source.name, control.name.split("/")[-1], control.start[3], control.start[5])
+           for source, control in pairs]
+    # the [controls] table: every run's state 2; the variant's: states 1 and 2 (shuffle at
+    # state 2 once)
+    assert got == [
+        (f"{plain.name}/seed-0", "shuffle-state-2", "2", "shuffle"),
+        (f"{plain.name}/seed-4", "shuffle-state-2", "2", "shuffle"),
+        (f"{tested.name}/seed-0", "reinit-state-1", "1", "reinit"),
+        (f"{tested.name}/seed-0", "shuffle-state-1", "1", "shuffle"),
+        (f"{tested.name}/seed-0", "reinit-state-2", "2", "reinit"),
+        (f"{tested.name}/seed-0", "shuffle-state-2", "2", "shuffle"),
+        (f"{tested.name}/seed-4", "reinit-state-1", "1", "reinit"),
+        (f"{tested.name}/seed-4", "shuffle-state-1", "1", "shuffle"),
+        (f"{tested.name}/seed-4", "reinit-state-2", "2", "reinit"),
+        (f"{tested.name}/seed-4", "shuffle-state-2", "2", "shuffle")]
+    for source, control in pairs:
+        assert control.start[:2] == ("ticket", str(source.run_dir))
+        assert control.run_dir == tmp_path / "controls" / control.name
+    one_shot = parse_study({"variants": [{"method": "snip", "target_remain": 0.2,
+                                          "controls": ["reinit"]}]})
+    assert one_shot.experiments[-1].ticket_states == [0]  # pruned at init: its only state
