@@ -703,14 +703,16 @@ def study(
                                                   show_default=False),
     slurm_account: str | None = typer.Option(None, help="SLURM account to charge.",
                                              show_default=False),
-    slurm_arg: list[str] = typer.Option([], "--slurm-arg", help="Another sbatch option as "
-                                        "key=value (repeatable), e.g. --slurm-arg qos=high."),
+    slurm_arg: list[str] = typer.Option([], "--slurm-arg", metavar="KEY=VALUE",
+                                        help="Another sbatch option as key=value "
+                                        "(repeatable), e.g. --slurm-arg qos=high."),
 ) -> None:
     """Run every method × setting × seed of a study file, each as its own `rsst run` process.
 
-    The file: name = "..."; [base] settings of every run (preset included); [grid] lists that
-    expand as a cartesian product (seed = [0, 1, 2] gives replicates); [[variants]] more runs,
-    each crossed with [grid], lists expanding there too, and controls = ["reinit", "shuffle"]
+    The file: name = "..."; \\[base] settings of every run (preset included); \\[grid] lists
+    that expand as a cartesian product (seed = \\[0, 1, 2] gives replicates); \\[\\[variants]]
+    more runs, each crossed with \\[grid], lists expanding there too, and
+    controls = \\["reinit", "shuffle"]
     to train those controls of every state ≥ 1 of the variant's runs. At its end the study
     writes DIR/report.md, DIR/compare.json and DIR/compare.png. Runs live in
     DIR/runs/<method>-<hash>/seed-<N>/, the hash naming the settings that differ from the
