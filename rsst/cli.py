@@ -585,7 +585,8 @@ def compare(
     """Accuracy against sparsity across runs, grouped by run identity: only runs that differ in
     their seed alone are pooled (mean ± std, n, 95 % interval); groups of one method are labelled
     by the settings that differ. Each group's winning ticket: its sparsest state within 0.5
-    point of dense. A study directory (rsst study --out) stands for its runs and controls."""
+    point of dense whose 95 % interval meets dense's. A study directory (rsst study --out)
+    stands for its runs and controls."""
     from rich.markup import escape
 
     from rsst.compare import compare_runs, comparison_tables, find_runs, to_json
@@ -696,31 +697,66 @@ def study(
                                       "grid, per-method tables, variants."),
     out: Path = typer.Option(..., "--out", help="The study directory (created; an existing "
                              "study directory is continued)."),
-    workers: int = typer.Option(1, help="Runs at a time (local), or SLURM jobs at a time."),
+    workers: int | None = typer.Option(None, help="Runs at a time (local: default one per "
+                                       "visible GPU, else 1; the CPU threads are split evenly "
+                                       "between them), or SLURM jobs at a time.",
+                                       show_default=False),
     executor: str = typer.Option("local", help="local (child processes here) | slurm (one "
                                  "SLURM job per run through submitit; the slurm extra)."),
-    write_report: bool = typer.Option(False, "--report", help="Then write DIR/report.md, "
-                                      "DIR/compare.json and DIR/compare.png (statistics over "
-                                      "seeds, winning tickets, controls beside their tickets)."),
+    write_report: bool = typer.Option(False, "--report", help="Run nothing: write DIR/report.md, "
+                                      "DIR/compare.json and DIR/compare.png from the runs "
+                                      "finished so far (a study writes them when it ends)."),
+    slurm_partition: str | None = typer.Option(None, help="SLURM partition of the jobs.",
+                                               show_default=False),
+    slurm_time: str | None = typer.Option(None, help="Time limit per job: minutes or "
+                                          "D-HH:MM:SS (default 24 h).", show_default=False),
+    slurm_gpus_per_run: int | None = typer.Option(None, help="GPUs per job; above 1 the run "
+                                                  "starts under torch.distributed.run.",
+                                                  show_default=False),
+    slurm_account: str | None = typer.Option(None, help="SLURM account to charge.",
+                                             show_default=False),
+    slurm_arg: list[str] = typer.Option([], "--slurm-arg", metavar="KEY=VALUE",
+                                        help="Another sbatch option as key=value "
+                                        "(repeatable), e.g. --slurm-arg qos=high."),
 ) -> None:
     """Run every method × setting × seed of a study file, each as its own `rsst run` process.
 
-    Runs live in DIR/runs/<method>-<hash>/seed-<N>/, the hash naming the settings that differ
-    from the defaults (DIR/runs/<method>-<hash>/identity.json lists them). Killed at any moment,
-    the same command continues: finished runs are skipped, interrupted ones resumed.
+    The file: name = "..."; \\[base] settings of every run (preset included); \\[grid] lists
+    that expand as a cartesian product (seed = \\[0, 1, 2] gives replicates); \\[\\[variants]]
+    more runs, each crossed with \\[grid], lists expanding there too, and
+    controls = \\["reinit", "shuffle"]
+    to train those controls of every state ≥ 1 of the variant's runs. At its end the study
+    writes DIR/report.md, DIR/compare.json and DIR/compare.png. Runs live in
+    DIR/runs/<method>-<hash>/seed-<N>/, the hash naming the settings that differ from the
+    defaults (DIR/runs/<method>-<hash>/identity.json lists them). Killed at any moment, the
+    same command continues: finished runs are skipped, interrupted ones resumed; runs the file
+    no longer names are listed and kept. A failed run does not stop the others; the study then
+    exits 1 with one line per failure.
     """
+    from rsst.study.report import write_report as write
     from rsst.study.run import run_study
 
-    outcome = run_study(study_file, out, workers=workers, executor=executor, console=console)
-    if write_report:
-        from rsst.study.report import write_report as write
+    if write_report:  # the report alone, from what is finished; nothing is run
+        from rsst.study.spec import read_study
 
-        for path in write(out):
+        for path in write(out, read_study(study_file)):
             console.print(f"wrote {path}", highlight=False)
+        return
+    outcome = run_study(study_file, out, workers=workers, executor=executor, console=console,
+                        slurm={"partition": slurm_partition, "time": slurm_time,
+                               "gpus_per_run": slurm_gpus_per_run, "account": slurm_account},
+                        slurm_args=slurm_arg)
+    for path in write(out, outcome.study):  # the answer, from every run that finished
+        console.print(f"wrote {path}", highlight=False)
     if outcome.failed:
+        for result in outcome.failed:
+            err_console.print(f"failed: {result.name} (exit {result.returncode})"
+                              + (f": {result.last_line}" if result.last_line else "")
+                              + f"; log {outcome.log_of(result.name)}", highlight=False,
+                              markup=False, soft_wrap=True)
         err_console.print(f"[bold red]error:[/] {len(outcome.failed)} of {len(outcome.tasks)} "
-                          f"runs failed; their logs are DIR/runs/<experiment>/seed-<N>.log; "
-                          f"fix the cause and run the same command again", highlight=False)
+                          "runs failed (listed above); fix the cause and run the same command "
+                          "again", highlight=False)
         raise typer.Exit(code=1)
 
 

@@ -12,7 +12,7 @@ mean (Student t, n − 1 degrees of freedom). Groups of one method are labelled 
 which they differ (``refill rate=0.5``). Controls (`rsst ticket`) form groups of their own, named
 after the ticket they control. The *winning ticket* of a group is its sparsest delivered state
 whose accuracy is within `WINNING_TICKET_POINTS` accuracy points of the dense network (state 0,
-every weight alive).
+every weight alive) and whose 95 % interval overlaps the dense network's.
 """
 
 from __future__ import annotations
@@ -410,7 +410,8 @@ def _group(method: str, arch: str, dataset: str, per_run: list[dict[str, Any]], 
     best = max(usable, key=lambda p: (p["acc"], -p["state"]), default=None)
     ticket = None
     if dense_acc is not None:
-        within = [p for p in usable if p["acc"] >= dense_acc - WINNING_TICKET_POINTS / 100]
+        within = [p for p in usable if p["acc"] >= dense_acc - WINNING_TICKET_POINTS / 100
+                  and intervals_overlap(p, dense)]
         sparser = (lambda p: p["x"]) if x == "sparsity" else (lambda p: -p["x"])
         ticket = max(within, key=lambda p: (sparser(p), p["state"]), default=None)
     brief = ("state", "phase", "x", "acc", "acc_std", "n", "ci95")
@@ -419,6 +420,17 @@ def _group(method: str, arch: str, dataset: str, per_run: list[dict[str, Any]], 
             "dense_acc": dense_acc, "points": points,
             "best": {k: best[k] for k in brief} if best else None,
             "winning_ticket": {k: ticket[k] for k in brief} if ticket else None}
+
+
+def intervals_overlap(point: dict[str, Any], other: dict[str, Any]) -> bool:
+    """Whether two points' 95 % intervals overlap; a single seed counts as its value alone,
+    and with a single seed on both sides there is nothing to compare (True)."""
+    a, b = point.get("ci95"), other.get("ci95")
+    if a is None and b is None:
+        return True
+    a = a or [point["acc"], point["acc"]]
+    b = b or [other["acc"], other["acc"]]
+    return a[0] <= b[1] and b[0] <= a[1]
 
 
 def _finite(value: Any) -> Any:
@@ -456,7 +468,7 @@ def comparison_tables(result: dict[str, Any]) -> list[Any]:
     summary = Table(title=f"rsst compare · {result['metric']} accuracy (%) · x = "
                     f"{result['x_label']}")
     summary.caption = (f"winning ticket: the sparsest state within {WINNING_TICKET_POINTS:g} "
-                       "point of dense (state 0)")
+                       "point of dense (state 0) whose 95 % interval meets dense's")
     summary.caption += "; ± is the std over seeds, \\[a, b] the 95 % interval of the mean " \
         "(Student t; none for one seed)"
     for header in ("group", "arch", "dataset", "runs", "dense", "best (x)", "winning ticket"):

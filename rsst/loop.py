@@ -559,6 +559,7 @@ class PruningRun:
             "dataset": self.config.dataset, "backend": self.backend_name,
             "device": str(self.device), "world_size": self.world.size,
             "structure_kinds": self.structure.kinds,
+            "val_images": len(self.data.val), "num_classes": self.data.num_classes,
             "states": self.records,
         })
 

@@ -131,7 +131,8 @@ def plot_comparison(result: dict[str, Any], path: str | Path) -> Path:
     ax.set_xlabel(result["x_label"])
     ax.set_ylabel(f"{result['metric'].replace('_', ' ')} accuracy (%)")
     ax.set_title("accuracy vs sparsity  (★ sparsest state within "
-                 f"{result['winning_ticket_points']:g} pt of dense; bands: 95 % interval)",
+                 f"{result['winning_ticket_points']:g} pt of dense, intervals meeting; "
+                 "bands: 95 % interval)",
                  fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)

@@ -153,3 +153,32 @@ def test_a_killed_control_set_up_again_or_resumed_matches_an_uninterrupted_one(t
     assert result(killed) == result(reference)
     assert torch.equal(masks(killed, 0)["layers.0.0.conv1.weight.mask"],
                        masks(reference, 0)["layers.0.0.conv1.weight.mask"])
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--state", "two", "--control", "reinit"], "--state 'two': give a state number or last"),
+    (["--state", "-1", "--control", "reinit"], "--state -1"),
+    (["--state", "9", "--control", "reinit"], "no finished state 9"),
+    (["--state", "1", "--control", "scramble"], "--control 'scramble': choose one of reinit"),
+    (["--state", "1", "--control", "reinit", "--seed", "-3"], "--seed -3: give a seed ≥ 0"),
+    (["--state", "1", "--control", "reinit", "--seed", "x"], "--seed"),
+    (["--state", "1", "--control", "shuffle", "--out", "{taken}"], "already exists"),
+    (["--state", "1", "--control", "shuffle", "--out", "{file}"], "--out"),
+    (["--control", "reinit"], "--state"),
+])
+def test_cli_ticket_refuses_bad_flags_in_one_line(refill_run, tmp_path, capsys, args, words):
+    from rsst import cli
+
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "notes.txt").write_text("mine")
+    (tmp_path / "file").write_text("a file")
+    args = [a.format(taken=taken, file=tmp_path / "file") for a in args]
+    before = sorted(p.name for p in refill_run.parent.iterdir())
+    with pytest.raises(SystemExit) as info:
+        cli.main(["ticket", str(refill_run), *args])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and words in err and "Traceback" not in err, err
+    assert sorted(p.name for p in refill_run.parent.iterdir()) == before  # nothing created
+    assert [p.name for p in taken.iterdir()] == ["notes.txt"]

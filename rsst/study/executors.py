@@ -11,14 +11,16 @@ threads, the SLURM executor (submitit) calls it inside each job.
 from __future__ import annotations
 
 import os
+import queue
+import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from collections.abc import Iterable
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from rsst.atomic import atomic_write_json
 from rsst.errors import UserError, install_hint
@@ -29,7 +31,8 @@ FINISHED = "study-finished.json"
 EXECUTORS = ("local", "slurm")
 #: the [slurm] keys a study file may set, passed to submitit's executor
 SLURM_KEYS = {"partition": "slurm_partition", "time_min": "timeout_min",
-              "gpus_per_node": "gpus_per_node", "cpus_per_task": "cpus_per_task",
+              "gpus_per_node": "gpus_per_node", "gpus_per_run": "gpus_per_node",
+              "cpus_per_task": "cpus_per_task",
               "mem_gb": "mem_gb", "account": "slurm_account", "qos": "slurm_qos",
               "constraint": "slurm_constraint"}
 
@@ -78,6 +81,45 @@ def _child_env(threads: int | None) -> dict[str, str]:
     return env
 
 
+def visible_gpus() -> list[str]:
+    """The CUDA devices this process may use, as CUDA_VISIBLE_DEVICES names them (none on a
+    machine without CUDA)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    listed = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
+              if d.strip()]
+    return listed or [str(i) for i in range(torch.cuda.device_count())]
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def worker_env(slot: int, workers: int, *, gpus: list[str], cpus: int) -> dict[str, str]:
+    """The environment of local worker ``slot`` of ``workers``: with GPUs its own one
+    (CUDA_VISIBLE_DEVICES, round robin when workers outnumber them); on CPU an even share of
+    the cores as OMP_NUM_THREADS (a value the user set is kept)."""
+    env = _child_env(max(1, cpus // workers))
+    if gpus:
+        env["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
+    return env
+
+
+def task_command(task: RunTask, gpus_per_run: int = 1) -> list[str]:
+    """The child's command line: ``python -m rsst ...``, or for a run with several GPUs
+    ``python -m torch.distributed.run --standalone --nproc-per-node G -m rsst run ...``."""
+    argv = task.argv()
+    if gpus_per_run > 1 and argv[0] == "run":
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                f"--nproc-per-node={gpus_per_run}", "-m", "rsst", *argv]
+    return [sys.executable, "-m", "rsst", *argv]
+
+
 def _last_line(log: Path) -> str:
     try:
         lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
@@ -87,20 +129,21 @@ def _last_line(log: Path) -> str:
     return (errors or lines or [""])[-1].strip()
 
 
-def run_task(task: RunTask, threads: int | None = None) -> TaskResult:
+def run_task(task: RunTask, env: dict[str, str] | None = None, gpus_per_run: int = 1
+             ) -> TaskResult:
     """Run (or resume) one run to its end in a child process; mark it finished on exit 0."""
     if is_finished(task.run_dir):
         return TaskResult(task.name, 0, skipped=True)
-    argv = task.argv()
-    resumed = argv[:2] == ["run", "--resume"]
+    command = task_command(task, gpus_per_run)
+    resumed = "--resume" in command
     start = time.monotonic()
     task.log.parent.mkdir(parents=True, exist_ok=True)
     with open(task.log, "a") as log:
-        log.write(f"\n$ rsst {' '.join(argv)}\n")
+        log.write(f"\n$ {' '.join(command[1:])}\n")
         log.flush()
-        code = subprocess.run([sys.executable, "-m", "rsst", *argv], stdout=log,
-                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                              env=_child_env(threads)).returncode
+        code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT,
+                              stdin=subprocess.DEVNULL,
+                              env=env if env is not None else _child_env(None)).returncode
     seconds = time.monotonic() - start
     if code == 0:
         kill_point("study-before-marker")  # test seam: the run is done, its marker not written
@@ -110,23 +153,77 @@ def run_task(task: RunTask, threads: int | None = None) -> TaskResult:
                       last_line="" if code == 0 else _last_line(task.log))
 
 
-def run_local(tasks: Iterable[RunTask], workers: int, on_done: Callable[[TaskResult], None]
-              ) -> list[TaskResult]:
-    """``workers`` runs at a time, each its own process; CPU threads split between them."""
+class Events(Protocol):
+    """What an executor tells the progress display (`rsst.study.progress`)."""
+
+    def started(self, name: str) -> None: ...
+    def finished(self, result: TaskResult) -> None: ...
+    def poll(self) -> None: ...
+
+
+def run_local(tasks: Iterable[RunTask], workers: int, events: Events,
+              gpus: list[str] | None = None) -> list[TaskResult]:
+    """``workers`` runs at a time, each its own process with its worker's environment
+    (`worker_env`: a GPU each, or an even share of the CPU threads)."""
     tasks = list(tasks)
-    threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None
+    gpus = visible_gpus() if gpus is None else gpus
+    envs = [worker_env(i, workers, gpus=gpus, cpus=cpu_count()) for i in range(workers)]
+    slots: queue.SimpleQueue[int] = queue.SimpleQueue()
+    for i in range(workers):
+        slots.put(i)
+
+    def job(task: RunTask) -> TaskResult:
+        if is_finished(task.run_dir):
+            return TaskResult(task.name, 0, skipped=True)
+        slot = slots.get()
+        try:
+            events.started(task.name)
+            return run_task(task, envs[slot])
+        finally:
+            slots.put(slot)
+
     results: list[TaskResult] = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(run_task, t, threads) for t in tasks]
-        for future in as_completed(futures):
-            result = future.result()
-            results.append(result)
-            on_done(result)
+        pending = {pool.submit(job, t) for t in tasks}
+        while pending:
+            done, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
+            for future in done:
+                result = future.result()
+                results.append(result)
+                events.finished(result)
+            events.poll()
     return results
 
 
+def parse_minutes(text: str) -> int:
+    """``--slurm-time``: minutes (``90``) or SLURM's ``[D-]HH:MM[:SS]``."""
+    match = re.fullmatch(r"(?:(\d+)-)?(\d+):(\d{1,2})(?::(\d{1,2}))?", text.strip())
+    if text.strip().isdigit() and int(text) > 0:
+        return int(text)
+    if match:
+        days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
+        total = days * 1440 + hours * 60 + minutes + (1 if seconds else 0)
+        if total > 0:
+            return total
+    raise UserError(f"--slurm-time {text!r}: give minutes (e.g. 600) or D-HH:MM:SS "
+                    "(e.g. 1-00:00:00)")
+
+
+def parse_slurm_args(items: Iterable[str]) -> dict[str, str]:
+    """``--slurm-arg key=value`` (repeatable): sbatch options submitit passes through."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip().lstrip("-")
+        if not sep or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", key) or not value.strip():
+            raise UserError(f"--slurm-arg {item!r}: give key=value, an sbatch option without "
+                            "its dashes, e.g. --slurm-arg qos=high")
+        out[key.replace("-", "_")] = value.strip()
+    return out
+
+
 def slurm_executor(folder: Path, options: dict[str, Any], workers: int,
-                   cluster: str | None = None) -> Any:
+                   cluster: str | None = None, extra: dict[str, str] | None = None) -> Any:
     """A submitit executor for SLURM (``cluster`` "debug" or "local" runs the same code path
     without a cluster, for tests); one job per run, ``workers`` jobs at a time."""
     try:
@@ -143,6 +240,10 @@ def slurm_executor(folder: Path, options: dict[str, Any], workers: int,
                         "SLURM login node, or use --executor local")
     executor = submitit.AutoExecutor(folder=folder, cluster=cluster or "slurm")
     params = {SLURM_KEYS[k]: v for k, v in options.items()}
+    if options.get("gpus_per_run", 1) > 1:  # one task; torchrun starts a process per GPU
+        params["tasks_per_node"] = 1
+    if extra:
+        params["slurm_additional_parameters"] = dict(extra)
     params.setdefault("timeout_min", 24 * 60)
     params.setdefault("name", "rsst-study")
     if executor.cluster == "slurm":
@@ -151,18 +252,18 @@ def slurm_executor(folder: Path, options: dict[str, Any], workers: int,
     return executor
 
 
-def run_slurm(tasks: Iterable[RunTask], on_done: Callable[[TaskResult], None], executor: Any
+def run_slurm(tasks: Iterable[RunTask], events: Events, executor: Any, gpus_per_run: int = 1
               ) -> list[TaskResult]:
     """Submit every unfinished run as one job of a SLURM array (``executor``: from
     `slurm_executor`) and wait for them all."""
     tasks = list(tasks)
     results = [TaskResult(t.name, 0, skipped=True) for t in tasks if is_finished(t.run_dir)]
     for result in results:
-        on_done(result)
+        events.finished(result)
     todo = [t for t in tasks if not is_finished(t.run_dir)]
     if not todo:
         return results
-    jobs = executor.map_array(run_task, todo)
+    jobs = executor.map_array(run_task, todo, [None] * len(todo), [gpus_per_run] * len(todo))
     for task, job in zip(todo, jobs, strict=True):
         try:
             result = job.result()
@@ -170,5 +271,6 @@ def run_slurm(tasks: Iterable[RunTask], on_done: Callable[[TaskResult], None], e
             result = TaskResult(task.name, 1, last_line=f"SLURM job {job.job_id}: "
                                 f"{str(exc).splitlines()[-1] if str(exc) else type(exc).__name__}")
         results.append(result)
-        on_done(result)
+        events.finished(result)
+        events.poll()
     return results

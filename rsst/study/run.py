@@ -27,11 +27,15 @@ from rsst.study.executors import (
     RunTask,
     TaskResult,
     is_finished,
+    parse_minutes,
+    parse_slurm_args,
     run_local,
     run_slurm,
     slurm_executor,
+    visible_gpus,
 )
 from rsst.study.identity import NOT_IDENTITY, canonical_json
+from rsst.study.progress import StudyProgress
 from rsst.study.spec import Study, read_study, resolved_study_toml
 
 STUDY_FILE = "study.toml"
@@ -49,6 +53,9 @@ class StudyRun:
     @property
     def failed(self) -> list[TaskResult]:
         return [r for r in self.results if r.returncode != 0]
+
+    def log_of(self, name: str) -> Path | None:
+        return next((t.log for t in self.tasks if t.name == name), None)
 
 
 def identity_dir(root: Path, name: str) -> Path:
@@ -70,24 +77,23 @@ def plan_tasks(study: Study, root: Path) -> list[RunTask]:
 
 
 def plan_controls(study: Study, root: Path) -> list[tuple[RunTask, RunTask]]:
-    """(source run, control) pairs of the study's [controls], in study order."""
-    spec = study.controls
-    if not spec:
-        return []
+    """(source run, control) pairs, in study order: a variant's ``controls`` for every ticket
+    state of its runs, and the [controls] table's kinds at its state."""
     pairs = []
+    spec = study.controls
     runs = {t.name: t for t in plan_tasks(study, root)}
     for exp in study.experiments:
-        if exp.config.method not in spec["methods"]:
-            continue
+        wanted = [(kind, state) for state in exp.ticket_states for kind in exp.controls]
+        if spec and exp.config.method in spec["methods"]:
+            wanted += [(kind, spec["state"]) for kind in spec["kinds"]]
         for seed in study.seeds:
             source = runs[f"{exp.name}/seed-{seed}"]
             folder = Path(root) / CONTROLS / exp.name / f"seed-{seed}"
-            for kind in spec["kinds"]:
-                label = f"{kind}-state-{spec['state']}"
+            for label, (kind, state) in {f"{k}-state-{s}": (k, s) for k, s in wanted}.items():
                 run_dir = folder / label
                 pairs.append((source, RunTask(
                     name=f"{exp.name}/seed-{seed}/{label}", run_dir=run_dir,
-                    start=("ticket", str(source.run_dir), "--state", str(spec["state"]),
+                    start=("ticket", str(source.run_dir), "--state", str(state),
                            "--control", kind, "--out", str(run_dir)),
                     seed=seed, log=folder / f"{label}.log")))
     return pairs
@@ -116,63 +122,102 @@ def write_layout(study: Study, root: Path) -> None:
         save_config(exp.config, folder / "run.toml")
 
 
-def run_study(study_file: Path, root: Path, *, workers: int = 1, executor: str = "local",
-              console: Console | None = None, cluster: str | None = None) -> StudyRun:
-    """Run every unfinished (identity, seed) of the study file into ``root``."""
+def slurm_options(study: Study, *, partition: str | None = None, time: str | None = None,
+                  gpus_per_run: int | None = None, account: str | None = None) -> dict[str, Any]:
+    """The study file's [slurm] table with the command line's --slurm-* flags over it."""
+    options = dict(study.slurm)
+    if partition is not None:
+        options["partition"] = partition
+    if time is not None:
+        options["time_min"] = parse_minutes(time)
+    if account is not None:
+        options["account"] = account
+    if gpus_per_run is not None:
+        if gpus_per_run < 1:
+            raise UserError(f"--slurm-gpus-per-run {gpus_per_run}: give 1 or more")
+        options["gpus_per_run"] = gpus_per_run
+    gpus = options.get("gpus_per_run", 1)
+    if not isinstance(gpus, int) or isinstance(gpus, bool) or gpus < 1:
+        raise UserError(f"[slurm] gpus_per_run = {gpus!r}: give a whole number ≥ 1")
+    return options
+
+
+def orphans(study: Study, root: Path) -> list[Path]:
+    """Identity folders under DIR/runs that the study file no longer names (kept, listed)."""
+    names = {e.name for e in study.experiments}
+    folder = Path(root) / RUNS
+    return sorted(p for p in folder.iterdir() if p.is_dir() and p.name not in names) \
+        if folder.is_dir() else []
+
+
+def run_study(study_file: Path, root: Path, *, workers: int | None = None,
+              executor: str = "local", console: Console | None = None,
+              cluster: str | None = None, slurm: dict[str, Any] | None = None,
+              slurm_args: list[str] | None = None, live: bool | None = None) -> StudyRun:
+    """Run every unfinished (identity, seed) of the study file into ``root``.
+
+    ``workers``: runs at a time (default: one per visible GPU, else 1); ``slurm``: --slurm-*
+    flags (`slurm_options`); ``slurm_args``: --slurm-arg key=value items; ``live``: the live
+    table (default: when the console is a terminal)."""
     console = console or Console()
     if executor not in EXECUTORS:
         raise UserError(f"--executor {executor!r}: choose one of {', '.join(EXECUTORS)}")
-    if workers < 1:
+    if workers is not None and workers < 1:
         raise UserError(f"--workers {workers}: give 1 or more runs at a time")
+    given = {k: v for k, v in (slurm or {}).items() if v is not None}
+    if executor != "slurm" and (given or slurm_args):
+        flag = f"--slurm-{next(iter(given)).replace('_', '-')}" if given else "--slurm-arg"
+        raise UserError(f"{flag} applies to --executor slurm: add --executor slurm or drop "
+                        f"{flag}")
+    extra = parse_slurm_args(slurm_args or [])
     study = read_study(study_file)
+    options = slurm_options(study, **given) if executor == "slurm" else {}
+    gpus = visible_gpus() if executor == "local" else []
+    workers = workers or (len(gpus) if gpus else 1)
     root = Path(root).absolute()  # runs started elsewhere (a SLURM node) find it too
     _check_root(root)
     # submitit and a cluster are checked before anything is written
-    slurm = (slurm_executor(root / "slurm", study.slurm, workers, cluster)
-             if executor == "slurm" else None)
+    slurm_exec = (slurm_executor(root / "slurm", options, workers, cluster, extra)
+                  if executor == "slurm" else None)
     root.mkdir(parents=True, exist_ok=True)
     lock = rundir.RunLock(root)
     lock.acquire("a second `rsst study`")
+    results: list[TaskResult] = []
     try:
         write_layout(study, root)
         tasks = plan_tasks(study, root)
         done = sum(is_finished(t.run_dir) for t in tasks)
+        where = (f"{len(gpus)} GPU(s), " if gpus else "") + f"{workers} at a time"
         console.print(f"study [bold]{study.name}[/]: {len(study.experiments)} experiments × "
                       f"{len(study.seeds)} seeds = {len(tasks)} runs in {root} ({done} finished "
-                      f"already; executor {executor}, {workers} at a time)", highlight=False)
-        console.print(progress_table(study, root))
-        count = {"n": done, "of": len(tasks)}
-
-        def on_done(result: TaskResult) -> None:
-            if result.skipped:
-                return
-            count["n"] += result.returncode == 0
-            word = ("resumed and finished" if result.resumed else "finished") \
-                if result.returncode == 0 else f"FAILED (exit {result.returncode})"
-            console.print(f"[{count['n']}/{count['of']}] {result.name} {word} in "
-                          f"{result.seconds / 60:.1f} min"
-                          + (f": {result.last_line}" if result.last_line else ""),
+                      f"already; executor {executor}, {where})", highlight=False)
+        for folder in orphans(study, root):
+            console.print(f"not in the study file any more (kept, not run): {folder}",
                           highlight=False)
+        states = {f"{e.name}/seed-{s}": e.config.states
+                  for e in study.experiments for s in study.seeds}
+        pairs = plan_controls(study, root)
+        states.update({c.name: 1 for _, c in pairs})
 
         def execute(todo: list[RunTask]) -> list[TaskResult]:
-            if executor == "local":
-                return run_local(todo, workers, on_done)
-            return run_slurm(todo, on_done, slurm)
+            with StudyProgress(todo, states, console, live) as progress:
+                if executor == "local":
+                    return run_local(todo, workers, progress, gpus)
+                return run_slurm(todo, progress, slurm_exec,
+                                 gpus_per_run=options.get("gpus_per_run", 1))
 
         results = execute(tasks)
-        controls = [control for source, control in plan_controls(study, root)
-                    if is_finished(source.run_dir)]
+        controls = [control for source, control in pairs if is_finished(source.run_dir)]
         if controls:
-            count.update(n=sum(is_finished(c.run_dir) for c in controls), of=len(controls))
-            console.print(f"controls: {len(controls)} ({count['n']} finished already)",
+            console.print(f"controls: {len(controls)} "
+                          f"({sum(is_finished(c.run_dir) for c in controls)} finished already)",
                           highlight=False)
             tasks = tasks + controls
             results += execute(controls)
     finally:
         lock.release()
-    outcome = StudyRun(study, root, tasks, results)
     console.print(progress_table(study, root))
-    return outcome
+    return StudyRun(study, root, tasks, results)
 
 
 def _status(task: RunTask) -> tuple[str, int]:

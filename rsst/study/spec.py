@@ -1,32 +1,28 @@
 """The study file: which runs a study holds, read and checked before anything is written.
 
 ```toml
-[study]
 name = "cifar10-resnet20"      # a label for reports
-seeds = [0, 1]                 # or a count: seeds = 2 means [0, 1]
-
 [base]                         # settings of every run: the `rsst run` flags with - → _
-dataset = "cifar10"            # (a preset = "NAME" here applies that recipe first)
-
-[grid]                         # every combination of these lists is one experiment
-method = ["rsst", "refill"]
-
-[method.rsst]                  # settings for the runs of one method only
-reg_granularity = 1.0
-
-[[variant]]                    # the grid is crossed with every variant (none: one, empty)
-fillback_rate = 0.0
-[[variant]]
-fillback_rate = 0.5
-
-[controls]                     # after the runs: controls of each run's ticket (rsst ticket)
-kinds = ["reinit", "shuffle"]
-state = "last"                 # or a state number
-methods = ["rsst", "refill"]   # default: every method of the study
-
-[slurm]                        # --executor slurm: partition, time_min, gpus_per_node,
-time_min = 600                 # cpus_per_task, mem_gb, account, qos, constraint
+preset = "cifar10-resnet20"    # (a preset applies that recipe first)
+data_dir = "~/data/cifar10"
+[grid]                         # lists expand as a cartesian product; seed gives replicates
+method = ["rsst", "refill", "imp"]
+seed = [0, 1, 2]
+[[variants]]                   # optional: more runs, each crossed with [grid]; lists expand too
+method = "snip"
+target_remain = [0.5, 0.2, 0.1]
+controls = ["reinit", "shuffle"]   # optional: controls of every state ≥ 1 of these runs
 ```
+The study runs the grid's combinations and, per ``[[variants]]`` entry, the grid crossed with
+that entry (its settings replace the grid's); combinations that resolve to the same settings are
+one experiment. Without ``seed`` in [grid] every experiment runs with seed 0.
+
+An older spelling is accepted too (one study file uses one spelling, never both): a ``[study]``
+table (``name``, ``seeds = [0, 1]`` or a count), ``[[variant]]`` tables that *replace* the plain
+grid (the grid is crossed with every variant), ``[method.NAME]`` tables of settings for one
+method's runs, a ``[controls]`` table (``kinds``, ``state`` a number or "last", ``methods``) and a
+``[slurm]`` table (partition, time_min, gpus_per_node, gpus_per_run, cpus_per_task, mem_gb,
+account, qos, constraint), also allowed beside the issue's spelling.
 
 Each combination is resolved like ``rsst run`` resolves its flags (defaults ← preset ← base ←
 method table ← grid ← variant) and validated; its identity (`rsst.study.identity`) names its
@@ -35,6 +31,7 @@ folder. Every mistake is a `UserError` naming the table, the key and the fix.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import itertools
 import sys
@@ -54,10 +51,12 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-TABLES = ("study", "base", "grid", "method", "variant", "controls", "slurm")
+TABLES = ("study", "base", "grid", "method", "variants", "variant", "controls", "slurm")
+#: keys of the file's top level that are no table
+TOP_KEYS = ("name",)
 STUDY_KEYS = ("name", "seeds")
 #: run settings a study decides itself
-STUDY_OWNED = {"seed": "[study] seeds", "out": "rsst study --out"}
+STUDY_OWNED = {"seed": "[grid] seed = [0, 1]", "out": "rsst study --out"}
 
 
 @dataclass(frozen=True)
@@ -70,6 +69,14 @@ class Experiment:
     hash: str
     #: the keys the grid and the variant set for it (for labels and messages)
     varied: dict[str, Any] = field(default_factory=dict)
+    #: controls (reinit, shuffle) to run for every ticket of each of its runs
+    controls: tuple[str, ...] = ()
+
+    @property
+    def ticket_states(self) -> list[int]:
+        """The states a variant's controls test: every state ≥ 1 (state 0 is dense); a
+        one-state run (a one-shot baseline pruned at initialization) its state 0."""
+        return list(range(1, self.config.states)) if self.config.states > 1 else [0]
 
 
 @dataclass
@@ -94,8 +101,16 @@ def _unknown(where: str, table: str, key: str, valid: list[str]) -> UserError:
                  "`rsst run` flags with - → _")
 
 
-def _settings(where: str, table: str, data: Any, *, lists: bool = False) -> dict[str, Any]:
-    """A table of run settings, each key known and each value (or list item) of its type."""
+def _is_list_setting(key: str) -> bool:
+    return "list" in str(field_types()[key])
+
+
+def _settings(where: str, table: str, data: Any, *, lists: str = "no") -> dict[str, Any]:
+    """A table of run settings, each key known and each value (or list item) of its type.
+
+    ``lists``: "no" (one value per key), "yes" (every value a list of values: [grid]) or
+    "maybe" (a list is a list of values, except a single value of a list setting such as
+    milestones: [[variants]]); with "yes" and "maybe" every value comes back as a list."""
     if not isinstance(data, dict):
         raise _fail(where, f"[{table}] must be a table of settings")
     hints = field_types()
@@ -109,16 +124,21 @@ def _settings(where: str, table: str, data: Any, *, lists: bool = False) -> dict
         if key == "preset" and table != "base":
             raise _fail(where, f"[{table}] sets preset: a preset is the starting recipe of "
                         "every run; set it in [base]")
-        values = value if lists else [value]
-        if lists and (not isinstance(value, list) or not value):
+        if lists == "yes" and (not isinstance(value, list) or not value):
             what = "an empty list gives no runs" if value == [] else "it must be a list"
-            raise _fail(where, f"[grid] {key} = {value!r}: {what}; give a list of one or more "
-                        f"values, e.g. {key} = [{_example(key)}]")
+            raise _fail(where, f"[{table}] {key} = {value!r}: {what}; give a list of one or "
+                        f"more values, e.g. {key} = [{_example(key)}]")
+        expand = lists == "yes" or (lists == "maybe" and isinstance(value, list) and (
+            not _is_list_setting(key) or (bool(value) and isinstance(value[0], list))))
+        if expand and value == []:
+            raise _fail(where, f"[{table}] {key} = []: an empty list gives no runs; give one "
+                        f"value or a list of values, e.g. {key} = [{_example(key)}]")
+        values = value if expand else [value]
         try:
             checked = [coerce(key, v, hints[key]) for v in values]
         except TypeError as exc:
             raise _fail(where, f"[{table}] {exc}") from None
-        out[key] = checked if lists else checked[0]
+        out[key] = checked if lists != "no" else checked[0]
     return out
 
 
@@ -127,19 +147,19 @@ def _example(key: str) -> str:
     return repr(default) if not isinstance(default, str) else f'"{default}"'
 
 
-def _seeds(where: str, value: Any) -> list[int]:
-    if isinstance(value, int) and not isinstance(value, bool):
+def _seeds(where: str, value: Any, key: str = "[study] seeds") -> list[int]:
+    count_ok = key == "[study] seeds"
+    if count_ok and isinstance(value, int) and not isinstance(value, bool):
         if value < 1:
-            raise _fail(where, f"[study] seeds = {value}: give a count ≥ 1 or a list such as "
-                        "[0, 1]")
+            raise _fail(where, f"{key} = {value}: give a count ≥ 1 or a list such as [0, 1]")
         return list(range(value))
     if (not isinstance(value, list) or not value
             or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
                        for s in value)):
-        raise _fail(where, f"[study] seeds = {value!r}: give a list of seeds ≥ 0, e.g. [0, 1], "
-                    "or a count, e.g. 2")
+        raise _fail(where, f"{key} = {value!r}: give a list of seeds ≥ 0, e.g. [0, 1]"
+                    + (", or a count, e.g. 2" if count_ok else ""))
     if len(set(value)) != len(value):
-        raise _fail(where, f"[study] seeds = {value!r} repeats a seed; list each once")
+        raise _fail(where, f"{key} = {value!r} repeats a seed; list each once")
     return list(value)
 
 
@@ -161,11 +181,70 @@ def read_study(path: str | Path) -> Study:
     return parse_study(data, where)
 
 
+def _check_top(where: str, data: dict[str, Any]) -> None:
+    for key, value in data.items():
+        if key in TOP_KEYS:
+            continue
+        if key not in TABLES:
+            what = f"table [{key}]" if isinstance(value, dict | list) else f"key {key!r}"
+            raise _fail(where, f"unknown {what}: the top level holds name = \"...\" "
+                        "and the tables " + ", ".join(f"[{t}]" for t in TABLES))
+    if "variant" in data and "variants" in data:
+        raise _fail(where, "both [[variants]] and [[variant]]: write every variant as "
+                    "[[variants]]")
+    if "name" in data and isinstance(data.get("study"), dict) and "name" in data["study"]:
+        raise _fail(where, "name is given twice (top level and [study]); keep the top-level "
+                    "name")
+    if "name" in data and not isinstance(data["name"], str):
+        raise _fail(where, f"name = {data['name']!r}: give a string, e.g. name = \"my-study\"")
+
+
+def _study_seeds(where: str, head: dict[str, Any], grid_seed: Any) -> list[int]:
+    if grid_seed is not None and "seeds" in head:
+        raise _fail(where, "seeds are given twice ([grid] seed and [study] seeds); keep "
+                    "[grid] seed")
+    if grid_seed is not None:
+        return _seeds(where, grid_seed, "[grid] seed")
+    if "seeds" in head:
+        return _seeds(where, head["seeds"])
+    return [RunConfig().seed]
+
+
+def _control_kinds(where: str, table: str, value: Any) -> tuple[str, ...]:
+    from rsst.controls import CONTROLS
+
+    if (not isinstance(value, list) or not value
+            or not all(isinstance(k, str) and k in CONTROLS for k in value)):
+        raise _fail(where, f"[{table}] controls = {value!r}: give a list of "
+                    f"{' and/or '.join(CONTROLS)}, e.g. controls = [\"reinit\", \"shuffle\"]")
+    return tuple(dict.fromkeys(value))
+
+
+def _variants(where: str, data: dict[str, Any]
+              ) -> tuple[list[tuple[dict[str, Any], tuple[str, ...]]], bool]:
+    """The variants, lists expanded, each with its controls; and whether the grid runs alone
+    too ([[variants]] add runs to the grid's; the older [[variant]] replace them)."""
+    plural = "variants" in data
+    key = "variants" if plural else "variant"
+    raw = data.get(key, [] if plural else [{}])
+    if not isinstance(raw, list) or not raw or not all(isinstance(v, dict) for v in raw):
+        raise _fail(where, f"{key} must be an array of tables: write [[{key}]] above each "
+                    "variant's settings")
+    out: list[tuple[dict[str, Any], tuple[str, ...]]] = []
+    for i, variant in enumerate(raw):
+        table = f"{key} {i + 1}"
+        variant = dict(variant)
+        kinds = (_control_kinds(where, table, variant.pop("controls"))
+                 if "controls" in variant else ())
+        settings = _settings(where, table, variant, lists="maybe")
+        names = list(settings)
+        for combo in itertools.product(*(settings[k] for k in names)):
+            out.append((dict(zip(names, combo, strict=True)), kinds))
+    return out, plural
+
+
 def parse_study(data: dict[str, Any], where: str = "<study>") -> Study:
-    for table in data:
-        if table not in TABLES:
-            raise _fail(where, f"unknown table [{table}]: use "
-                        + ", ".join(f"[{t}]" for t in TABLES))
+    _check_top(where, data)
     head = data.get("study", {})
     if not isinstance(head, dict):
         raise _fail(where, "[study] must be a table with name and seeds")
@@ -173,22 +252,21 @@ def parse_study(data: dict[str, Any], where: str = "<study>") -> Study:
         if key not in STUDY_KEYS:
             raise _fail(where, f"[study] has unknown key {key!r}: valid keys are "
                         f"{', '.join(STUDY_KEYS)}")
-    if "seeds" not in head:
-        raise _fail(where, "[study] has no seeds: add seeds = [0, 1] (or a count, seeds = 2)")
-    seeds = _seeds(where, head["seeds"])
-    name = head.get("name", Path(where).stem)
+    grid_raw = data.get("grid", {})
+    if not isinstance(grid_raw, dict):
+        raise _fail(where, "[grid] must be a table of lists, e.g. method = [\"rsst\", \"imp\"]")
+    grid_raw = dict(grid_raw)
+    seeds = _study_seeds(where, head, grid_raw.pop("seed", None))
+    name = data.get("name", head.get("name", Path(where).stem))
     if not isinstance(name, str):
         raise _fail(where, f"[study] name = {name!r}: give a string")
     base = _settings(where, "base", data.get("base", {}))
-    grid = _settings(where, "grid", data.get("grid", {}), lists=True)
+    grid = _settings(where, "grid", grid_raw, lists="yes")
     per_method = data.get("method", {})
     if not isinstance(per_method, dict):
         raise _fail(where, "[method] must hold one table per method, e.g. [method.rsst]")
     method_tables = {m: _settings(where, f"method.{m}", t) for m, t in per_method.items()}
-    variants_raw = data.get("variant", [{}])
-    if not isinstance(variants_raw, list) or not variants_raw:
-        raise _fail(where, "variant must be an array of tables: write [[variant]] per variant")
-    variants = [_settings(where, f"variant {i + 1}", v) for i, v in enumerate(variants_raw)]
+    variants, plural = _variants(where, data)
     for name_, value in (("controls", data.get("controls", {})),
                          ("slurm", data.get("slurm", {}))):
         if not isinstance(value, dict):
@@ -198,7 +276,7 @@ def parse_study(data: dict[str, Any], where: str = "<study>") -> Study:
             raise _fail(where, f"[slurm] has unknown key {key!r}: valid keys are "
                         f"{', '.join(SLURM_KEYS)}")
 
-    experiments = _expand(where, base, grid, method_tables, variants)
+    experiments = _expand(where, base, grid, method_tables, variants, plural)
     return Study(name=name, seeds=seeds, experiments=experiments,
                  controls=_controls(where, data.get("controls", {}), experiments),
                  slurm=dict(data.get("slurm", {})), base=base)
@@ -241,35 +319,49 @@ def _controls(where: str, raw: dict[str, Any], experiments: list[Experiment]
     return {"kinds": kinds, "state": state, "methods": methods}
 
 
+
+
 def _expand(where: str, base: dict[str, Any], grid: dict[str, list[Any]],
-            method_tables: dict[str, dict[str, Any]], variants: list[dict[str, Any]]
+            method_tables: dict[str, dict[str, Any]],
+            variants: list[tuple[dict[str, Any], tuple[str, ...]]], plural: bool
             ) -> list[Experiment]:
+    """The experiments: with [[variants]] (``plural``) the grid alone, then the grid crossed
+    with each variant, equal results merged (their controls joined); with [[variant]] the grid
+    crossed with each variant, and two equal ones are a mistake."""
     preset = base.get("preset")
     keys = list(grid)
     experiments: list[Experiment] = []
-    seen: dict[str, dict[str, Any]] = {}
+    seen: dict[str, int] = {}
     used_methods: set[str] = set()
-    for combo in itertools.product(*(grid[k] for k in keys)):
-        for variant in variants:
-            varied = {**dict(zip(keys, combo, strict=True)), **variant}
-            method = varied.get("method", base.get("method", RunConfig().method))
-            used_methods.add(method)
-            overrides = {**base, **method_tables.get(method, {}), **varied}
-            overrides.pop("preset", None)
-            label = _label(method, varied)
-            try:
-                config = build_config(preset=preset, overrides=overrides)
-            except UserError as exc:
-                raise _fail(where, f"run {label}: {exc}") from None
-            hash_ = identity_hash(config)
-            name = identity_name(config)
-            if name in seen:
-                raise _fail(where, f"runs {_label(method, seen[name])} and {label} are the same "
-                            "experiment (identical settings); drop one of them")
-            seen[name] = varied
-            experiments.append(Experiment(name=name, config=config,
-                                          settings=identity_settings(config), hash=hash_,
-                                          varied=varied))
+    combos = [dict(zip(keys, combo, strict=True))
+              for combo in itertools.product(*(grid[k] for k in keys))]
+    order = ([(c, ({}, ())) for c in combos] if plural else []) + [
+        (c, v) for c in combos for v in variants]
+    for combo, (variant, kinds) in order:
+        varied = {**combo, **variant}
+        method = varied.get("method", base.get("method", RunConfig().method))
+        used_methods.add(method)
+        overrides = {**base, **method_tables.get(method, {}), **varied}
+        overrides.pop("preset", None)
+        label = _label(method, varied)
+        try:
+            config = build_config(preset=preset, overrides=overrides)
+        except UserError as exc:
+            raise _fail(where, f"run {label}: {exc}") from None
+        name = identity_name(config)
+        if name in seen:
+            first = experiments[seen[name]]
+            if not plural:
+                raise _fail(where, f"runs {_label(method, first.varied)} and {label} are the "
+                            "same experiment (identical settings); drop one of them")
+            joined = tuple(dict.fromkeys(first.controls + kinds))
+            experiments[seen[name]] = dataclasses.replace(first, controls=joined)
+            continue
+        seen[name] = len(experiments)
+        experiments.append(Experiment(name=name, config=config,
+                                      settings=identity_settings(config),
+                                      hash=identity_hash(config), varied=varied,
+                                      controls=kinds))
     unused = sorted(set(method_tables) - used_methods)
     if unused:
         raise _fail(where, f"[method.{unused[0]}] applies to no run (the runs use "
@@ -285,8 +377,9 @@ def _label(method: str, varied: dict[str, Any]) -> str:
 
 def resolved_study_toml(study: Study) -> str:
     """The study as a study file that names every experiment explicitly (one [[variant]] per
-    identity, settings that differ from the defaults), so ``rsst study DIR/study.toml`` reruns
-    exactly these runs. Written by tomli-w, so any Unicode value round-trips."""
+    identity, settings that differ from the defaults, its controls), so
+    ``rsst study DIR/study.toml`` reruns exactly these runs. Written by tomli-w, so any Unicode
+    value round-trips."""
     document: dict[str, Any] = {"study": {"name": study.name, "seeds": list(study.seeds)}}
     extra = {k: v for k, v in study.base.items() if k == "cache_dir"}
     if extra:
@@ -295,8 +388,14 @@ def resolved_study_toml(study: Study) -> str:
         values = getattr(study, table)
         if values:
             document[table] = dict(values)
-    if study.experiments:
-        document["variant"] = [dict(exp.settings) for exp in study.experiments]
+    variants = []
+    for exp in study.experiments:
+        variant = dict(exp.settings)
+        if exp.controls:
+            variant["controls"] = list(exp.controls)
+        variants.append(variant)
+    if variants:
+        document["variant"] = variants
     header = "# the resolved study written by `rsst study`: one [[variant]] per experiment\n"
     return header + tomli_w.dumps(document)
 
