@@ -41,3 +41,12 @@ def tiny_data():
     from tinydata import tiny_dataset
 
     return tiny_dataset
+
+
+@pytest.fixture(autouse=True)
+def _brief_latency_timing(monkeypatch):
+    """Runs time their networks (`rsst.latency`, on by default) as briefly as the timer allows:
+    the tiny runs still record latency fields; tests/test_latency.py times at full length."""
+    import rsst.latency
+
+    monkeypatch.setattr(rsst.latency, "MIN_RUN_TIME", 0.0)
