@@ -18,6 +18,8 @@ from torch.utils import benchmark
 
 from rsst.compact import apply_plan, plan_compaction
 
+#: the record fields that are timings (they differ between two identical runs)
+TIMINGS = ("latency_ms", "dense_latency_ms", "latency_ratio")
 #: images per timed forward pass
 LATENCY_BATCH = 32
 #: seconds `torch.utils.benchmark.Timer.blocked_autorange` spends on each network

@@ -417,6 +417,12 @@ class PruningRun:
         and ``test_acc_at_best_val`` describe the state's best-validation epoch, whose weights
         are not saved. ``remain_weight`` / ``structured_sparsity`` are before the cut, their
         ``*_after_cut`` twins the saved network's.
+
+        ``macs_ratio`` / ``params_ratio`` and (``--latency``) ``latency_ms``,
+        ``dense_latency_ms``, ``latency_ratio`` describe the saved network compacted. With a
+        budget, ``budget_met`` says whether it meets it (the run stops after the first state
+        that does) and ``budget_prune`` (on the state whose prune was sized to the budget, in
+        the metrics line and summary) what that prune aimed at and reached.
         """
         cfg = self.config
         t0 = time.perf_counter()

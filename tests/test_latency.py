@@ -92,6 +92,7 @@ def test_every_state_records_latency_and_compare_plots_it(tmp_path, monkeypatch)
         return real(model, *args, dense_ms=dense_ms, **kwargs)
 
     monkeypatch.setattr("rsst.loop.compacted_latency", recording)
+    monkeypatch.setattr(rsst.latency, "MIN_RUN_TIME", 0.01)  # real timings, briefly
     run_dir = tiny_run(_config(), out=tmp_path / "run", console=QUIET)
     records = json.loads((run_dir / "summary.json").read_text())["states"]
     assert dense_timings == [True, False]  # the dense network is timed once per run
