@@ -83,7 +83,11 @@ def _reads_files(config: RunConfig) -> bool:
 
 
 def _iterative(config: RunConfig) -> bool:
-    return config.target_remain is None
+    """Pruning by --rate: no --target-remain, and no budget on a method with a one-shot form
+    (which prunes straight to it)."""
+    if config.target_remain is not None:
+        return False
+    return config.budget() is None or method_class(config.method).one_shot_states is None
 
 
 def _refills_groups(config: RunConfig) -> bool:
@@ -156,7 +160,8 @@ class RunConfig:
     states: int = setting(3, panel="Method", low=1, help="Number of pruning states "
                           "(research: 20).")
     rate: float = setting(0.3, panel="Method", low=0.0, high=1.0, low_open=True, high_open=True,
-                          applies=_iterative, applies_text="without --target-remain",
+                          applies=_iterative, applies_text="without --target-remain (and "
+                          "without a budget on a one-shot method)",
                           hint="it is the fraction of the remaining weights pruned per state, "
                           "e.g. 0.2", help="Fraction of the remaining weights pruned per state.")
     criteria: str = setting("l1", panel="Method", choices=CRITERIA, **_GROUPS,

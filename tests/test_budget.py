@@ -173,6 +173,14 @@ def test_nonsense_budgets_are_refused_in_one_line(overrides, message):
     assert message in str(caught.value) and "\n" not in str(caught.value)
 
 
+def test_rate_is_in_effect_only_where_states_prune_by_it():
+    warned: list[str] = []
+    build_config(overrides=dict(method="omp", target_macs=0.5, rate=0.2), warn=warned.append)
+    assert len(warned) == 1 and warned[0].startswith("--rate has no effect")
+    build_config(overrides=dict(method="refill", target_macs=0.5, rate=0.2), warn=warned.append)
+    assert len(warned) == 1  # refill prunes by --rate until its last, sized prune
+
+
 def test_a_one_shot_budget_fixes_the_states():
     assert build_config(overrides=dict(method="omp", target_macs=0.5)).states == 2
     assert build_config(overrides=dict(method="snip", target_params=0.5)).states == 1
