@@ -51,17 +51,24 @@ def _parameter_count_ms(model, *args, **kwargs) -> float:
     return float(sum(p.numel() for p in model.parameters())) / 1e4
 
 
-@pytest.fixture(autouse=True)
-def _latency_by_shape(request):
-    """Runs record latency (on by default) with `_parameter_count_ms` instead of a timer,
-    except in tests/test_latency.py, which times for real. A patch of its own, which a test's
-    ``monkeypatch.undo()`` leaves in place."""
-    if request.module.__name__.endswith("test_latency"):
-        yield
-        return
+@pytest.fixture(scope="session", autouse=True)
+def _latency_by_shape():
+    """Runs record latency (on by default) with `_parameter_count_ms` instead of a timer, from
+    before the first fixture that runs one (module-scoped runs included) and whatever a test's
+    ``monkeypatch.undo()`` does; `real_latency` puts the timer back for one test. Yields the
+    real `rsst.latency.forward_ms`."""
     import rsst.latency
 
+    real = rsst.latency.forward_ms
     patch = pytest.MonkeyPatch()
     patch.setattr(rsst.latency, "forward_ms", _parameter_count_ms)
-    yield
+    yield real
     patch.undo()
+
+
+@pytest.fixture
+def real_latency(_latency_by_shape, monkeypatch):
+    """`rsst.latency` times for real in this test (tests/test_latency.py)."""
+    import rsst.latency
+
+    monkeypatch.setattr(rsst.latency, "forward_ms", _latency_by_shape)

@@ -20,6 +20,7 @@ from rsst.latency import compacted_copy, compacted_latency, forward_ms
 from rsst.models import create_model
 
 QUIET = Console(quiet=True)
+pytestmark = pytest.mark.usefixtures("real_latency")  # the other tests' runs time by shape
 
 
 class Sleeper(nn.Module):
