@@ -464,7 +464,7 @@ class PruningRun:
         record["groups"] = self.structure.per_unit(self.arena.hard_mask)
         record.update(compact_cost(self.model, tuple(self.data.input_size)))
         if cfg.latency:
-            record.update(self._latency(state))
+            record.update(self._latency())
         budget_stop = self._budget_stop(state, record)
         if not self._weights_finite():  # a resumed checkpoint or the cut went wrong: never save
             self._check_finite(state, cfg.epochs, last["train_loss"], None, last["reg_lambda"],
@@ -495,21 +495,18 @@ class PruningRun:
         budget = cfg.budget()
         at_once = budget is not None and method.prunes_to_budget_at_once(cfg)
 
-        def refilled(unstructured: torch.Tensor) -> torch.Tensor:
-            if not (method.refill and self.structure.units):
-                return unstructured
-            scores = group_scores(cfg.criteria, self.model, self.structure, self.arena,
-                                  unstructured, ctx.batches(cfg.criteria_batches))
-            return refill(self.structure, unstructured, hard, scores, cfg.fillback_rate,
-                          cfg.refill_scope, cfg.round_to)
+        def scores_of(unstructured: torch.Tensor) -> dict[str, torch.Tensor]:
+            return group_scores(cfg.criteria, self.model, self.structure, self.arena,
+                                unstructured, ctx.batches(cfg.criteria_batches))
 
         sized = None
         if not at_once:
             count = method.removal_count(int((hard & prunable).sum()), int(prunable.sum()), cfg)
             unstructured = prune_lowest(element_scores, hard, prunable, count)
         kill_point(f"state{state}-pruning")
-        if not at_once:
-            unstructured = refilled(unstructured)
+        if not at_once and method.refill and self.structure.units:
+            unstructured = refill(self.structure, unstructured, hard, scores_of(unstructured),
+                                  cfg.fillback_rate, cfg.refill_scope, cfg.round_to)
         if budget is not None:
             kind, target = budget
 
@@ -519,10 +516,8 @@ class PruningRun:
 
             if at_once or cost(unstructured) <= target:
                 unstructured, reached = prune_to_budget(
-                    self.structure, hard, element_scores,
-                    lambda u: group_scores(cfg.criteria, self.model, self.structure, self.arena,
-                                           u, ctx.batches(cfg.criteria_batches)),
-                    cost, target, fillback_rate=cfg.fillback_rate, scope=cfg.refill_scope,
+                    self.structure, hard, element_scores, scores_of, cost, target,
+                    fillback_rate=cfg.fillback_rate, scope=cfg.refill_scope,
                     round_to=cfg.round_to)
                 sized = {"target": target, f"{kind}_ratio": reached, "met": reached <= target}
                 if not sized["met"]:
@@ -585,7 +580,7 @@ class PruningRun:
         sized = before.get("budget_prune")
         return sized is not None and not sized["met"]
 
-    def _latency(self, state: int) -> dict[str, float]:
+    def _latency(self) -> dict[str, float]:
         """`rsst.latency.compacted_latency` of the delivered network; the dense network is
         timed once per run (state 0) and its time reused from state 0's record."""
         dense = self.records[0].get("dense_latency_ms") if self.records else None
@@ -659,11 +654,10 @@ class PruningRun:
             if {"head", "neuron"} & set(kinds):
                 self.console.print(block_table(record))
             if record.get("budget_met"):
-                kind = (cfg.budget() or ("",))[0]
+                kind, target = cfg.budget() or ("", 0.0)
                 self.console.print(f"budget met at state {state}: {kind}_ratio "
-                                   f"{record[f'{kind}_ratio']:.4g} ≤ {cfg.budget()[1]:g} "
-                                   "(--target-" + kind + "); the run stops here",
-                                   highlight=False)
+                                   f"{record[f'{kind}_ratio']:.4g} ≤ {target:g} "
+                                   f"(--target-{kind}); the run stops here", highlight=False)
         if self.records:  # the whole table once, at the end
             self.console.print(state_table(self.records, kinds))
         return self.records

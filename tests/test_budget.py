@@ -157,6 +157,19 @@ def test_a_budget_that_cannot_be_met_is_said_and_recorded(tmp_path):
     assert len(warnings) == 1 and "--target-macs 0.001 cannot be met" in warnings[0]
 
 
+@pytest.mark.slow
+def test_a_budget_not_met_within_the_states_is_said_and_recorded(tmp_path):
+    config = _budget_config(method="refill", states=2, target_macs=0.1)
+    out = io.StringIO()
+    run_dir = tiny_run(config, out=tmp_path / "run", console=Console(file=out, width=400))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["budget"]["met"] is False and summary["budget"]["state"] == 1
+    assert [r["budget_met"] for r in summary["states"]] == [False, False]
+    assert summary["states"][-1]["macs_ratio"] > 0.1
+    warnings = [line for line in out.getvalue().splitlines() if "warning:" in line]
+    assert len(warnings) == 1 and "is not met after --states 2" in warnings[0]
+
+
 @pytest.mark.parametrize(("overrides", "message"), [
     (dict(target_macs=0.5, target_params=0.5), "together: give one budget"),
     (dict(method="omp", target_macs=0.5, target_remain=0.2), "with --target-remain"),
