@@ -14,7 +14,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils import benchmark
 
 from rsst.compact import apply_plan, plan_compaction
 
@@ -48,6 +47,10 @@ def forward_ms(model: nn.Module, input_size: tuple[int, ...], device: torch.devi
     def forward() -> None:
         with torch.inference_mode():
             model(x)
+
+    # imported here: it loads torch.utils.cpp_extension, whose CUDA_HOME notice on a CPU-only
+    # machine must not reach a command that never times (rsst.loop.run quiets it first)
+    from torch.utils import benchmark
 
     forward()  # warm-up: lazy initialization, allocator, kernel selection
     timer = benchmark.Timer(stmt="forward()", globals={"forward": forward},
