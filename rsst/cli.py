@@ -571,7 +571,8 @@ def compare(
     run_dirs: list[str] = typer.Argument(..., help="Run directories, globs, folders "
                                          "holding runs, or study directories."),
     x: str = typer.Option("remain", "--x", help="x axis: remain (fraction of weights alive) | "
-                          "sparsity (groups removed) | macs | params (compacted, vs dense)."),
+                          "sparsity (groups removed) | macs | params (compacted, vs dense) | "
+                          "latency (measured forward pass, compacted / dense)."),
     metric: str = typer.Option("val", help="val | test | val_after_cut (the network each "
                                "state delivers; RSST states otherwise show before and after "
                                "the cut)."),

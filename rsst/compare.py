@@ -36,7 +36,7 @@ from rsst.study.stats import summarize
 #: a control's record in its run directory (`rsst.controls`)
 CONTROL_RECORD = "control.json"
 
-X_AXES = ("remain", "sparsity", "macs", "params")
+X_AXES = ("remain", "sparsity", "macs", "params", "latency")
 METRICS = ("val", "test", "val_after_cut")
 WINNING_TICKET_POINTS = 0.5  # accuracy points (percent) below dense
 X_LABELS = {
@@ -44,6 +44,7 @@ X_LABELS = {
     "sparsity": "channels / heads / neurons removed (%)",
     "macs": "remaining MACs (%)",
     "params": "remaining parameters (%)",
+    "latency": "measured latency, compacted / dense (%)",
 }
 PHASE_LABELS = {"trained": "", "before_cut": "before cut", "after_cut": "after cut"}
 
@@ -249,21 +250,25 @@ def _structured(record: dict[str, Any], key: str) -> float | None:
 def _x_values(record: dict[str, Any], previous: dict[str, Any] | None, phase: str
               ) -> dict[str, float | None]:
     """Every x of one point. Before the RSST cut the network is the previous state's (the
-    pending weights are still alive), so its MACs and params are the previous state's."""
+    pending weights are still alive), so its MACs, params and latency are the previous
+    state's. ``latency`` is None for a run measured with --no-latency (or older)."""
     if phase == "after_cut":
         return {"remain": _num(record.get("remain_weight_after_cut")),
                 "sparsity": _structured(record, "structured_sparsity_after_cut"),
                 "macs": _num(record.get("macs_ratio")),
-                "params": _num(record.get("params_ratio"))}
+                "params": _num(record.get("params_ratio")),
+                "latency": _num(record.get("latency_ratio"))}
     if phase == "before_cut":
         prev = previous or {}
         return {"remain": _num(record.get("remain_weight")),
                 "sparsity": _structured(record, "structured_sparsity"),
                 "macs": _num(prev.get("macs_ratio")) if previous else 1.0,
-                "params": _num(prev.get("params_ratio")) if previous else 1.0}
+                "params": _num(prev.get("params_ratio")) if previous else 1.0,
+                "latency": _num(prev.get("latency_ratio")) if previous else 1.0}
     return {"remain": _num(record.get("remain_weight")),
             "sparsity": _structured(record, "structured_sparsity"),
-            "macs": _num(record.get("macs_ratio")), "params": _num(record.get("params_ratio"))}
+            "macs": _num(record.get("macs_ratio")), "params": _num(record.get("params_ratio")),
+            "latency": _num(record.get("latency_ratio"))}
 
 
 def run_points(run: RunData, metric: str) -> list[dict[str, Any]]:

@@ -83,7 +83,11 @@ def _reads_files(config: RunConfig) -> bool:
 
 
 def _iterative(config: RunConfig) -> bool:
-    return config.target_remain is None
+    """Pruning by --rate: no --target-remain, and no budget on a method with a one-shot form
+    (which prunes straight to it)."""
+    if config.target_remain is not None:
+        return False
+    return config.budget() is None or method_class(config.method).one_shot_states is None
 
 
 def _refills_groups(config: RunConfig) -> bool:
@@ -156,7 +160,8 @@ class RunConfig:
     states: int = setting(3, panel="Method", low=1, help="Number of pruning states "
                           "(research: 20).")
     rate: float = setting(0.3, panel="Method", low=0.0, high=1.0, low_open=True, high_open=True,
-                          applies=_iterative, applies_text="without --target-remain",
+                          applies=_iterative, applies_text="without --target-remain (and "
+                          "without a budget on a one-shot method)",
                           hint="it is the fraction of the remaining weights pruned per state, "
                           "e.g. 0.2", help="Fraction of the remaining weights pruned per state.")
     criteria: str = setting("l1", panel="Method", choices=CRITERIA, **_GROUPS,
@@ -198,6 +203,24 @@ class RunConfig:
                                           "e.g. 0.2", help="Fraction of prunable weights left: "
                                           "the one-shot form of omp/random/snip/grasp/synflow; "
                                           "admm reaches it at its last prune.")
+    # budgets (compacted cost of the delivered network, relative to dense)
+    target_macs: float | None = setting(None, panel="Method", low=0.0, high=1.0, low_open=True,
+                                        shown_default="none", hint="it is the fraction of the "
+                                        "dense network's MACs left after compaction, e.g. 0.5",
+                                        help="MACs budget: fraction of the dense network's "
+                                        "MACs after compaction. refill/rsst run states until the "
+                                        "delivered network meets it (the last prune sized to "
+                                        "land just under; --states is the maximum); the "
+                                        "one-shot baselines prune straight to it.")
+    target_params: float | None = setting(None, panel="Method", low=0.0, high=1.0,
+                                          low_open=True, shown_default="none",
+                                          hint="it is the fraction of the dense network's "
+                                          "parameters left after compaction, e.g. 0.5",
+                                          help="Parameters budget, as --target-macs for the "
+                                          "compacted parameter count.")
+    latency: bool = setting(True, panel="Speed", help="Time one forward pass of the compacted "
+                            "and the dense network per state (latency_ratio; about a second "
+                            "per state).")
     # training
     epochs: int = setting(2, panel="Training", low=1, help="Epochs per state.")
     batch_size: int = setting(128, panel="Training", low=1, help="Training batch size.")
@@ -273,6 +296,15 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def budget(self) -> tuple[str, float] | None:
+        """(``"macs"`` or ``"params"``, F) of ``--target-macs`` / ``--target-params``; None
+        without a budget."""
+        if self.target_macs is not None:
+            return "macs", self.target_macs
+        if self.target_params is not None:
+            return "params", self.target_params
+        return None
 
     def rewind_epoch(self) -> int | None:
         """K of ``epoch:K``, 0 for ``init``, None for ``none``."""
@@ -436,6 +468,7 @@ def validate(config: RunConfig) -> RunConfig:
             raise _bad("rewind", f"--rewind {config.rewind!r}: K must be an integer epoch of "
                        f"state 0 between 0 and --epochs ({config.epochs})")
     _check_one_shot(config)
+    _check_budget(config)
     if config.pretrained is not None and not Path(config.pretrained).is_file():
         what = "is a folder" if Path(config.pretrained).is_dir() else "no such file"
         raise UserError(f"--pretrained {config.pretrained}: {what}; pass a local "
@@ -463,6 +496,33 @@ def _check_one_shot(config: RunConfig) -> None:
         raise UserError(f"--target-remain {config.target_remain}: one-shot {config.method} runs "
                         f"{states} state(s) ({form}), not --states {config.states}: drop "
                         "--states, or drop --target-remain for the iterative form (--rate)")
+
+
+def _check_budget(config: RunConfig) -> None:
+    """--target-macs / --target-params: one budget, on a method that removes whole groups."""
+    budget = config.budget()
+    if budget is None:
+        return
+    flag = _flag(f"target_{budget[0]}")
+    if config.target_macs is not None and config.target_params is not None:
+        raise UserError("--target-macs and --target-params together: give one budget")
+    if config.target_remain is not None:
+        raise UserError(f"{flag} with --target-remain: give one target (the budget fixes how "
+                        "many weights go)")
+    cls = method_class(config.method)
+    if cls.target_over_states:
+        raise UserError(f"{flag}: {config.method} reaches --target-remain over its states and "
+                        "takes no budget; use --target-remain, or refill/rsst for a budget")
+    if not cls.refill or config.structure == "none":
+        why = ("prunes single weights" if not cls.refill else "with --structure none prunes "
+               "single weights")
+        raise UserError(f"{flag}: {config.method} {why}, which compaction cannot remove, so "
+                        "the budget could never be met: use a method that removes whole groups "
+                        "(refill, rsst, omp, ...) with a --structure other than none")
+    states = cls.one_shot_states
+    if states is not None and config.states != states:
+        raise UserError(f"{flag}: one-shot {config.method} prunes straight to the budget in "
+                        f"{states} state(s), not --states {config.states}: drop --states")
 
 
 def apply_preset(config: RunConfig, name: str) -> RunConfig:
@@ -498,8 +558,9 @@ def build_config(
     if unknown:
         raise UserError(f"unknown setting(s) {', '.join(sorted(unknown))}")
     config = dataclasses.replace(config, **overrides)
-    if (config.target_remain is not None and "states" not in overrides
-            and config.method in method_names()):
+    if ((config.target_remain is not None or config.budget() is not None)
+            and "states" not in overrides and config.method in method_names()
+            and not method_class(config.method).target_over_states):
         # the one-shot form fixes the number of states (1 at init, 2 for omp)
         states = method_class(config.method).one_shot_states
         config = dataclasses.replace(config, states=states or config.states)

@@ -105,8 +105,10 @@ def state_line(record: dict[str, Any], kinds: list[str]) -> str:
     parts.append(f"remain {_pct(remain)}%")
     parts += [f"{SHORT[k]} cut {_pct(sparsity.get(k))}%" for k in kinds]
     parts += [f"params {_pct(record.get('params_ratio'))}%",
-              f"MACs {_pct(record.get('macs_ratio'))}%",
-              f"{_num(record.get('seconds'), '.1f')} s"]
+              f"MACs {_pct(record.get('macs_ratio'))}%"]
+    if record.get("latency_ratio") is not None:  # --latency: measured, compacted / dense
+        parts.append(f"latency {_pct(record['latency_ratio'])}%")
+    parts.append(f"{_num(record.get('seconds'), '.1f')} s")
     return " · ".join(parts)
 
 

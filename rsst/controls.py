@@ -49,7 +49,8 @@ _SETUP_FILES = (rundir.LOCK, rundir.CHECKPOINT, CONTROL_RECORD)
 def control_config(source: RunConfig, seed: int) -> RunConfig:
     """The run's recipe as one state of plain masked training (no pruning, no penalty)."""
     return validate(dataclasses.replace(
-        source, method="imp", states=1, target_remain=None, fade_epochs=0, seed=seed,
+        source, method="imp", states=1, target_remain=None, target_macs=None, target_params=None,
+        fade_epochs=0, seed=seed,
         out=None, pretrained=None, preset=None))
 
 

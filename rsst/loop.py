@@ -48,9 +48,17 @@ from rsst.engine import Engine, lr_schedule
 from rsst.errors import TrainingDiverged, UserError
 from rsst.killpoint import armed as kill_point_armed
 from rsst.killpoint import kill_point
+from rsst.latency import compacted_latency
 from rsst.methods import PruneContext, get_method
 from rsst.models import create_model, load_pretrained, use_channels_last
-from rsst.pruning import FADE_THRESHOLD, fade_ratio, prune_lowest, refill
+from rsst.pruning import (
+    FADE_THRESHOLD,
+    fade_ratio,
+    masked_cost,
+    prune_lowest,
+    prune_to_budget,
+    refill,
+)
 from rsst.rundir import CHECKPOINT, RunLock
 from rsst.schedules import fade_lambda, ramp_offset, ramp_steps
 from rsst.statefile import ModelSpec
@@ -409,6 +417,12 @@ class PruningRun:
         and ``test_acc_at_best_val`` describe the state's best-validation epoch, whose weights
         are not saved. ``remain_weight`` / ``structured_sparsity`` are before the cut, their
         ``*_after_cut`` twins the saved network's.
+
+        ``macs_ratio`` / ``params_ratio`` and (``--latency``) ``latency_ms``,
+        ``dense_latency_ms``, ``latency_ratio`` describe the saved network compacted. With a
+        budget, ``budget_met`` says whether it meets it (the run stops after the first state
+        that does) and ``budget_prune`` (on the state whose prune was sized to the budget, in
+        the metrics line and summary) what that prune aimed at and reached.
         """
         cfg = self.config
         t0 = time.perf_counter()
@@ -449,38 +463,129 @@ class PruningRun:
         # physically removing the dead ones would leave (SPEC §6)
         record["groups"] = self.structure.per_unit(self.arena.hard_mask)
         record.update(compact_cost(self.model, tuple(self.data.input_size)))
+        if cfg.latency:
+            record.update(self._latency())
+        budget_stop = self._budget_stop(state, record)
         if not self._weights_finite():  # a resumed checkpoint or the cut went wrong: never save
             self._check_finite(state, cfg.epochs, last["train_loss"], None, last["reg_lambda"],
                                last["lr"])
         self.save_state_files(state, record)
         kill_point(f"state{state}-after-state-files")
-        if self.method.prunes_after_state(state, cfg):
-            self.prune(state)
+        if not budget_stop and self.method.prunes_after_state(state, cfg):
+            sized = self.prune(state)
+            if sized is not None:  # the prune was sized to the budget: said in the next record
+                record["budget_prune"] = sized
         record["seconds"] = best.get("seconds", 0.0) + time.perf_counter() - t0
         return record
 
-    def prune(self, state: int) -> None:
+    def prune(self, state: int) -> dict[str, Any] | None:
         """The next masks (SPEC §2): the method's scores give U, refilled into R if the method
-        refills; applied hard (H ← R) or soft (P ← H ∧ ¬R). ``state`` -1: at initialization."""
-        method, hard = self.method, self.arena.hard_mask
+        refills; applied hard (H ← R) or soft (P ← H ∧ ¬R). ``state`` -1: at initialization.
+
+        With a budget, R is sized to it (`rsst.pruning.prune_to_budget`) when the method prunes
+        to it at once or when the regular prune would reach it: the delivered network — after
+        the RSST cut, R itself — lands at or just under the budget. Returns then what was
+        aimed at and reached (``met`` False: the budget cannot be met, warned here); else None.
+        """
+        method, hard, cfg = self.method, self.arena.hard_mask, self.config
         prunable = self.structure.prunable
         self._seed_global_rng(state, -1)
         ctx = self._context(state)
-        count = method.removal_count(int((hard & prunable).sum()), int(prunable.sum()),
-                                     self.config)
-        unstructured = prune_lowest(method.score(ctx), hard, prunable, count)
+        element_scores = method.score(ctx)
+        budget = cfg.budget()
+        at_once = budget is not None and method.prunes_to_budget_at_once(cfg)
+
+        def scores_of(unstructured: torch.Tensor) -> dict[str, torch.Tensor]:
+            return group_scores(cfg.criteria, self.model, self.structure, self.arena,
+                                unstructured, ctx.batches(cfg.criteria_batches))
+
+        sized = None
+        if not at_once:
+            count = method.removal_count(int((hard & prunable).sum()), int(prunable.sum()), cfg)
+            unstructured = prune_lowest(element_scores, hard, prunable, count)
         kill_point(f"state{state}-pruning")
-        if method.refill and self.structure.units:
-            scores = group_scores(self.config.criteria, self.model, self.structure, self.arena,
-                                  unstructured, ctx.batches(self.config.criteria_batches))
-            unstructured = refill(self.structure, unstructured, hard, scores,
-                                  self.config.fillback_rate, self.config.refill_scope,
-                                  self.config.round_to)
+        if not at_once and method.refill and self.structure.units:
+            unstructured = refill(self.structure, unstructured, hard, scores_of(unstructured),
+                                  cfg.fillback_rate, cfg.refill_scope, cfg.round_to)
+        if budget is not None:
+            kind, target = budget
+
+            def cost(mask: torch.Tensor) -> float:
+                return masked_cost(self.model, self.arena.weight, mask,
+                                   tuple(self.data.input_size), kind)
+
+            if at_once or cost(unstructured) <= target:
+                unstructured, reached = prune_to_budget(
+                    self.structure, hard, element_scores, scores_of, cost, target,
+                    fillback_rate=cfg.fillback_rate, scope=cfg.refill_scope,
+                    round_to=cfg.round_to)
+                sized = {"target": target, f"{kind}_ratio": reached, "met": reached <= target}
+                if not sized["met"]:
+                    self._warn_budget(f"cannot be met: pruning every unit down to its last "
+                                      f"group leaves {kind}_ratio {reached:.4g}")
         if method.soft:  # the dropped elements fade during the next state
             self.arena.set_masks(hard, hard & ~unstructured)
         else:
             self.arena.set_masks(unstructured)
         self.world.sync_arena(self.arena, self.model)  # rank 0's decision, on every rank
+        return sized
+
+    # -- budgets and latency -----------------------------------------------------------------
+    def _warn_budget(self, why: str) -> None:
+        kind, target = self.config.budget() or ("", 0.0)
+        self.console.print(f"[yellow]warning:[/] --target-{kind} {target:g} {why}; the run "
+                           f"records budget_met false", highlight=False)
+
+    def _budget_stop(self, state: int, record: dict[str, Any]) -> bool:
+        """With a budget: record whether this state's delivered network meets it
+        (``budget_met``) and whether the run stops after it — met, or the sized prune that made
+        it could not meet it, or (warned) --states ran out first."""
+        budget = self.config.budget()
+        if budget is None:
+            return False
+        kind, target = budget
+        record["budget_met"] = met = record[f"{kind}_ratio"] <= target
+        previous = self.records[-1] if self.records else {}
+        sized = previous.get("budget_prune") if state > 0 else None
+        if met or (sized is not None and not sized["met"]):
+            return True
+        # a one-shot method's sized prune has said so already when it missed the budget
+        if state + 1 >= self.config.states and not self.method.prunes_to_budget_at_once(
+                self.config):
+            self._warn_budget(f"is not met after --states {self.config.states} (the last state "
+                              f"delivers {kind}_ratio {record[f'{kind}_ratio']:.4g}): raise "
+                              "--states or --rate")
+        return False
+
+    def budget_summary(self) -> dict[str, Any] | None:
+        """The summary's ``budget``: its kind and target, whether it was met and by which state
+        (the run stops there), and the ratio that state delivers."""
+        budget = self.config.budget()
+        if budget is None or not self.records:
+            return None
+        kind, target = budget
+        met = next((r for r in self.records if r.get("budget_met")), None)
+        last = met or self.records[-1]
+        return {"kind": kind, "target": target, "met": met is not None,
+                "state": last["state"], f"{kind}_ratio": last[f"{kind}_ratio"]}
+
+    def _stopped(self) -> bool:
+        """The budget ended the run at its last finished state (a resume trains no more)."""
+        if not self.records or self.config.budget() is None:
+            return False
+        last = self.records[-1]
+        if last.get("budget_met"):
+            return True
+        before = self.records[-2] if len(self.records) > 1 else {}
+        sized = before.get("budget_prune")
+        return sized is not None and not sized["met"]
+
+    def _latency(self) -> dict[str, float]:
+        """`rsst.latency.compacted_latency` of the delivered network; the dense network is
+        timed once per run (state 0) and its time reused from state 0's record."""
+        dense = self.records[0].get("dense_latency_ms") if self.records else None
+        return compacted_latency(self.model, tuple(self.data.input_size), self.device,
+                                 dense_ms=dense, channels_last=self.arena.channels_last)
 
     def _context(self, state: int) -> PruneContext:
         return PruneContext(self.model, self.arena, self.structure, self.config,
@@ -523,6 +628,8 @@ class PruningRun:
                 self.write_summary()
         kinds = self.structure.kinds
         for state in range(position["state"], cfg.states):
+            if self._stopped():  # the budget was met (a resume of a finished budget run)
+                break
             start_epoch = position["epoch"] if state == position["state"] else 0
             partial = position.get("partial", {}) if start_epoch else {}
             if start_epoch == 0:
@@ -546,6 +653,11 @@ class PruningRun:
             self.console.print(state_line(record, kinds), highlight=False)
             if {"head", "neuron"} & set(kinds):
                 self.console.print(block_table(record))
+            if record.get("budget_met"):
+                kind, target = cfg.budget() or ("", 0.0)
+                self.console.print(f"budget met at state {state}: {kind}_ratio "
+                                   f"{record[f'{kind}_ratio']:.4g} ≤ {target:g} "
+                                   f"(--target-{kind}); the run stops here", highlight=False)
         if self.records:  # the whole table once, at the end
             self.console.print(state_table(self.records, kinds))
         return self.records
@@ -560,6 +672,7 @@ class PruningRun:
             "device": str(self.device), "world_size": self.world.size,
             "structure_kinds": self.structure.kinds,
             "val_images": len(self.data.val), "num_classes": self.data.num_classes,
+            **({"budget": b} if (b := self.budget_summary()) is not None else {}),
             "states": self.records,
         })
 

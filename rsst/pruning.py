@@ -73,6 +73,26 @@ def _apply_groups(unstructured: torch.Tensor, structure: Structure,
     return torch.where(covered, ~dead, unstructured)
 
 
+def _killed_elsewhere(structure: Structure, hard_mask: torch.Tensor) -> list[int]:
+    """Per unit: how many of its prunable weights are dead in H through another unit's dead
+    group (coupled units share weights with per-layer ones: a dead stream channel kills the
+    column its reader's unit also holds).
+
+    Refill's density leaves them out, so ``d`` measures the unit's own pruning and a refill of
+    an unchanged U keeps every alive group; without sharing (per-layer groups, heads and
+    neurons) every count is 0 and ``d`` is §3's.
+    """
+    dead_of = [~structure.group_alive(u, hard_mask) for u in structure.units]
+    killers = torch.zeros(hard_mask.numel(), dtype=torch.int32, device=hard_mask.device)
+    for unit, dead in zip(structure.units, dead_of, strict=True):
+        killers[unit.weight_index[dead[unit.weight_group]]] += 1
+    counts = []
+    for unit, dead in zip(structure.units, dead_of, strict=True):
+        others = killers[unit.weight_index] - dead[unit.weight_group].int()
+        counts.append(int((others > 0).sum()))
+    return counts
+
+
 def _top(score: torch.Tensor, alive: torch.Tensor, k: int) -> torch.Tensor:
     """Bool [C]: the ``k`` alive groups of highest score (ties: lower index)."""
     score = score.to(torch.float64).clone()
@@ -87,7 +107,9 @@ def refill(structure: Structure, unstructured: torch.Tensor, hard_mask: torch.Te
            scope: str = "unit", round_to: int = 1) -> torch.Tensor:
     """R: per unit keep the top-k alive groups by score, each whole; others dead (SPEC §3).
 
-    Elements of prunable layers without groups, and everything outside the units, take U.
+    ``d`` leaves out the unit's weights killed by another unit's dead group
+    (`_killed_elsewhere`, coupled and embed groups only). Elements of prunable layers without
+    groups, and everything outside the units, take U.
     Ties in score keep the lower group index. A group dead in H is never revived; an element in
     several units' groups lives only when all of them are kept (`_apply_groups`). ``round_to``
     rounds each unit's k up to a multiple (`round_kept`). ``scope="global"`` ranks the groups
@@ -99,9 +121,10 @@ def refill(structure: Structure, unstructured: torch.Tensor, hard_mask: torch.Te
     if scope != "unit":
         raise ValueError(f"unknown refill scope {scope!r}")
     kept = []
-    for unit in structure.units:
+    for unit, elsewhere in zip(structure.units, _killed_elsewhere(structure, hard_mask),
+                               strict=True):
         in_u = unstructured[unit.weight_index]
-        density = float(in_u.sum()) / unit.weight_index.numel()
+        density = float(in_u.sum()) / (unit.weight_index.numel() - elsewhere)
         alive = structure.group_alive(unit, hard_mask)
         n_alive = int(alive.sum())
         k = round_kept(kept_groups(density, unit.num_groups, n_alive, fillback_rate), n_alive,
@@ -124,9 +147,11 @@ def refill_global(structure: Structure, unstructured: torch.Tensor, hard_mask: t
     groups by score.
     """
     kept_of: dict[int, torch.Tensor] = {}
+    elsewhere = dict(zip(map(id, structure.units), _killed_elsewhere(structure, hard_mask),
+                         strict=True))
     for kind in structure.kinds:
         units = [u for u in structure.units if u.kind == kind]
-        weights = sum(u.weight_index.numel() for u in units)
+        weights = sum(u.weight_index.numel() - elsewhere[id(u)] for u in units)
         density = sum(float(unstructured[u.weight_index].sum()) for u in units) / weights
         alive = [structure.group_alive(u, hard_mask) for u in units]
         total = sum(u.num_groups for u in units)

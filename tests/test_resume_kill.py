@@ -26,6 +26,7 @@ from safetensors.torch import load_file
 from test_cli_run import write_two_classes
 
 from rsst.errors import UserError
+from rsst.latency import TIMINGS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -71,9 +72,11 @@ def finish(proc: subprocess.Popen) -> tuple[int, str]:
 
 
 def clean(data):
-    """Without the fields that differ between two identical runs (wall time, run directory)."""
+    """Without the fields that differ between two identical runs (wall time, measured latency,
+    run directory)."""
     if isinstance(data, dict):
-        return {k: clean(v) for k, v in data.items() if k not in ("seconds", "run_dir")}
+        return {k: clean(v) for k, v in data.items()
+                if k not in ("seconds", "run_dir", *TIMINGS)}
     if isinstance(data, list):
         return [clean(v) for v in data]
     return data

@@ -89,10 +89,20 @@ def test_refill_never_revives_what_another_unit_killed() -> None:
     hard = torch.ones(arena.numel, dtype=torch.bool)
     hard[head.member_index[head.member_group == 0]] = False
     scores = {u.name: torch.arange(u.num_groups, dtype=torch.float64) for u in structure.units}
-    kept = refill(structure, hard.clone(), hard, scores)
+    embed = next(u for u in structure.units if u.kind == "embed")
+    # a refill of an unchanged U keeps every alive group: head 0's dead rows do not count
+    # against the embed columns' density (they are another unit's doing)
+    unchanged = refill(structure, hard.clone(), hard, scores)
+    assert torch.equal(unchanged, hard)
+    # U drops half of the embed weights no head holds (fc1/fc2, patch embedding, classifier):
+    # the embed unit keeps fewer columns, every alive head stays
+    heads = torch.cat([u.weight_index for u in structure.units if u.kind == "head"])
+    own = embed.weight_index[~torch.isin(embed.weight_index, heads)]
+    unstructured = hard.clone()
+    unstructured[own[: own.numel() // 2]] = False
+    kept = refill(structure, unstructured, hard, scores)
     assert not bool(kept[head.member_index[head.member_group == 0]].any())
     # head 1 lives wherever its embed column is kept (and its biases, which no column holds)
-    embed = next(u for u in structure.units if u.kind == "embed")
     column_kept = structure.group_alive(embed, kept)
     assert 0 < int(column_kept.sum()) < 192
     in_column = torch.zeros(arena.numel, dtype=torch.bool)

@@ -13,6 +13,7 @@
 - *what it does between epochs*: `after_epoch` (ADMM's Z/U update), with `state_tensors` /
   `load_state_tensors` carrying the method's own buffers through checkpoints;
 - *which settings it refuses*: `check`, called by the config validation;
+- how it meets a budget (``--target-macs`` / ``--target-params``): `prunes_to_budget_at_once`;
 - whether it has a one-shot form (``--target-remain``): `one_shot_states`, the number of states
   that form runs (`rsst.config` fills ``--states`` with it and checks it).
 
@@ -82,6 +83,12 @@ class Method:
         """One float score per arena element; the lowest-scoring alive prunable ones go.
         Elements outside the prunable scope or already dead are ignored whatever their score."""
         return ctx.arena.weight.abs()
+
+    def prunes_to_budget_at_once(self, config: RunConfig) -> bool:
+        """With a budget (``--target-macs`` / ``--target-params``): every prune is sized to
+        land on it (a one-shot form). False: prune by `removal_count` until that prune would
+        reach the budget, then size that last one (`rsst.pruning.prune_to_budget`)."""
+        return False
 
     def removal_count(self, alive: int, total: int, config: RunConfig) -> int:
         """How many of the ``alive`` (of ``total``) prunable weights to remove: --rate of the

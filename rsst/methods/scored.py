@@ -2,7 +2,8 @@
 globally over the prunable scope, refilled into whole groups when ``--structure`` has groups,
 applied hard; one-shot to ``--target-remain`` or iterative with ``--rate`` per state.
 
-- One-shot (``--target-remain R``): prune once, straight to R of the prunable weights — at
+- One-shot (``--target-remain R``): prune once, straight to R of the prunable weights (or to
+  a budget, ``--target-macs`` / ``--target-params``: the prune sized by the loop) — at
   initialization (``at_init``; 1 state: prune, then train) or after the dense state 0 (omp;
   2 states: train dense, prune, rewind per --rewind, train the pruned network).
 - Iterative (no ``--target-remain``): as IMP, after every state but the last remove --rate of the
@@ -36,7 +37,12 @@ class ScoredMethod(Method):
 
     @staticmethod
     def one_shot(config: RunConfig) -> bool:
-        return config.target_remain is not None
+        """The one-shot form: --target-remain, or a budget (--target-macs / --target-params),
+        which the loop reaches by sizing this one prune (`prunes_to_budget_at_once`)."""
+        return config.target_remain is not None or config.budget() is not None
+
+    def prunes_to_budget_at_once(self, config: RunConfig) -> bool:
+        return self.one_shot(config)
 
     def prunes_at_init(self, config: RunConfig) -> bool:
         return self.one_shot(config) and self.at_init
@@ -48,8 +54,7 @@ class ScoredMethod(Method):
 
     def removal_count(self, alive: int, total: int, config: RunConfig) -> int:
         """One-shot: down to round(R · total) prunable weights; iterative: --rate of the alive."""
-        if self.one_shot(config):
-            assert config.target_remain is not None
+        if config.target_remain is not None:
             return max(0, alive - round(config.target_remain * total))
         return super().removal_count(alive, total, config)
 

@@ -18,7 +18,7 @@ from typing import Any
 from rsst.config import RunConfig, coerce, field_types
 
 #: RunConfig fields that are not part of a run's identity
-NOT_IDENTITY = ("seed", "out", "cache_dir", "preset")
+NOT_IDENTITY = ("seed", "out", "cache_dir", "preset", "latency")
 #: hex digits of the sha256 kept in folder names
 HASH_LENGTH = 10
 
