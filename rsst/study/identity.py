@@ -2,7 +2,8 @@
 
 The identity of a run is its resolved configuration without the settings that do not define the
 experiment: the seed (seeds are what a study pools), where it writes (``out``), where decoded
-images are cached (``cache_dir``) and the preset's name (its values are in the config already).
+images are cached (``cache_dir``), whether latency is timed (``latency``: a measurement, not a
+result) and the preset's name (its values are in the config already).
 Only the settings that differ from `RunConfig`'s defaults are hashed (OpenLTH's scheme), as
 sorted canonical JSON, so a setting added later with a default leaves every existing identity,
 and so every existing study folder, unchanged.
