@@ -11,7 +11,7 @@ import itertools
 
 import pytest
 import torch
-from tinydata import tiny_run
+from helpers import tiny_run
 
 from rsst.arena import Arena
 from rsst.schedules import SCHEDULES, lam_at

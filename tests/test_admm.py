@@ -10,10 +10,9 @@ import sys
 
 import pytest
 import torch
+from helpers import metrics_lines, strip_seconds, summary_states, tiny_run
 from rich.console import Console
 from safetensors.torch import load_file
-from test_loop import metrics, strip_seconds, summary
-from tinydata import tiny_run
 
 from rsst.config import RunConfig, validate
 from rsst.errors import UserError
@@ -144,7 +143,7 @@ def test_z_and_u_update_every_interval_against_an_independent_projection(admm_ru
         assert before["dual"].abs().sum() == 0 and after["dual"].abs().sum() > 0
     # the epoch lines carry the residual exactly on the update epochs
     run_dir, _ = admm_run
-    lines = [m for m in metrics(run_dir) if m["kind"] == "epoch"]
+    lines = [m for m in metrics_lines(run_dir) if m["kind"] == "epoch"]
     assert [("admm_primal_residual" in m) for m in lines] == [False, True, False] + [False] * 3
 
 
@@ -152,7 +151,7 @@ def test_hard_prune_to_z_support_reaches_the_target(admm_run):
     run_dir, seen = admm_run
     prunable, arena = seen["structure"].prunable, seen["arena"]
     total = int(prunable.sum())
-    records = summary(run_dir)
+    records = summary_states(run_dir)
     assert [r["method"] for r in records] == ["admm", "admm"]
     assert records[0]["remain_weight"] == 1.0
     # within one weight per layer of the target (global top-k: exactly round(R · total))
@@ -217,14 +216,14 @@ def test_layer_projection_holds_every_layer_to_the_fraction(admm_layer_run):
     assert not torch.equal(kept, update["after"]["support"])  # |W|, not Z's support
     for start, stop in ranges:
         assert int(kept[start:stop].sum()) == round(TARGET * (stop - start))
-    assert summary(run_dir)[1]["remain_weight"] == pytest.approx(
+    assert summary_states(run_dir)[1]["remain_weight"] == pytest.approx(
         int(kept.sum()) / int(prunable.sum()), abs=1e-12)
 
 
 def test_refilled_variant_keeps_whole_channels(tmp_path):
     run_dir = tiny_run(config(structure="channel", epochs=1, admm_interval=1),
                        out=tmp_path / "refill", console=QUIET)
-    records = summary(run_dir)
+    records = summary_states(run_dir)
     assert records[1]["structured_sparsity"]["channel"] > 0.3
     tensors = load_file(str(run_dir / "state_01" / "weights.safetensors"))
     masks = {k[: -len(".mask")]: v.bool() for k, v in tensors.items() if k.endswith(".mask")}
@@ -246,7 +245,7 @@ def test_iterative_form(tmp_path, target, expected, projection, tolerance):
     run_dir = tiny_run(config(states=3, epochs=1, admm_interval=1, target_remain=target,
                               rate=0.3, admm_projection=projection),
                        out=tmp_path / "iterative", console=QUIET)
-    remain = [r["remain_weight"] for r in summary(run_dir)]
+    remain = [r["remain_weight"] for r in summary_states(run_dir)]
     assert remain == pytest.approx(expected, abs=tolerance)
 
 
@@ -294,8 +293,8 @@ def test_resume_restores_z_and_u(admm_run, tmp_path, monkeypatch, kill_at):
     assert {"method.anchor", "method.dual", "method.support"} <= set(saved)
     assert {"arena.code", "arena.momentum"} <= set(saved)  # beside the arena's own state
     tiny_run(config(), resume=out, console=QUIET)
-    assert strip_seconds(summary(out)) == strip_seconds(summary(reference))
-    assert metrics(out) == metrics(reference)
+    assert strip_seconds(summary_states(out)) == strip_seconds(summary_states(reference))
+    assert metrics_lines(out) == metrics_lines(reference)
     for s in range(2):
         a = load_file(str(out / f"state_{s:02d}" / "weights.safetensors"))
         b = load_file(str(reference / f"state_{s:02d}" / "weights.safetensors"))

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny_pruning_run, tiny_run
 from rich.console import Console
 from safetensors.torch import load_file, save_file
-from tinydata import tiny_pruning_run, tiny_run
 
 import rsst.loop as loop
 from rsst import cli

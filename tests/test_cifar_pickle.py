@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_data import write_cifar10
+from helpers import write_cifar10
 
 from rsst.data import load_dataset, load_split
 from rsst.data.cifar import read_cifar_pickle

@@ -12,10 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import invoke, randomize, write_cifar10, write_class_folders
 from safetensors.torch import save_file
-from test_data import write_cifar10, write_class_folders
-from test_export import randomize
-from test_export_cli import invoke
 
 from rsst.config import RunConfig, save_config
 from rsst.data import CIFAR10_CLASSES, load_dataset, load_split

@@ -8,61 +8,19 @@ zero input) are non-trivial. The state file is written by `rsst.statefile`, as a
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import NUM_CLASSES, pruned_model, randomize, write_run
 from timm.layers import Attention
 from torch import nn
 
 import rsst
-from rsst import statefile
-from rsst.compact import plan_compaction, random_prune
+from rsst.compact import plan_compaction
 from rsst.export import export_model, load_model, read_file
 from rsst.models import create_model
-from rsst.statefile import ModelSpec
-
-NUM_CLASSES = 5
-
-
-def randomize(model: nn.Module, seed: int = 0) -> None:
-    """Non-trivial BN statistics / affine parameters and biases, so folds are really tested."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                c = m.num_features
-                m.running_mean.copy_(torch.randn(c, generator=gen) * 0.5)
-                m.running_var.copy_(torch.rand(c, generator=gen) + 0.5)
-                m.weight.copy_(torch.rand(c, generator=gen) + 0.5)
-                m.bias.copy_(torch.randn(c, generator=gen) * 0.5)
-            elif isinstance(m, nn.Linear) and m.bias is not None:
-                m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.1)
-
-
-def pruned_model(arch: str, fraction: float = 0.4, seed: int = 0, img_size: int = 32,
-                 patch_size: int | None = None) -> tuple[nn.Module, dict[str, torch.Tensor]]:
-    torch.manual_seed(seed)
-    model = create_model(arch, num_classes=NUM_CLASSES, img_size=img_size,
-                         patch_size=patch_size)
-    randomize(model, seed)
-    masks = random_prune(model, fraction, seed=seed)
-    return model.eval(), masks
-
-
-def write_run(folder: Path, model: nn.Module, masks: dict[str, torch.Tensor], *,
-              method: str = "refill", state: int = 0, config: dict | None = None) -> Path:
-    """A run directory with one state file, written by the run's own writer (`rsst.statefile`)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    spec = dataclasses.replace(ModelSpec.of(model), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
-    meta = statefile.state_metadata(
-        spec, method=method, state=state, sparsity={"remain_weight": 0.5}, structure={},
-        config=config or {"method": method, "arch": spec.arch})
-    statefile.write_state(folder, state, model.state_dict(), masks, meta,
-                          {"state": state, "val_acc": 0.5})
-    return folder
 
 
 def export_both(tmp_path: Path, model: nn.Module, masks: dict[str, torch.Tensor]

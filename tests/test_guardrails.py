@@ -17,14 +17,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny_config, tiny_dataset, tiny_run
 from rich.console import Console
 from safetensors.torch import load_file
-from tinydata import tiny_dataset, tiny_run
 
 import rsst.loop as loop
 from rsst import rundir
 from rsst.atomic import atomic_write_json, finite_json, json_text
-from rsst.config import RunConfig, validate
+from rsst.config import RunConfig
 from rsst.engine import Engine
 from rsst.errors import TrainingDiverged, UserError
 from rsst.loop import PruningRun
@@ -34,9 +34,7 @@ QUIET = Console(quiet=True)
 
 
 def config(**kw) -> RunConfig:
-    base = dict(states=2, epochs=1, rate=0.3, train_subset=128, val_split=64, batch_size=32,
-                eval_batch_size=256, device="cpu", backend="torch", arch="resnet20")
-    return validate(RunConfig(**{**base, **kw}))
+    return tiny_config(**{"batch_size": 32, **kw})
 
 
 def strict_load(path: Path):

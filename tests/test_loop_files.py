@@ -10,9 +10,8 @@ import re
 from pathlib import Path
 
 import pytest
+from helpers import tiny_pruning_run, tiny_run, write_two_classes
 from rich.console import Console
-from test_cli_run import write_two_classes
-from tinydata import tiny_pruning_run, tiny_run
 
 import rsst.loop as loop
 from rsst.config import RunConfig, validate

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny_run
 from rich.console import Console
 from safetensors.torch import load_file
-from tinydata import tiny_run
 
 from rsst.arena import Arena
 from rsst.config import RunConfig, validate

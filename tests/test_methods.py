@@ -8,12 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny_config, tiny_run
 from rich.console import Console
 from safetensors.torch import load_file
-from tinydata import tiny_run
 
 from rsst import config as rsst_config
-from rsst.config import RunConfig, validate
 from rsst.errors import UserError
 from rsst.methods import (
     Method,
@@ -27,10 +26,7 @@ from rsst.methods import (
 QUIET = Console(quiet=True)
 
 
-def tiny(**kw) -> RunConfig:
-    base = dict(states=2, epochs=1, rate=0.3, train_subset=128, val_split=64, batch_size=64,
-                eval_batch_size=256, device="cpu", backend="torch", arch="resnet20")
-    return validate(RunConfig(**{**base, **kw}))
+tiny = tiny_config
 
 
 def states(run_dir: Path) -> list[dict]:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny_run
 from rich.console import Console
-from tinydata import tiny_run
 
 from rsst import __version__, provenance
 from rsst.config import RunConfig, validate

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import clean, write_two_classes
 from rich.console import Console
 from safetensors.torch import load_file
-from test_cli_run import write_two_classes
 
 from rsst.errors import UserError
 
@@ -68,15 +68,6 @@ def start(cwd: Path, args: list[str], kill_at: str | None = None) -> subprocess.
 def finish(proc: subprocess.Popen) -> tuple[int, str]:
     _, err = proc.communicate(timeout=300)
     return proc.returncode, err
-
-
-def clean(data):
-    """Without the fields that differ between two identical runs (wall time, run directory)."""
-    if isinstance(data, dict):
-        return {k: clean(v) for k, v in data.items() if k not in ("seconds", "run_dir")}
-    if isinstance(data, list):
-        return [clean(v) for v in data]
-    return data
 
 
 def summary(run: Path) -> dict:

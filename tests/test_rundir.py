@@ -10,13 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import tiny_config, tiny_run
 from rich.console import Console
-from tinydata import tiny_run
 
 import rsst.loop as loop
 from rsst import rundir
 from rsst.atomic import atomic_write, atomic_write_json
-from rsst.config import RunConfig, validate
+from rsst.config import RunConfig
 from rsst.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,9 +76,8 @@ def _env() -> dict[str, str]:
 
 
 def _tiny(**kw) -> RunConfig:
-    base = dict(states=1, epochs=1, rate=0.3, train_subset=64, val_split=32, batch_size=32,
-                eval_batch_size=64, device="cpu", backend="torch", arch="resnet20")
-    return validate(RunConfig(**{**base, **kw}))
+    return tiny_config(**{"states": 1, "train_subset": 64, "val_split": 32, "batch_size": 32,
+                          "eval_batch_size": 64, **kw})
 
 
 @pytest.fixture

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny_run
 from rich.console import Console
 from safetensors.torch import load_file
-from tinydata import tiny_run
 
 import rsst.loop as loop
 from rsst.arena import Arena

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import randomize, write_run
 from rich.console import Console
 from safetensors import safe_open
-from test_export import randomize, write_run
 from torch import nn
 
 import rsst.loop as loop
