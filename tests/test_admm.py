@@ -98,6 +98,7 @@ def independent_support(values: torch.Tensor, scope: torch.Tensor, k: int) -> to
     return support
 
 
+@pytest.mark.slow
 def test_z_and_u_start_at_the_projection_of_w(admm_run):
     _, seen = admm_run
     prunable = seen["structure"].prunable
@@ -116,6 +117,7 @@ def test_z_and_u_start_at_the_projection_of_w(admm_run):
     assert torch.equal((first["code"] & ANCHORED) != 0, scope)
 
 
+@pytest.mark.slow
 def test_z_and_u_update_every_interval_against_an_independent_projection(admm_run):
     _, seen = admm_run
     prunable = seen["structure"].prunable
@@ -147,6 +149,7 @@ def test_z_and_u_update_every_interval_against_an_independent_projection(admm_ru
     assert [("admm_primal_residual" in m) for m in lines] == [False, True, False] + [False] * 3
 
 
+@pytest.mark.slow
 def test_hard_prune_to_z_support_reaches_the_target(admm_run):
     run_dir, seen = admm_run
     prunable, arena = seen["structure"].prunable, seen["arena"]
@@ -184,6 +187,7 @@ def layer_support(values: torch.Tensor, scope: torch.Tensor, ranges: list[tuple[
     return support
 
 
+@pytest.mark.slow
 def test_layer_projection_holds_every_layer_to_the_fraction(admm_layer_run):
     """--admm-projection layer (the default, the paper's): Z keeps round(R · n_l) weights of
     every layer — at the start, at each update — and the prune after the state keeps each
@@ -220,6 +224,7 @@ def test_layer_projection_holds_every_layer_to_the_fraction(admm_layer_run):
         int(kept.sum()) / int(prunable.sum()), abs=1e-12)
 
 
+@pytest.mark.slow
 def test_refilled_variant_keeps_whole_channels(tmp_path):
     run_dir = tiny_run(config(structure="channel", epochs=1, admm_interval=1),
                        out=tmp_path / "refill", console=QUIET)
@@ -234,6 +239,7 @@ def test_refilled_variant_keeps_whole_channels(tmp_path):
             assert torch.count_nonzero(tensors[name][~mask]) == 0, name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("projection,tolerance", [("global", 2e-5), ("layer", 1e-4)])
 @pytest.mark.parametrize("target,expected", [(0.25, [1.0, 0.5, 0.25]), (None, [1.0, 0.7, 0.49])],
                          ids=["target-remain", "rate"])
@@ -249,6 +255,7 @@ def test_iterative_form(tmp_path, target, expected, projection, tolerance):
     assert remain == pytest.approx(expected, abs=tolerance)
 
 
+@pytest.mark.slow
 def test_backends_run_the_same_admm(tmp_path):
     """The run-level path of each backend (the Triton kernel under the interpreter on CPU; the
     compiled pass, `auto` on the CPU, really compiled rather than its twin): same Z support, same
@@ -274,6 +281,7 @@ class Killed(Exception):
     pass
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kill_at", [(0, 1), (0, 3)], ids=["mid-admm-state", "before-prune"])
 def test_resume_restores_z_and_u(admm_run, tmp_path, monkeypatch, kill_at):
     reference, _ = admm_run

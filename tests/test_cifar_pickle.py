@@ -150,6 +150,7 @@ def test_codecs_encode_only_decodes_latin1(tmp_path: Path) -> None:
         read_cifar_pickle(path)
 
 
+@pytest.mark.slow
 def test_cli_refuses_malicious_pickle_with_one_line(tmp_path: Path) -> None:
     """Through the real entry point: exit 2, one stderr line, no traceback, no side effect."""
     data = tmp_path / "data"

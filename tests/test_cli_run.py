@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from helpers import rsst_subprocess, write_two_classes
 
+pytestmark = pytest.mark.slow  # starts real runs or subprocesses
+
 
 @pytest.fixture(scope="module")
 def image_dir(tmp_path_factory) -> Path:

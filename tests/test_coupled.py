@@ -283,6 +283,7 @@ def test_coupled_is_for_cnns():
 
 
 # -- end to end: a coupled RSST run exports with nothing left behind ------------------------------
+@pytest.mark.slow
 @pytest.mark.usefixtures("tiny_data")
 def test_coupled_rsst_run_exports_compact_with_no_pruned_channel(tmp_path):
     from rich.console import Console

@@ -37,6 +37,7 @@ def fake_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_run(tmp_path_factory.mktemp("fake") / "run", model, masks)
 
 
+@pytest.mark.slow
 def test_round_trip_export_load_eval(tiny_run: Path, tmp_path: Path,
                                      monkeypatch: pytest.MonkeyPatch,
                                      capsys: pytest.CaptureFixture[str]) -> None:
@@ -66,6 +67,7 @@ def test_round_trip_export_load_eval(tiny_run: Path, tmp_path: Path,
     assert "accuracy" in stdout
 
 
+@pytest.mark.slow
 def test_export_state_best_and_number(tiny_run: Path, tmp_path: Path,
                                       monkeypatch: pytest.MonkeyPatch,
                                       capsys: pytest.CaptureFixture[str]) -> None:
@@ -197,6 +199,7 @@ def test_dataset_class_count_mismatch(export_file: Path, monkeypatch: pytest.Mon
     assert_one_error_line(code, err, "10 classes", "predicts 5")
 
 
+@pytest.mark.slow
 def test_real_entry_point_prints_one_line(export_file: Path, tmp_path: Path) -> None:
     bad = tmp_path / "cut.safetensors"
     bad.write_bytes(export_file.read_bytes()[:100])

@@ -87,6 +87,7 @@ def _poison_epoch(monkeypatch, at: tuple[int, int], what: str) -> list:
     return calls
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("what", ["weights", "val loss"])
 def test_divergence_stops_before_saving_and_the_run_stays_resumable(tmp_path, monkeypatch,
                                                                     what):
@@ -192,6 +193,7 @@ def test_out_that_is_not_writable(tmp_path, monkeypatch, capsys):
 
 
 # -- file modes ------------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("umask", [0o022, 0o077])
 def test_every_file_of_a_run_follows_the_umask(tmp_path, umask):
     old = os.umask(umask)
@@ -252,6 +254,7 @@ def _independent_fade_ratio(run: Path, weights: dict) -> float:
     return float(p.pow(2).mean().sqrt() / q.pow(2).mean().sqrt())
 
 
+@pytest.mark.slow
 def test_an_unfaded_cut_is_recorded_and_warned(tmp_path):
     run, weights, text = _run_capturing_the_cut(config(**RESEARCH_PENALTY), tmp_path / "r")
     record = strict_load(run / "summary.json")["states"][1]
@@ -265,6 +268,7 @@ def test_an_unfaded_cut_is_recorded_and_warned(tmp_path):
     assert "fade_ratio" not in strict_load(run / "summary.json")["states"][0]
 
 
+@pytest.mark.slow
 def test_fade_epochs_wait_until_the_pending_weights_have_faded(tmp_path):
     cfg = config(**RESEARCH_PENALTY, fade_epochs=6)
     run, weights, text = _run_capturing_the_cut(cfg, tmp_path / "r")
@@ -284,6 +288,7 @@ def test_fade_epochs_wait_until_the_pending_weights_have_faded(tmp_path):
         [min(cfg.reg_granularity * 2.0 ** k, 1 / cfg.lr) for k in range(1, len(fades) + 1)])
 
 
+@pytest.mark.slow
 def test_a_resume_in_the_middle_of_the_fade_epochs(tmp_path, monkeypatch):
     cfg = config(**{**RESEARCH_PENALTY, "reg_granularity": 0.1}, fade_epochs=6)
     straight = tiny_run(cfg, out=tmp_path / "straight", console=QUIET)

@@ -28,6 +28,8 @@ import rsst.loop as loop
 from rsst.config import RunConfig
 from rsst.loop import PruningRun
 
+pytestmark = pytest.mark.slow  # starts real runs or subprocesses
+
 QUIET = Console(quiet=True)
 
 

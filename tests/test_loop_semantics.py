@@ -23,6 +23,8 @@ from rsst.arena import Arena
 from rsst.config import RunConfig, validate
 from rsst.engine import Engine
 
+pytestmark = pytest.mark.slow  # starts real runs or subprocesses
+
 STATES, EPOCHS, STEPS = 3, 2, 4  # 128 training images, batch 32
 
 

@@ -69,6 +69,7 @@ def _close(got, want, path: str) -> None:
         assert got == pytest.approx(want, rel=1e-6, abs=1e-6), (path, got, want)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["imp", "refill", "rsst"])
 def test_summary_pinned_to_pre_registry_code(method, tmp_path):
     records = states(tiny_run(tiny(method=method), out=tmp_path / method, console=QUIET))
@@ -141,6 +142,7 @@ def toy_method():
     unregister_method(LargestFirstAtInit.name)
 
 
+@pytest.mark.slow
 def test_a_new_method_runs_through_the_loop_unchanged(toy_method, tmp_path):
     run_dir = tiny_run(tiny(method=toy_method), out=tmp_path / "toy", console=QUIET)
     records = states(run_dir)

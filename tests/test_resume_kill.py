@@ -27,6 +27,8 @@ from safetensors.torch import load_file
 
 from rsst.errors import UserError
 
+pytestmark = pytest.mark.slow  # starts real runs or subprocesses
+
 ROOT = Path(__file__).resolve().parent.parent
 
 #: in order; each is a process killed at that point (names: states 0-based, epochs 1-based)

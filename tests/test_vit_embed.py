@@ -150,6 +150,7 @@ def test_embed_pruned_vit_loads_in_stock_timm(embed_run, tmp_path) -> None:
     assert torch.allclose(scope["logits"], reference, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_a_run_prunes_the_embedding_width(tmp_path, tiny_data) -> None:
     config = validate(RunConfig(
         arch="vit_tiny", patch_size=4, states=2, epochs=1, rate=0.3, train_subset=128,
