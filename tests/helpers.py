@@ -30,7 +30,9 @@ from rsst.arena import Arena
 from rsst.compact import random_prune
 from rsst.config import RunConfig, validate
 from rsst.data import CIFAR10_CLASSES, DataSplits
+from rsst.methods import method_class, method_names
 from rsst.models import create_model
+from rsst.scores import keep_highest, synflow_iterate
 from rsst.statefile import ModelSpec
 from rsst.structure import build_structure
 
@@ -345,3 +347,21 @@ def rsst_subprocess(cwd: Path, *args: str, timeout: float = 300) -> subprocess.C
     env = {**os.environ, "RSST_CACHE": str(cwd / "cache"), "COLUMNS": "100"}
     return subprocess.run([sys.executable, "-m", "rsst", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+# ---------------------------------------------------------------------------------------------
+# compositions of library functions that only the tests need
+# ---------------------------------------------------------------------------------------------
+
+
+def one_shot_methods() -> tuple[str, ...]:
+    """The registered methods that have a one-shot form (``--target-remain``)."""
+    return tuple(n for n in method_names() if method_class(n).one_shot_states is not None)
+
+
+def synflow_prune(model: nn.Module, masks: dict[str, torch.Tensor], keep: int, iterations: int,
+                  input_shape: tuple[int, ...]) -> dict[str, torch.Tensor]:
+    """SynFlow's whole iterative pruning (`rsst.scores.synflow_iterate`, then the last cut):
+    the masks keeping ``keep`` of the named weights."""
+    masks, scores = synflow_iterate(model, masks, keep, iterations, input_shape)
+    return keep_highest(scores, masks, keep)

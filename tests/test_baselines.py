@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import tiny_pruning_run, tiny_run
+from helpers import one_shot_methods, tiny_pruning_run, tiny_run
 from rich.console import Console
 from safetensors.torch import load_file, save_file
 
 import rsst.loop as loop
 from rsst import cli
 from rsst.arena import Arena
-from rsst.config import PRUNE_SCOPES, RunConfig, build_config, one_shot_methods, validate
+from rsst.config import PRUNE_SCOPES, RunConfig, build_config, validate
 from rsst.errors import UserError
 from rsst.methods import get_method
 from rsst.models import create_model, load_pretrained
