@@ -213,6 +213,7 @@ def test_vit_tiny_research_shape():
     assert len(timm_tiny.blocks) == 12  # timm's vit_tiny is kept as it is
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("arch", "stem", "classifier"), [
     ("resnet20", "conv1.weight", "fc.weight"),
     ("vit_tiny", "net.patch_embed.proj.weight", "net.head.weight"),

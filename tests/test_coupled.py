@@ -126,6 +126,7 @@ def test_mobilenet_ties_pointwise_and_depthwise_channels():
 
 
 # -- every family: dead coupled groups are all removed, exactly -----------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["resnet20", "basic", "bottleneck", "vgg16_bn", "mobilenet",
                                   "timm:resnet10t"])
 def test_dead_coupled_groups_are_all_removed(arch):

@@ -316,6 +316,7 @@ def test_channel_stats_exact() -> None:
     torch.testing.assert_close(torch.tensor(std, dtype=torch.float64), expected_std)
 
 
+@pytest.mark.slow
 def test_synthetic_shapes_and_determinism() -> None:
     a = load_dataset("synthetic")
     assert (len(a.train), len(a.val), len(a.test)) == (5000, 1000, 1000)
@@ -330,6 +331,7 @@ def test_synthetic_shapes_and_determinism() -> None:
     assert all(0.3 < m < 0.7 for m in a.mean) and all(0.05 < s < 0.4 for s in a.std)
 
 
+@pytest.mark.slow
 def test_synthetic_is_learnable() -> None:
     """A tiny CNN beats chance (10 %) clearly after two epochs (156 steps) on the CPU."""
     splits = load_dataset("synthetic")

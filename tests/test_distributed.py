@@ -359,6 +359,7 @@ def test_torchrun_cli_stops_every_rank_with_one_line(tmp_path: Path) -> None:
     assert not (tmp_path / "run" / "config.toml").exists()
 
 
+@pytest.mark.slow
 def test_bench_scaling_rank_counts_and_a_measured_step(tmp_path: Path) -> None:
     """The train suite's scaling rows: which rank counts, and one real 2-rank gloo timing
     through torchrun (on CUDA with several GPUs the same code runs with NCCL)."""

@@ -45,6 +45,7 @@ def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("arch", "patch"), [
     ("resnet20", None), ("resnet18", None), ("resnet50", None), ("vgg16_bn", None),
     ("mobilenet", None), ("vit_tiny", 8),
@@ -64,6 +65,7 @@ def test_compact_matches_masked(tmp_path: Path, arch: str, patch: int | None) ->
     assert kept and all(len(v["kept"]) <= v["total"] for v in kept.values())
 
 
+@pytest.mark.slow
 def test_masked_export_holds_zeros_and_masks(tmp_path: Path) -> None:
     model, masks = pruned_model("resnet20")
     export_both(tmp_path, model, masks)
@@ -75,6 +77,7 @@ def test_masked_export_holds_zeros_and_masks(tmp_path: Path) -> None:
         assert bool((tensors[name][mask == 0] == 0).all())
 
 
+@pytest.mark.slow
 def test_vgg_param_count_is_dense_minus_removable(tmp_path: Path) -> None:
     model, masks = pruned_model("vgg16_bn", fraction=0.5)
     _, masked, compact = export_both(tmp_path, model, masks)
@@ -100,6 +103,7 @@ def _pruned_rows(model: nn.Module, masks: dict[str, torch.Tensor], conv: nn.Conv
     return int((mask.reshape(conv.out_channels, -1).sum(1) == 0).sum())
 
 
+@pytest.mark.slow
 def test_vit_param_count_is_dense_minus_removable(tmp_path: Path) -> None:
     model, masks = pruned_model("vit_tiny", fraction=0.5, patch_size=8)
     _, masked, compact = export_both(tmp_path, model, masks)
@@ -117,6 +121,7 @@ def test_vit_param_count_is_dense_minus_removable(tmp_path: Path) -> None:
     assert n_params(compact) == n_params(masked) - removed
 
 
+@pytest.mark.slow
 def test_resnet_residual_channels_removed_only_when_every_addend_is_pruned(
         tmp_path: Path) -> None:
     model = create_model("resnet20", num_classes=NUM_CLASSES)
@@ -151,6 +156,7 @@ def test_resnet_residual_channels_removed_only_when_every_addend_is_pruned(
     assert "residual" in next(iter(stayed["layers.2.1.conv2"]))
 
 
+@pytest.mark.slow
 def test_mobilenet_folds_constant_depthwise_channels(tmp_path: Path) -> None:
     model, masks = pruned_model("mobilenet", fraction=0.5, seed=3)
     plan = plan_compaction(model, masks)
@@ -176,6 +182,7 @@ def test_imp_style_masks_compact_nothing(tmp_path: Path) -> None:
     assert_same_logits(masked, compact, (3, 32, 32))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fused", [True, False])
 def test_vit_compact_runs_with_fused_attention_on_and_off(tmp_path: Path, fused: bool) -> None:
     from timm.layers import set_fused_attn, use_fused_attn
@@ -196,6 +203,7 @@ def test_vit_compact_runs_with_fused_attention_on_and_off(tmp_path: Path, fused:
         set_fused_attn(before)
 
 
+@pytest.mark.slow
 def test_blocks_keep_different_head_counts(tmp_path: Path) -> None:
     model = create_model("vit_tiny", num_classes=NUM_CLASSES, patch_size=8)
     randomize(model)
@@ -217,6 +225,7 @@ def test_blocks_keep_different_head_counts(tmp_path: Path) -> None:
     assert_same_logits(masked, compact, (3, 32, 32))
 
 
+@pytest.mark.slow
 def test_rsst_load_is_lazy_wrapper(tmp_path: Path) -> None:
     model, masks = pruned_model("resnet20")
     export_both(tmp_path, model, masks)

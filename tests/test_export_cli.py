@@ -82,6 +82,7 @@ def test_export_state_best_and_number(tiny_run: Path, tmp_path: Path,
         assert meta["rsst.state"] in ("0", "1")
 
 
+@pytest.mark.slow
 def test_bench_inference_on_an_export(fake_run: Path, tmp_path: Path,
                                       monkeypatch: pytest.MonkeyPatch,
                                       capsys: pytest.CaptureFixture[str]) -> None:
@@ -192,6 +193,7 @@ def test_arch_metadata_does_not_match_tensors(export_file: Path, tmp_path: Path,
     assert_one_error_line(code, err, "do not match")
 
 
+@pytest.mark.slow
 def test_dataset_class_count_mismatch(export_file: Path, monkeypatch: pytest.MonkeyPatch,
                                       capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = invoke(monkeypatch, capsys, "eval", str(export_file), "--dataset",

@@ -110,6 +110,7 @@ def embed_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, nn.Module
     return write_run(tmp_path_factory.mktemp("embed") / "run", model.eval(), masks), model
 
 
+@pytest.mark.slow
 def test_embed_pruned_vit_compacts_to_the_masked_logits(embed_run, tmp_path) -> None:
     run, masked = embed_run
     result = export_model(run, tmp_path / "c.safetensors", form="compact")
@@ -133,6 +134,7 @@ def test_embed_pruned_vit_compacts_to_the_masked_logits(embed_run, tmp_path) -> 
         assert (stock.eval()(x) - reference).abs().max() > 1e-3  # the norms matter
 
 
+@pytest.mark.slow
 def test_embed_pruned_vit_loads_in_stock_timm(embed_run, tmp_path) -> None:
     run, masked = embed_run
     out = tmp_path / "stock.safetensors"
@@ -169,6 +171,7 @@ def test_a_run_prunes_the_embedding_width(tmp_path, tiny_data) -> None:
         assert torch.allclose(compact(x), masked(x), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_embed_pruned_vit_hf_folder_is_compacted_and_exact(embed_run, tmp_path) -> None:
     import timm
 
