@@ -116,11 +116,6 @@ def _method_help() -> str:
         f"{name}: {method_summary(name)}" for name in method_names()) + "."
 
 
-def one_shot_methods() -> tuple[str, ...]:
-    """The registered methods that have a one-shot form (``--target-remain``)."""
-    return tuple(n for n in method_names() if method_class(n).one_shot_states is not None)
-
-
 def target_methods() -> tuple[str, ...]:
     """The registered methods that take ``--target-remain``: the one-shot forms, and methods
     that reach it over their own states (ADMM)."""

@@ -8,7 +8,7 @@ with an independent float64 re-implementation.
 - `snip_scores` (Lee et al. 2019): |θ ⊙ Σ_b ∂L_b/∂θ|.
 - `grasp_scores` (Wang et al. 2020): S = −θ ⊙ H g, g = Σ_b ∂L_b/∂θ at temperature T (logits / T),
   H g by double backprop; GraSP removes the HIGHEST S.
-- `synflow_scores` (Tanaka et al. 2020): |θ ⊙ ∂R/∂θ|, R = Σ f_|θ|(1), data-free; `synflow_prune`
+- `synflow_scores` (Tanaka et al. 2020): |θ ⊙ ∂R/∂θ|, R = Σ f_|θ|(1), data-free; `synflow_iterate`
   iterates it with the exponential schedule, re-masking between iterations.
 
 SNIP and GraSP score with BatchNorm in the mode each reference implementation used — SNIP in
@@ -190,13 +190,6 @@ def synflow_iterate(model: nn.Module, masks: dict[str, torch.Tensor], keep: int,
     for count in counts[:-1]:
         masks = keep_highest(synflow_scores(model, masks, input_shape), masks, count)
     return masks, synflow_scores(model, masks, input_shape)
-
-
-def synflow_prune(model: nn.Module, masks: dict[str, torch.Tensor], keep: int, iterations: int,
-                  input_shape: Sequence[int]) -> dict[str, torch.Tensor]:
-    """SynFlow's whole iterative pruning: the masks keeping ``keep`` of the named weights."""
-    masks, scores = synflow_iterate(model, masks, keep, iterations, input_shape)
-    return keep_highest(scores, masks, keep)
 
 
 def random_scores(numel: int, seed: int, device: torch.device | str = "cpu") -> torch.Tensor:

@@ -36,9 +36,9 @@ def kernels_only_env(tmp_path_factory) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def tiny_data():
-    """`tinydata.tiny_dataset`: a run config's dataset shrunk to 8×8 pixels with a 64-image test
-    split, for `rsst.loop.run(config, load_data=tiny_data)` (or `tinydata.tiny_run`)."""
-    from tinydata import tiny_dataset
+    """`helpers.tiny_dataset`: a run config's dataset shrunk to 8×8 pixels with a 64-image test
+    split, for `rsst.loop.run(config, load_data=tiny_data)` (or `helpers.tiny_run`)."""
+    from helpers import tiny_dataset
 
     return tiny_dataset
 

@@ -11,7 +11,7 @@ import itertools
 
 import pytest
 import torch
-from tinydata import tiny_run
+from helpers import tiny_run
 
 from rsst.arena import Arena
 from rsst.schedules import SCHEDULES, lam_at
@@ -165,6 +165,7 @@ class _Killed(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_adamw_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
     from rich.console import Console
     from safetensors.torch import load_file

@@ -10,10 +10,9 @@ import sys
 
 import pytest
 import torch
+from helpers import metrics_lines, strip_seconds, summary_states, tiny_run
 from rich.console import Console
 from safetensors.torch import load_file
-from test_loop import metrics, strip_seconds, summary
-from tinydata import tiny_run
 
 from rsst.config import RunConfig, validate
 from rsst.errors import UserError
@@ -99,6 +98,7 @@ def independent_support(values: torch.Tensor, scope: torch.Tensor, k: int) -> to
     return support
 
 
+@pytest.mark.slow
 def test_z_and_u_start_at_the_projection_of_w(admm_run):
     _, seen = admm_run
     prunable = seen["structure"].prunable
@@ -117,6 +117,7 @@ def test_z_and_u_start_at_the_projection_of_w(admm_run):
     assert torch.equal((first["code"] & ANCHORED) != 0, scope)
 
 
+@pytest.mark.slow
 def test_z_and_u_update_every_interval_against_an_independent_projection(admm_run):
     _, seen = admm_run
     prunable = seen["structure"].prunable
@@ -144,15 +145,16 @@ def test_z_and_u_update_every_interval_against_an_independent_projection(admm_ru
         assert before["dual"].abs().sum() == 0 and after["dual"].abs().sum() > 0
     # the epoch lines carry the residual exactly on the update epochs
     run_dir, _ = admm_run
-    lines = [m for m in metrics(run_dir) if m["kind"] == "epoch"]
+    lines = [m for m in metrics_lines(run_dir) if m["kind"] == "epoch"]
     assert [("admm_primal_residual" in m) for m in lines] == [False, True, False] + [False] * 3
 
 
+@pytest.mark.slow
 def test_hard_prune_to_z_support_reaches_the_target(admm_run):
     run_dir, seen = admm_run
     prunable, arena = seen["structure"].prunable, seen["arena"]
     total = int(prunable.sum())
-    records = summary(run_dir)
+    records = summary_states(run_dir)
     assert [r["method"] for r in records] == ["admm", "admm"]
     assert records[0]["remain_weight"] == 1.0
     # within one weight per layer of the target (global top-k: exactly round(R · total))
@@ -185,6 +187,7 @@ def layer_support(values: torch.Tensor, scope: torch.Tensor, ranges: list[tuple[
     return support
 
 
+@pytest.mark.slow
 def test_layer_projection_holds_every_layer_to_the_fraction(admm_layer_run):
     """--admm-projection layer (the default, the paper's): Z keeps round(R · n_l) weights of
     every layer — at the start, at each update — and the prune after the state keeps each
@@ -217,14 +220,15 @@ def test_layer_projection_holds_every_layer_to_the_fraction(admm_layer_run):
     assert not torch.equal(kept, update["after"]["support"])  # |W|, not Z's support
     for start, stop in ranges:
         assert int(kept[start:stop].sum()) == round(TARGET * (stop - start))
-    assert summary(run_dir)[1]["remain_weight"] == pytest.approx(
+    assert summary_states(run_dir)[1]["remain_weight"] == pytest.approx(
         int(kept.sum()) / int(prunable.sum()), abs=1e-12)
 
 
+@pytest.mark.slow
 def test_refilled_variant_keeps_whole_channels(tmp_path):
     run_dir = tiny_run(config(structure="channel", epochs=1, admm_interval=1),
                        out=tmp_path / "refill", console=QUIET)
-    records = summary(run_dir)
+    records = summary_states(run_dir)
     assert records[1]["structured_sparsity"]["channel"] > 0.3
     tensors = load_file(str(run_dir / "state_01" / "weights.safetensors"))
     masks = {k[: -len(".mask")]: v.bool() for k, v in tensors.items() if k.endswith(".mask")}
@@ -235,6 +239,7 @@ def test_refilled_variant_keeps_whole_channels(tmp_path):
             assert torch.count_nonzero(tensors[name][~mask]) == 0, name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("projection,tolerance", [("global", 2e-5), ("layer", 1e-4)])
 @pytest.mark.parametrize("target,expected", [(0.25, [1.0, 0.5, 0.25]), (None, [1.0, 0.7, 0.49])],
                          ids=["target-remain", "rate"])
@@ -246,10 +251,11 @@ def test_iterative_form(tmp_path, target, expected, projection, tolerance):
     run_dir = tiny_run(config(states=3, epochs=1, admm_interval=1, target_remain=target,
                               rate=0.3, admm_projection=projection),
                        out=tmp_path / "iterative", console=QUIET)
-    remain = [r["remain_weight"] for r in summary(run_dir)]
+    remain = [r["remain_weight"] for r in summary_states(run_dir)]
     assert remain == pytest.approx(expected, abs=tolerance)
 
 
+@pytest.mark.slow
 def test_backends_run_the_same_admm(tmp_path):
     """The run-level path of each backend (the Triton kernel under the interpreter on CPU; the
     compiled pass, `auto` on the CPU, really compiled rather than its twin): same Z support, same
@@ -275,6 +281,7 @@ class Killed(Exception):
     pass
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kill_at", [(0, 1), (0, 3)], ids=["mid-admm-state", "before-prune"])
 def test_resume_restores_z_and_u(admm_run, tmp_path, monkeypatch, kill_at):
     reference, _ = admm_run
@@ -294,8 +301,8 @@ def test_resume_restores_z_and_u(admm_run, tmp_path, monkeypatch, kill_at):
     assert {"method.anchor", "method.dual", "method.support"} <= set(saved)
     assert {"arena.code", "arena.momentum"} <= set(saved)  # beside the arena's own state
     tiny_run(config(), resume=out, console=QUIET)
-    assert strip_seconds(summary(out)) == strip_seconds(summary(reference))
-    assert metrics(out) == metrics(reference)
+    assert strip_seconds(summary_states(out)) == strip_seconds(summary_states(reference))
+    assert metrics_lines(out) == metrics_lines(reference)
     for s in range(2):
         a = load_file(str(out / f"state_{s:02d}" / "weights.safetensors"))
         b = load_file(str(reference / f"state_{s:02d}" / "weights.safetensors"))

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import one_shot_methods, tiny_pruning_run, tiny_run
 from rich.console import Console
 from safetensors.torch import load_file, save_file
-from tinydata import tiny_pruning_run, tiny_run
 
 import rsst.loop as loop
 from rsst import cli
 from rsst.arena import Arena
-from rsst.config import PRUNE_SCOPES, RunConfig, build_config, one_shot_methods, validate
+from rsst.config import PRUNE_SCOPES, RunConfig, build_config, validate
 from rsst.errors import UserError
 from rsst.methods import get_method
 from rsst.models import create_model, load_pretrained
@@ -76,6 +76,7 @@ def test_when_and_how_much_each_form_prunes(method):
     assert m.removal_count(500, 1000, tiny(method=method, states=4, rate=0.5)) == 250
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["resnet20", "vit_tiny"])
 @pytest.mark.parametrize("method", BASELINES)
 def test_every_method_reaches_the_target(method, arch, tmp_path):
@@ -99,6 +100,7 @@ def test_every_method_reaches_the_target(method, arch, tmp_path):
         assert float(kept.min()) >= float(dead.max())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", BASELINES)
 def test_refilled_variants_keep_whole_channels(method, tmp_path):
     """With channel groups U is refilled (SNIP-Refill etc.): whole channels, and the remaining
@@ -117,6 +119,7 @@ def test_refilled_variants_keep_whole_channels(method, tmp_path):
         assert torch.all(rows.all(1) | ~rows.any(1)), name
 
 
+@pytest.mark.slow
 def test_iterative_form_prunes_rate_per_state(tmp_path):
     config = tiny(method="snip", states=3, rate=0.5, structure="none")
     records = states(tiny_run(config, out=tmp_path / "run", console=QUIET))
@@ -135,6 +138,7 @@ class RecordingRun(loop.PruningRun):
         return super().train_state(state, start_epoch, partial)
 
 
+@pytest.mark.slow
 def test_prune_at_init_comes_after_the_rewind_point(tmp_path, monkeypatch):
     """A method pruning at init with two states: the rewind point is the dense initialization
     (taken before the prune), state 0 starts from it masked, and state 1 rewinds to it with the
@@ -209,6 +213,7 @@ def test_vit_tiny_research_shape():
     assert len(timm_tiny.blocks) == 12  # timm's vit_tiny is kept as it is
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("arch", "stem", "classifier"), [
     ("resnet20", "conv1.weight", "fc.weight"),
     ("vit_tiny", "net.patch_embed.proj.weight", "net.head.weight"),
@@ -294,6 +299,7 @@ def test_pretrained_mismatch_is_one_clear_error(tmp_path):
         load_pretrained(create_model("resnet20", img_size=8), tmp_path / "part.safetensors")
 
 
+@pytest.mark.slow
 def test_pretrained_run_starts_from_the_file(tmp_path):
     torch.manual_seed(123)
     source = create_model("resnet20", img_size=8)
@@ -306,6 +312,7 @@ def test_pretrained_run_starts_from_the_file(tmp_path):
         assert torch.equal(run.model.state_dict()[k], v), k
 
 
+@pytest.mark.slow
 def test_resume_does_not_need_the_pretrained_file_again(tmp_path):
     """The first checkpoint holds the --pretrained weights: a resume works after the file moved,
     and continues from the checkpoint, not from the file."""

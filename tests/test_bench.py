@@ -43,6 +43,7 @@ def tiny_images(n: int = 16) -> ImageSet:
 
 
 # -- update suite -------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_update_suite_records() -> None:
     records = update_suite.run(CPU, models=["resnet20"], console=quiet(), quick=True)
     assert [r["path"] for r in records] == [  # no triton on CPU
@@ -122,6 +123,7 @@ def test_cuda_samples_are_blocks_of_calls(monkeypatch: pytest.MonkeyPatch) -> No
     assert numbers == [1]
 
 
+@pytest.mark.slow
 def test_inference_suite_interleaves_and_reports_spread() -> None:
     from rsst_bench import inference as inference_suite
 
@@ -137,6 +139,7 @@ def test_inference_suite_interleaves_and_reports_spread() -> None:
 
 
 # -- step suite ---------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_step_suite_records() -> None:
     settings = step_suite.StepSettings(batch=2, warmup=1, rounds=1, block=1)
     records = step_suite.run(CPU, models=["resnet20"], console=quiet(), settings=settings)
@@ -184,6 +187,7 @@ def test_step_paths_keep_pruned_weights_zero() -> None:
 TINY_TRAIN = train_suite.TrainSettings(batch=4, warmup=0, chunks=1, steps=2, compile_models=())
 
 
+@pytest.mark.slow
 def test_train_suite_records() -> None:
     records = train_suite.run(CPU, models=["resnet20", "vit_tiny"], console=quiet(),
                               settings=TINY_TRAIN, data=tiny_images())
@@ -203,6 +207,7 @@ def test_train_suite_records() -> None:
         assert r["steps_measured"] == 2 and r["batch"] == 4
 
 
+@pytest.mark.slow
 def test_train_suite_records_compile_failure(monkeypatch: pytest.MonkeyPatch) -> None:
     """A torch.compile that fails (no compiler, unsupported op) is recorded, not fatal."""
 
@@ -240,6 +245,7 @@ def test_train_variants_per_model_and_device() -> None:
 
 
 # -- JSON, plot and the CLI ---------------------------------------------------------------------
+@pytest.mark.slow
 def test_cli_step_json_and_plot(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("matplotlib")
     tiny = step_suite.StepSettings(batch=2, warmup=0, rounds=1, block=1)
@@ -351,6 +357,7 @@ def test_custom_op_opcheck(admm: bool) -> None:
     assert all(v == "SUCCESS" for v in result.values()), result
 
 
+@pytest.mark.slow
 def test_custom_op_compiles_without_graph_breaks() -> None:
     if not any(shutil.which(cc) for cc in ("g++", "c++", "clang++")):
         pytest.skip("no C++ compiler on this machine: torch.compile's CPU backend needs one")
@@ -377,6 +384,7 @@ def test_custom_op_compiles_without_graph_breaks() -> None:
 
 
 # -- the Torch-Pruning peer ---------------------------------------------------------------------
+@pytest.mark.slow
 def test_peer_rows_say_not_installed(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without torch_pruning both suites still run and the peer's row names the extra."""
     from rsst_bench import torch_pruning_peer as peer

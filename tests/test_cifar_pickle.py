@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_data import write_cifar10
+from helpers import write_cifar10
 
 from rsst.data import load_dataset, load_split
 from rsst.data.cifar import read_cifar_pickle
@@ -150,6 +150,7 @@ def test_codecs_encode_only_decodes_latin1(tmp_path: Path) -> None:
         read_cifar_pickle(path)
 
 
+@pytest.mark.slow
 def test_cli_refuses_malicious_pickle_with_one_line(tmp_path: Path) -> None:
     """Through the real entry point: exit 2, one stderr line, no traceback, no side effect."""
     data = tmp_path / "data"

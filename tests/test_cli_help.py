@@ -102,6 +102,7 @@ def test_metadata_is_the_one_source_of_choices():
 
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("words", "expected"), [
     ("rsst run --method ", list(METHODS)),
     ("rsst run --schedule exp", ["exp", "exp_custom_exponents"]),

@@ -33,6 +33,7 @@ def run_light(body: str, **env: str) -> subprocess.CompletedProcess[str]:
                                                       "COLUMNS": "100", **env})
 
 
+@pytest.mark.slow
 def test_config_and_cli_import_no_torch_and_no_method():
     proc = run_light("import rsst.config, rsst.cli\nrsst.config.RunConfig(admm_rho=0.5)")
     assert proc.returncode == 0 and proc.stdout.strip() == "light", proc.stderr[-3000:]
@@ -48,6 +49,7 @@ except SystemExit as exc:
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("argv", [["--help"], ["run", "--help"], ["export", "--help"],
                                   ["--version"]], ids=" ".join)
 def test_help_imports_no_torch(argv):
@@ -65,6 +67,7 @@ def complete(words: str, **extra: str) -> subprocess.CompletedProcess[str]:
                      COMP_WORDS=words, COMP_CWORD=str(len(parts) - 1), **extra)
 
 
+@pytest.mark.slow
 def test_completion_imports_no_torch():
     proc = complete("rsst run --method ")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -152,6 +155,7 @@ def test_the_cycle_finder_sees_a_planted_cycle(tmp_path):
 
 
 # -- completion offers every choice ------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize(("words", "expected"), [
     ("rsst run --dataset ", {"synthetic", "cifar10", "cifar100", "imagefolder", "tiny-imagenet"}),
     ("rsst run --arch res", {"resnet20", "resnet18", "resnet110"}),
@@ -170,6 +174,7 @@ def test_completion_offers_every_choice(words, expected):
     assert expected <= offered, (expected - offered, offered)
 
 
+@pytest.mark.slow
 def test_export_state_completion_lists_the_runs_states(tmp_path):
     for state in (0, 1, 12):
         (tmp_path / f"state_{state:02d}").mkdir()
@@ -188,6 +193,7 @@ def test_arch_completion_asks_timm_only_after_the_prefix():
 
 
 # -- 80 columns --------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_help_at_80_columns_keeps_every_choice_whole():
     from rsst.config import settings
 

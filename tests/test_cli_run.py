@@ -8,30 +8,14 @@ in process through `rsst.cli.main`.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
+from helpers import rsst_subprocess, write_two_classes
 
-CLASSES = ("cat", "dog")
-
-
-def write_two_classes(root: Path, train: int, test: int) -> Path:
-    """8x8 RGB PNGs of two classes (cat, dog) in train/ and test/ class folders."""
-    rng = np.random.default_rng(0)
-    for split, n in (("train", train), ("test", test)):
-        for c, name in enumerate(CLASSES):
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            for i in range(n):
-                base = np.full((8, 8, 3), 60 + 120 * c, dtype=np.int16)
-                img = np.clip(base + rng.integers(-40, 40, (8, 8, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(img).save(folder / f"{i}.png")
-    return root
+pytestmark = pytest.mark.slow  # starts real runs or subprocesses
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +25,8 @@ def image_dir(tmp_path_factory) -> Path:
 
 
 def rsst(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "RSST_CACHE": str(cwd / "cache"), "COLUMNS": "100"}
-    return subprocess.run([sys.executable, "-m", "rsst", "run", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    """``rsst run *args`` in a child process."""
+    return rsst_subprocess(cwd, "run", *args)
 
 
 def tiny_run_args(image_dir: Path, out: Path, *extra: str) -> list[str]:

@@ -300,6 +300,7 @@ def test_catalog_lists_every_builtin_method_once():
 QUIET = Console(quiet=True)
 
 
+@pytest.mark.slow
 def test_rerun_from_config_starts_a_new_run_and_emoji_paths_round_trip(monkeypatch, tmp_path,
                                                                        tiny_data):
     monkeypatch.chdir(tmp_path)

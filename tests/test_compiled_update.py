@@ -77,6 +77,7 @@ def test_a_failed_compile_warns_once_and_runs_the_twin(monkeypatch):
     torch.testing.assert_close(arena.momentum, twin_arena.momentum)
 
 
+@pytest.mark.slow
 def test_a_real_compiler_failure_is_caught():
     """Inductor pointed at a C++ compiler that does not exist, its caches off: the pass fails to
     compile, warns, and leaves the tensors untouched for the twin."""

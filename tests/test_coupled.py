@@ -126,6 +126,7 @@ def test_mobilenet_ties_pointwise_and_depthwise_channels():
 
 
 # -- every family: dead coupled groups are all removed, exactly -----------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["resnet20", "basic", "bottleneck", "vgg16_bn", "mobilenet",
                                   "timm:resnet10t"])
 def test_dead_coupled_groups_are_all_removed(arch):
@@ -283,6 +284,7 @@ def test_coupled_is_for_cnns():
 
 
 # -- end to end: a coupled RSST run exports with nothing left behind ------------------------------
+@pytest.mark.slow
 @pytest.mark.usefixtures("tiny_data")
 def test_coupled_rsst_run_exports_compact_with_no_pruned_channel(tmp_path):
     from rich.console import Console

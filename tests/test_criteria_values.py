@@ -9,7 +9,7 @@ import copy
 
 import pytest
 import torch
-from test_pruning import SmallCNN, calibration
+from helpers import VIT_EMBED, VIT_HEADS, VIT_HIDDEN, SmallCNN, calibration, tiny_vit
 from torch import nn
 
 from rsst.arena import Arena
@@ -17,16 +17,8 @@ from rsst.criteria import group_scores
 from rsst.pruning import magnitude_prune
 from rsst.structure import build_structure
 
-HEADS, HEAD_DIM, HIDDEN = 3, 8, 48
-
-
-def tiny_vit() -> nn.Module:
-    from timm.models.vision_transformer import VisionTransformer
-
-    torch.manual_seed(1)
-    return VisionTransformer(img_size=16, patch_size=8, embed_dim=HEADS * HEAD_DIM, depth=2,
-                             num_heads=HEADS, mlp_ratio=HIDDEN / (HEADS * HEAD_DIM),
-                             qkv_bias=True, num_classes=5)
+HEADS, HIDDEN = VIT_HEADS, VIT_HIDDEN
+HEAD_DIM = VIT_EMBED // VIT_HEADS
 
 
 def reference_activations(model: nn.Module, arena: Arena, unstructured: torch.Tensor,
@@ -89,7 +81,7 @@ def test_cnn_saliency_is_the_sum_of_absolute_taylor_terms():
 
 @pytest.mark.parametrize("criteria", ["l1", "l2", "saliency"])
 def test_vit_head_and_neuron_scores_by_value(criteria):
-    model = tiny_vit()
+    model = tiny_vit(seed=1)
     arena = Arena(model)
     structure = build_structure(model, arena)
     with torch.no_grad():  # one head with a large output, so a wrong slicing moves the numbers

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import pickle
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import save_image, write_cifar10, write_cifar100, write_class_folders
 from PIL import Image
 from torch import nn
 
@@ -34,85 +34,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-# ---------------------------------------------------------------------------------------------
-# fixtures in the real formats
-# ---------------------------------------------------------------------------------------------
-
-
-def _cifar_rows(labels: list[int], salt: int) -> np.ndarray:
-    """uint8 [N, 3072] rows (R plane, G plane, B plane) whose R plane encodes the label."""
-    rows = np.zeros((len(labels), 3072), dtype=np.uint8)
-    for i, lab in enumerate(labels):
-        rows[i, :1024] = lab  # R = label
-        rows[i, 1024:2048] = (salt + i) % 256  # G = a per-image id
-        rows[i, 2048:] = np.arange(1024) % 256  # B = position inside the plane
-    return rows
-
-
-def _dump(path: Path, obj: dict) -> None:
-    with open(path, "wb") as f:
-        pickle.dump(obj, f, protocol=2)
-
-
-def write_cifar10(folder: Path, per_batch: int = 6, n_test: int = 7) -> None:
-    """data_batch_1..5, test_batch and batches.meta as in cifar-10-python.tar.gz."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for b in range(1, 6):
-        labels = [(b + i) % 10 for i in range(per_batch)]
-        _dump(
-            folder / f"data_batch_{b}",
-            {b"batch_label": f"training batch {b} of 5".encode(), b"labels": labels,
-             b"data": _cifar_rows(labels, 10 * b), b"filenames": [b"x.png"] * per_batch},
-        )  # fmt: skip
-    labels = [i % 10 for i in range(n_test)]
-    _dump(folder / "test_batch", {b"labels": labels, b"data": _cifar_rows(labels, 200)})
-    _dump(
-        folder / "batches.meta",
-        {b"label_names": [n.encode() for n in CIFAR10_CLASSES], b"num_cases_per_batch": per_batch},
-    )
-
-
-def write_cifar100(folder: Path, n_train: int = 40, n_test: int = 9, bad_label: bool = False):
-    folder.mkdir(parents=True, exist_ok=True)
-    train_labels = [(7 * i) % 100 for i in range(n_train)]
-    if bad_label:
-        train_labels[3] = 100
-    _dump(
-        folder / "train",
-        {b"fine_labels": train_labels, b"coarse_labels": [0] * n_train,
-         b"data": _cifar_rows([x % 256 for x in train_labels], 0)},
-    )  # fmt: skip
-    test_labels = [99 - i for i in range(n_test)]
-    _dump(folder / "test", {b"fine_labels": test_labels, b"data": _cifar_rows(test_labels, 50)})
-    _dump(folder / "meta", {b"fine_label_names": [f"c{i:02d}".encode() for i in range(100)]})
-
-
-def _save_image(path: Path, value: int, size: tuple[int, int] = (8, 8)) -> None:
-    """A solid image whose red channel is ``value`` (PNG exact; JPEG within a few levels)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    arr = np.zeros((size[1], size[0], 3), dtype=np.uint8)
-    arr[..., 0] = value
-    arr[..., 1] = 128
-    Image.fromarray(arr).save(path)
-
-
-def write_class_folders(
-    root: Path,
-    classes: list[str],
-    per_class: int = 4,
-    test_per_class: int = 0,
-    size: tuple[int, int] = (8, 8),
-    val_dir: str = "test",
-) -> None:
-    """train/<class>/*.png|jpg (mixed), red channel = 20 * class index."""
-    for ci, name in enumerate(classes):
-        for i in range(per_class):
-            ext = "png" if i % 2 == 0 else "jpg"
-            _save_image(root / "train" / name / f"{i:04d}.{ext}", 20 * ci, size)
-        for i in range(test_per_class):
-            _save_image(root / val_dir / name / f"{i:04d}.png", 20 * ci, size)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -224,14 +145,14 @@ def test_tiny_imagenet_layout(tmp_path: Path) -> None:
     wnids = [f"n0{i}" for i in range(3)]
     for ci, w in enumerate(wnids):
         for i in range(4):
-            _save_image(tmp_path / "train" / w / "images" / f"{w}_{i}.JPEG", 20 * ci, (16, 16))
+            save_image(tmp_path / "train" / w / "images" / f"{w}_{i}.JPEG", 20 * ci, (16, 16))
         (tmp_path / "train" / w / f"{w}_boxes.txt").write_text("ignored\n")
     lines = []
     for i in range(6):
-        _save_image(tmp_path / "val" / "images" / f"val_{i}.JPEG", 20 * (i % 3), (16, 16))
+        save_image(tmp_path / "val" / "images" / f"val_{i}.JPEG", 20 * (i % 3), (16, 16))
         lines.append(f"val_{i}.JPEG\t{wnids[i % 3]}\t0\t0\t10\t10")
     (tmp_path / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
-    _save_image(tmp_path / "test" / "images" / "test_0.JPEG", 0, (16, 16))  # unlabelled
+    save_image(tmp_path / "test" / "images" / "test_0.JPEG", 0, (16, 16))  # unlabelled
     splits = load_dataset("imagefolder", tmp_path, val_split=2, cache_dir=tmp_path / "cache")
     assert splits.classes == wnids and splits.input_size == (3, 16, 16)
     assert len(splits.train) == 10 and len(splits.val) == 2
@@ -270,7 +191,7 @@ def test_decoded_images_are_cached_and_reused(tmp_path: Path, monkeypatch) -> No
     monkeypatch.undo()
 
     # Changing an image invalidates the cache: a new file appears, nothing temporary is left.
-    _save_image(tmp_path / "d" / "train" / "a" / "0000.png", 250)
+    save_image(tmp_path / "d" / "train" / "a" / "0000.png", 250)
     third = load_dataset("imagefolder", tmp_path / "d", val_split=0, cache_dir=cache)
     assert len(list(cache.iterdir())) == 2 and not list(cache.glob("*.tmp"))
     assert 250 in third.train.images[:, 0, 0, 0].tolist()
@@ -285,7 +206,7 @@ def test_parallel_decode_matches_serial(tmp_path: Path) -> None:
     paths = []
     for i in range(12):
         p = tmp_path / f"{i}.png"
-        _save_image(p, 10 * i)
+        save_image(p, 10 * i)
         paths.append(p)
     serial = folders_mod.decode_images(paths, workers=1)
     old = folders_mod._PARALLEL_DECODE_MIN
@@ -364,7 +285,7 @@ def test_corrupt_and_mismatched_images_are_named(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"cannot read image .*broken\.jpg.*delete or replace"):
         load_dataset("imagefolder", root, cache_dir=tmp_path / "cache")
     bad.unlink()
-    _save_image(root / "train" / "b" / "big.png", 0, size=(12, 8))
+    save_image(root / "train" / "b" / "big.png", 0, size=(12, 8))
     with pytest.raises(UserError, match=r"big\.png is 12x8 but the first image is 8x8"):
         load_dataset("imagefolder", root, cache_dir=tmp_path / "cache")
 
@@ -395,6 +316,7 @@ def test_channel_stats_exact() -> None:
     torch.testing.assert_close(torch.tensor(std, dtype=torch.float64), expected_std)
 
 
+@pytest.mark.slow
 def test_synthetic_shapes_and_determinism() -> None:
     a = load_dataset("synthetic")
     assert (len(a.train), len(a.val), len(a.test)) == (5000, 1000, 1000)
@@ -409,6 +331,7 @@ def test_synthetic_shapes_and_determinism() -> None:
     assert all(0.3 < m < 0.7 for m in a.mean) and all(0.05 < s < 0.4 for s in a.std)
 
 
+@pytest.mark.slow
 def test_synthetic_is_learnable() -> None:
     """A tiny CNN beats chance (10 %) clearly after two epochs (156 steps) on the CPU."""
     splits = load_dataset("synthetic")

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny_pruning_run, tiny_run
 from rich.console import Console
 from safetensors.torch import load_file
-from tinydata import tiny_pruning_run, tiny_run
 from torch import nn
 
 from rsst import distributed
@@ -128,6 +128,7 @@ def test_config_records_the_launch_and_reads_back_the_run(tmp_path: Path) -> Non
     assert load_config(tmp_path / "config.toml") == config  # [launch] is a record, not a setting
 
 
+@pytest.mark.slow
 def test_sync_bn_on_cpu_is_refused_in_one_line() -> None:
 
     config = RunConfig(arch="vit_tiny", patch_size=4, train_subset=32, val_split=16,
@@ -232,6 +233,7 @@ def _engine_rank(rank: int, size: int, port: int, out: str) -> None:
         distributed.stop(world)
 
 
+@pytest.mark.slow
 def test_two_ranks_of_half_batches_train_like_one_process(tmp_path: Path) -> None:
     """... and a rank that dies ends the others with one line, long before the timeout."""
     procs = _spawn(_engine_rank, 2, str(tmp_path))
@@ -263,6 +265,7 @@ def _sync_rank(rank: int, size: int, port: int, out: str) -> None:
         distributed.stop(world)
 
 
+@pytest.mark.slow
 def test_sync_arena_gives_every_rank_rank_zeros_optimizer_state(tmp_path: Path) -> None:
     """SGD's momentum and AdamW's second moment alike (the first moment is the momentum)."""
     _join(_spawn(_sync_rank, 2, str(tmp_path)))
@@ -313,6 +316,7 @@ def _masks(run_dir: Path, state: int) -> dict[str, torch.Tensor]:
     return {k: v for k, v in tensors.items() if k.endswith(".mask")}
 
 
+@pytest.mark.slow
 def test_two_rank_run_gives_the_masks_of_one_process(tmp_path: Path) -> None:
 
     two, one = tmp_path / "two", tmp_path / "one"
@@ -339,6 +343,7 @@ def test_two_rank_run_gives_the_masks_of_one_process(tmp_path: Path) -> None:
                 assert abs(r1[key] - r2[key]) <= 0.05 * max(1.0, abs(r1[key])), key
 
 
+@pytest.mark.slow
 def test_torchrun_cli_stops_every_rank_with_one_line(tmp_path: Path) -> None:
     """The real entry point (torchrun, 2 ranks, gloo): a mistake found on every rank is printed
     once, by rank 0, and every rank stops."""
@@ -354,6 +359,7 @@ def test_torchrun_cli_stops_every_rank_with_one_line(tmp_path: Path) -> None:
     assert not (tmp_path / "run" / "config.toml").exists()
 
 
+@pytest.mark.slow
 def test_bench_scaling_rank_counts_and_a_measured_step(tmp_path: Path) -> None:
     """The train suite's scaling rows: which rank counts, and one real 2-rank gloo timing
     through torchrun (on CUDA with several GPUs the same code runs with NCCL)."""

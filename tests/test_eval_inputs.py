@@ -12,10 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import invoke, randomize, write_cifar10, write_class_folders
 from safetensors.torch import save_file
-from test_data import write_cifar10, write_class_folders
-from test_export import randomize
-from test_export_cli import invoke
 
 from rsst.config import RunConfig, save_config
 from rsst.data import CIFAR10_CLASSES, load_dataset, load_split
@@ -72,6 +70,7 @@ def json_result(monkeypatch, capsys, *args: str) -> dict:
 # -- half precision ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_export_evaluates(tmp_path: Path, dtype: torch.dtype,
                                          monkeypatch, capsys) -> None:
@@ -228,6 +227,7 @@ def test_metadata_data_dir_is_not_followed_outside_its_run(tmp_path: Path, monke
     assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.slow
 def test_synthetic_needs_no_data_dir_anywhere(tmp_path: Path, monkeypatch, capsys) -> None:
     state = write_state(tmp_path / "run", RunConfig(), img_size=32)
     loose = tmp_path / "loose.safetensors"
@@ -238,6 +238,7 @@ def test_synthetic_needs_no_data_dir_anywhere(tmp_path: Path, monkeypatch, capsy
 # -- weights holding NaN or infinity -------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("form", ["state", "compact"])
 def test_weights_with_nan_or_infinity_are_refused(tmp_path: Path, monkeypatch, capsys,
                                                   form: str) -> None:

@@ -8,61 +8,19 @@ zero input) are non-trivial. The state file is written by `rsst.statefile`, as a
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import NUM_CLASSES, pruned_model, randomize, write_run
 from timm.layers import Attention
 from torch import nn
 
 import rsst
-from rsst import statefile
-from rsst.compact import plan_compaction, random_prune
+from rsst.compact import plan_compaction
 from rsst.export import export_model, load_model, read_file
 from rsst.models import create_model
-from rsst.statefile import ModelSpec
-
-NUM_CLASSES = 5
-
-
-def randomize(model: nn.Module, seed: int = 0) -> None:
-    """Non-trivial BN statistics / affine parameters and biases, so folds are really tested."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                c = m.num_features
-                m.running_mean.copy_(torch.randn(c, generator=gen) * 0.5)
-                m.running_var.copy_(torch.rand(c, generator=gen) + 0.5)
-                m.weight.copy_(torch.rand(c, generator=gen) + 0.5)
-                m.bias.copy_(torch.randn(c, generator=gen) * 0.5)
-            elif isinstance(m, nn.Linear) and m.bias is not None:
-                m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.1)
-
-
-def pruned_model(arch: str, fraction: float = 0.4, seed: int = 0, img_size: int = 32,
-                 patch_size: int | None = None) -> tuple[nn.Module, dict[str, torch.Tensor]]:
-    torch.manual_seed(seed)
-    model = create_model(arch, num_classes=NUM_CLASSES, img_size=img_size,
-                         patch_size=patch_size)
-    randomize(model, seed)
-    masks = random_prune(model, fraction, seed=seed)
-    return model.eval(), masks
-
-
-def write_run(folder: Path, model: nn.Module, masks: dict[str, torch.Tensor], *,
-              method: str = "refill", state: int = 0, config: dict | None = None) -> Path:
-    """A run directory with one state file, written by the run's own writer (`rsst.statefile`)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    spec = dataclasses.replace(ModelSpec.of(model), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
-    meta = statefile.state_metadata(
-        spec, method=method, state=state, sparsity={"remain_weight": 0.5}, structure={},
-        config=config or {"method": method, "arch": spec.arch})
-    statefile.write_state(folder, state, model.state_dict(), masks, meta,
-                          {"state": state, "val_acc": 0.5})
-    return folder
 
 
 def export_both(tmp_path: Path, model: nn.Module, masks: dict[str, torch.Tensor]
@@ -87,6 +45,7 @@ def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("arch", "patch"), [
     ("resnet20", None), ("resnet18", None), ("resnet50", None), ("vgg16_bn", None),
     ("mobilenet", None), ("vit_tiny", 8),
@@ -106,6 +65,7 @@ def test_compact_matches_masked(tmp_path: Path, arch: str, patch: int | None) ->
     assert kept and all(len(v["kept"]) <= v["total"] for v in kept.values())
 
 
+@pytest.mark.slow
 def test_masked_export_holds_zeros_and_masks(tmp_path: Path) -> None:
     model, masks = pruned_model("resnet20")
     export_both(tmp_path, model, masks)
@@ -117,6 +77,7 @@ def test_masked_export_holds_zeros_and_masks(tmp_path: Path) -> None:
         assert bool((tensors[name][mask == 0] == 0).all())
 
 
+@pytest.mark.slow
 def test_vgg_param_count_is_dense_minus_removable(tmp_path: Path) -> None:
     model, masks = pruned_model("vgg16_bn", fraction=0.5)
     _, masked, compact = export_both(tmp_path, model, masks)
@@ -142,6 +103,7 @@ def _pruned_rows(model: nn.Module, masks: dict[str, torch.Tensor], conv: nn.Conv
     return int((mask.reshape(conv.out_channels, -1).sum(1) == 0).sum())
 
 
+@pytest.mark.slow
 def test_vit_param_count_is_dense_minus_removable(tmp_path: Path) -> None:
     model, masks = pruned_model("vit_tiny", fraction=0.5, patch_size=8)
     _, masked, compact = export_both(tmp_path, model, masks)
@@ -159,6 +121,7 @@ def test_vit_param_count_is_dense_minus_removable(tmp_path: Path) -> None:
     assert n_params(compact) == n_params(masked) - removed
 
 
+@pytest.mark.slow
 def test_resnet_residual_channels_removed_only_when_every_addend_is_pruned(
         tmp_path: Path) -> None:
     model = create_model("resnet20", num_classes=NUM_CLASSES)
@@ -193,6 +156,7 @@ def test_resnet_residual_channels_removed_only_when_every_addend_is_pruned(
     assert "residual" in next(iter(stayed["layers.2.1.conv2"]))
 
 
+@pytest.mark.slow
 def test_mobilenet_folds_constant_depthwise_channels(tmp_path: Path) -> None:
     model, masks = pruned_model("mobilenet", fraction=0.5, seed=3)
     plan = plan_compaction(model, masks)
@@ -218,6 +182,7 @@ def test_imp_style_masks_compact_nothing(tmp_path: Path) -> None:
     assert_same_logits(masked, compact, (3, 32, 32))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fused", [True, False])
 def test_vit_compact_runs_with_fused_attention_on_and_off(tmp_path: Path, fused: bool) -> None:
     from timm.layers import set_fused_attn, use_fused_attn
@@ -238,6 +203,7 @@ def test_vit_compact_runs_with_fused_attention_on_and_off(tmp_path: Path, fused:
         set_fused_attn(before)
 
 
+@pytest.mark.slow
 def test_blocks_keep_different_head_counts(tmp_path: Path) -> None:
     model = create_model("vit_tiny", num_classes=NUM_CLASSES, patch_size=8)
     randomize(model)
@@ -259,6 +225,7 @@ def test_blocks_keep_different_head_counts(tmp_path: Path) -> None:
     assert_same_logits(masked, compact, (3, 32, 32))
 
 
+@pytest.mark.slow
 def test_rsst_load_is_lazy_wrapper(tmp_path: Path) -> None:
     model, masks = pruned_model("resnet20")
     export_both(tmp_path, model, masks)

@@ -11,25 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import assert_one_error_line, invoke, pruned_model, write_run
 from rich.console import Console
 from safetensors.torch import load_file, save_file
-from test_export import pruned_model, write_run
 
-from rsst import cli
 from rsst.export import read_file
-
-
-def invoke(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-           *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["rsst", *args])
-    monkeypatch.setattr(cli, "console", Console(file=sys.stdout, width=200))
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +37,7 @@ def fake_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_run(tmp_path_factory.mktemp("fake") / "run", model, masks)
 
 
+@pytest.mark.slow
 def test_round_trip_export_load_eval(tiny_run: Path, tmp_path: Path,
                                      monkeypatch: pytest.MonkeyPatch,
                                      capsys: pytest.CaptureFixture[str]) -> None:
@@ -80,6 +67,7 @@ def test_round_trip_export_load_eval(tiny_run: Path, tmp_path: Path,
     assert "accuracy" in stdout
 
 
+@pytest.mark.slow
 def test_export_state_best_and_number(tiny_run: Path, tmp_path: Path,
                                       monkeypatch: pytest.MonkeyPatch,
                                       capsys: pytest.CaptureFixture[str]) -> None:
@@ -94,6 +82,7 @@ def test_export_state_best_and_number(tiny_run: Path, tmp_path: Path,
         assert meta["rsst.state"] in ("0", "1")
 
 
+@pytest.mark.slow
 def test_bench_inference_on_an_export(fake_run: Path, tmp_path: Path,
                                       monkeypatch: pytest.MonkeyPatch,
                                       capsys: pytest.CaptureFixture[str]) -> None:
@@ -117,14 +106,8 @@ def test_bench_inference_on_an_export(fake_run: Path, tmp_path: Path,
 # -- bad input: one line, exit 2, no traceback, no file ------------------------------------------
 
 
-def _assert_user_error(code: int, err: str, *words: str) -> None:
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert code == 2, err
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    assert lines[0].startswith("error:")
-    for word in words:
-        assert word in lines[0], lines[0]
+# test_export_forms imports this name: it should import `assert_one_error_line` from helpers
+_assert_user_error = assert_one_error_line
 
 
 def _folder_is_empty(folder: Path) -> bool:
@@ -144,7 +127,7 @@ def test_missing_state(fake_run: Path, tmp_path: Path, monkeypatch: pytest.Monke
                        capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = invoke(monkeypatch, capsys, "export", str(fake_run), "--state", "7", "-o",
                           str(tmp_path / "x.safetensors"))
-    _assert_user_error(code, err, "state 7", "--state")
+    assert_one_error_line(code, err, "state 7", "--state")
     assert _folder_is_empty(tmp_path)
 
 
@@ -152,7 +135,7 @@ def test_missing_run_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                          capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = invoke(monkeypatch, capsys, "export", str(tmp_path / "nope"), "-o",
                           str(tmp_path / "x.safetensors"))
-    _assert_user_error(code, err, "does not exist")
+    assert_one_error_line(code, err, "does not exist")
     assert _folder_is_empty(tmp_path)
 
 
@@ -160,7 +143,7 @@ def test_output_folder_missing(fake_run: Path, tmp_path: Path, monkeypatch: pyte
                                capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "no" / "such" / "x.safetensors"
     code, _, err = invoke(monkeypatch, capsys, "export", str(fake_run), "-o", str(out))
-    _assert_user_error(code, err, "does not exist", "create")
+    assert_one_error_line(code, err, "does not exist", "create")
     assert _folder_is_empty(tmp_path)
 
 
@@ -169,7 +152,7 @@ def test_non_rsst_safetensors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     path = tmp_path / "other.safetensors"
     save_file({"w": torch.zeros(3)}, str(path), metadata={"format": "pt"})
     code, _, err = invoke(monkeypatch, capsys, "eval", str(path))
-    _assert_user_error(code, err, "not an rsst export")
+    assert_one_error_line(code, err, "not an rsst export")
     # the same file as a run's state: export refuses it too, and writes nothing
     (tmp_path / "run" / "state_00").mkdir(parents=True)
     path.rename(tmp_path / "run" / "state_00" / "weights.safetensors")
@@ -177,7 +160,7 @@ def test_non_rsst_safetensors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     out.mkdir()
     code, _, err = invoke(monkeypatch, capsys, "export", str(tmp_path / "run"), "-o",
                           str(out / "x.safetensors"))
-    _assert_user_error(code, err, "not an rsst export")
+    assert_one_error_line(code, err, "not an rsst export")
     assert _folder_is_empty(out)
 
 
@@ -188,11 +171,11 @@ def test_truncated_file(export_file: Path, tmp_path: Path, monkeypatch: pytest.M
         bad = tmp_path / f"cut{i}.safetensors"
         bad.write_bytes(data[:cut])
         code, _, err = invoke(monkeypatch, capsys, "eval", str(bad))
-        _assert_user_error(code, err, "truncated or corrupt")
+        assert_one_error_line(code, err, "truncated or corrupt")
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(b"\xff" * 64)
     code, _, err = invoke(monkeypatch, capsys, "eval", str(garbage))
-    _assert_user_error(code, err, "truncated or corrupt")
+    assert_one_error_line(code, err, "truncated or corrupt")
 
 
 def test_arch_metadata_does_not_match_tensors(export_file: Path, tmp_path: Path,
@@ -203,24 +186,26 @@ def test_arch_metadata_does_not_match_tensors(export_file: Path, tmp_path: Path,
         bad = tmp_path / f"{arch}.safetensors"
         save_file(tensors, str(bad), metadata={**meta, "rsst.arch": arch})
         code, _, err = invoke(monkeypatch, capsys, "eval", str(bad))
-        _assert_user_error(code, err, "do not match", arch)
+        assert_one_error_line(code, err, "do not match", arch)
     bad = tmp_path / "classes.safetensors"
     save_file(tensors, str(bad), metadata={**meta, "rsst.num_classes": "7"})
     code, _, err = invoke(monkeypatch, capsys, "eval", str(bad))
-    _assert_user_error(code, err, "do not match")
+    assert_one_error_line(code, err, "do not match")
 
 
+@pytest.mark.slow
 def test_dataset_class_count_mismatch(export_file: Path, monkeypatch: pytest.MonkeyPatch,
                                       capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = invoke(monkeypatch, capsys, "eval", str(export_file), "--dataset",
                           "synthetic")
-    _assert_user_error(code, err, "10 classes", "predicts 5")
+    assert_one_error_line(code, err, "10 classes", "predicts 5")
 
 
+@pytest.mark.slow
 def test_real_entry_point_prints_one_line(export_file: Path, tmp_path: Path) -> None:
     bad = tmp_path / "cut.safetensors"
     bad.write_bytes(export_file.read_bytes()[:100])
     proc = subprocess.run([sys.executable, "-m", "rsst", "eval", str(bad)], capture_output=True,
                           text=True, timeout=120)
-    _assert_user_error(proc.returncode, proc.stderr, "truncated or corrupt")
+    assert_one_error_line(proc.returncode, proc.stderr, "truncated or corrupt")
     assert load_file(str(export_file))  # the good file is untouched

@@ -55,6 +55,7 @@ def vit_run(tmp_path_factory) -> Path:
                      patch_size=8)[0]
 
 
+@pytest.mark.slow
 def test_timm_form_loads_with_timm_alone(vit_run, tmp_path):
     out = tmp_path / "stock.safetensors"
     export_model(vit_run, out, state="last", form="timm")
@@ -136,6 +137,7 @@ def test_run_command_names_the_non_default_flags():
     assert cmd == "rsst run --method refill --lr 0.2 --nesterov --milestones 3,5"
 
 
+@pytest.mark.slow
 def test_cli_form_timm(vit_run, tmp_path, monkeypatch, capsys):
     from rsst.cli import main
 

@@ -17,14 +17,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny_config, tiny_dataset, tiny_run
 from rich.console import Console
 from safetensors.torch import load_file
-from tinydata import tiny_dataset, tiny_run
 
 import rsst.loop as loop
 from rsst import rundir
 from rsst.atomic import atomic_write_json, finite_json, json_text
-from rsst.config import RunConfig, validate
+from rsst.config import RunConfig
 from rsst.engine import Engine
 from rsst.errors import TrainingDiverged, UserError
 from rsst.loop import PruningRun
@@ -34,9 +34,7 @@ QUIET = Console(quiet=True)
 
 
 def config(**kw) -> RunConfig:
-    base = dict(states=2, epochs=1, rate=0.3, train_subset=128, val_split=64, batch_size=32,
-                eval_batch_size=256, device="cpu", backend="torch", arch="resnet20")
-    return validate(RunConfig(**{**base, **kw}))
+    return tiny_config(**{"batch_size": 32, **kw})
 
 
 def strict_load(path: Path):
@@ -89,6 +87,7 @@ def _poison_epoch(monkeypatch, at: tuple[int, int], what: str) -> list:
     return calls
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("what", ["weights", "val loss"])
 def test_divergence_stops_before_saving_and_the_run_stays_resumable(tmp_path, monkeypatch,
                                                                     what):
@@ -194,6 +193,7 @@ def test_out_that_is_not_writable(tmp_path, monkeypatch, capsys):
 
 
 # -- file modes ------------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("umask", [0o022, 0o077])
 def test_every_file_of_a_run_follows_the_umask(tmp_path, umask):
     old = os.umask(umask)
@@ -254,6 +254,7 @@ def _independent_fade_ratio(run: Path, weights: dict) -> float:
     return float(p.pow(2).mean().sqrt() / q.pow(2).mean().sqrt())
 
 
+@pytest.mark.slow
 def test_an_unfaded_cut_is_recorded_and_warned(tmp_path):
     run, weights, text = _run_capturing_the_cut(config(**RESEARCH_PENALTY), tmp_path / "r")
     record = strict_load(run / "summary.json")["states"][1]
@@ -267,6 +268,7 @@ def test_an_unfaded_cut_is_recorded_and_warned(tmp_path):
     assert "fade_ratio" not in strict_load(run / "summary.json")["states"][0]
 
 
+@pytest.mark.slow
 def test_fade_epochs_wait_until_the_pending_weights_have_faded(tmp_path):
     cfg = config(**RESEARCH_PENALTY, fade_epochs=6)
     run, weights, text = _run_capturing_the_cut(cfg, tmp_path / "r")
@@ -286,6 +288,7 @@ def test_fade_epochs_wait_until_the_pending_weights_have_faded(tmp_path):
         [min(cfg.reg_granularity * 2.0 ** k, 1 / cfg.lr) for k in range(1, len(fades) + 1)])
 
 
+@pytest.mark.slow
 def test_a_resume_in_the_middle_of_the_fade_epochs(tmp_path, monkeypatch):
     cfg = config(**{**RESEARCH_PENALTY, "reg_granularity": 0.1}, fade_epochs=6)
     straight = tiny_run(cfg, out=tmp_path / "straight", console=QUIET)

@@ -15,6 +15,8 @@ import textwrap
 
 import pytest
 
+pytestmark = pytest.mark.slow  # starts real runs or subprocesses
+
 pytest.importorskip("triton")
 
 VARIANTS = [(s, False, False, False) for s in range(5)] + [(4, True, True, False),

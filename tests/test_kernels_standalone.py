@@ -52,6 +52,7 @@ print(sorted(m for m in sys.modules if m.startswith("rsst_kernels.")))
 """
 
 
+@pytest.mark.slow
 def test_rsst_kernels_imports_without_rsst(kernels_only_env: dict[str, str]) -> None:
     proc = subprocess.run([sys.executable, "-c", CHILD], env=kernels_only_env,
                           capture_output=True, text=True, timeout=120)

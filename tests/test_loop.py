@@ -12,34 +12,29 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import (
+    metrics_lines,
+    strip_seconds,
+    summary_states,
+    tiny_config,
+    tiny_dataset,
+    tiny_pruning_run,
+    tiny_run,
+)
 from rich.console import Console
 from safetensors.torch import load_file
-from tinydata import tiny_dataset, tiny_pruning_run, tiny_run
 
 import rsst.loop as loop
-from rsst.config import RunConfig, validate
+from rsst.config import RunConfig
 from rsst.loop import PruningRun
+
+pytestmark = pytest.mark.slow  # starts real runs or subprocesses
 
 QUIET = Console(quiet=True)
 
 
 def config(**kw) -> RunConfig:
-    base = dict(states=3, epochs=1, rate=0.3, train_subset=128, val_split=64, batch_size=64,
-                eval_batch_size=256, device="cpu", backend="torch", arch="resnet20")
-    return validate(RunConfig(**{**base, **kw}))
-
-
-def summary(run_dir: Path) -> list[dict]:
-    return json.loads((run_dir / "summary.json").read_text())["states"]
-
-
-def strip_seconds(records: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
-
-
-def metrics(run_dir: Path) -> list[dict]:
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return strip_seconds([json.loads(line) for line in lines])
+    return tiny_config(**{"states": 3, **kw})
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +59,7 @@ def rsst_run(tmp_path_factory):
 
 # -- masks and sparsity ---------------------------------------------------------------------------
 def test_imp_remain_weight_follows_rate(imp_run):
-    records = summary(imp_run)
+    records = summary_states(imp_run)
     assert [r["state"] for r in records] == [0, 1, 2]
     for s, r in enumerate(records):
         assert r["remain_weight"] == pytest.approx(0.7**s, abs=1e-4)
@@ -75,13 +70,13 @@ def test_imp_remain_weight_follows_rate(imp_run):
 def test_run_directory_layout(imp_run):
     assert (imp_run / "config.toml").is_file()
     assert (imp_run / "checkpoint.safetensors").is_file()
-    lines = metrics(imp_run)
+    lines = metrics_lines(imp_run)
     assert [(r["kind"], r["state"]) for r in lines] == [
         ("epoch", 0), ("state", 0), ("epoch", 1), ("state", 1), ("epoch", 2), ("state", 2)]
     for r in lines:
         for key in ("train_loss", "train_acc", "val_acc", "test_acc", "reg_lambda"):
             assert key in r, key
-    records = summary(imp_run)
+    records = summary_states(imp_run)
     for s in range(3):
         folder = imp_run / f"state_{s:02d}"
         assert (folder / "weights.safetensors").is_file()
@@ -93,7 +88,7 @@ def test_run_directory_layout(imp_run):
 
 
 def _check_state_files(run_dir: Path, grouped: bool) -> None:
-    records = summary(run_dir)
+    records = summary_states(run_dir)
     for s, record in enumerate(records):
         tensors = load_file(str(run_dir / f"state_{s:02d}" / "weights.safetensors"))
         masks = {k[: -len(".mask")]: v for k, v in tensors.items() if k.endswith(".mask")}
@@ -125,10 +120,10 @@ def test_pruned_elements_are_zero_in_saved_states(imp_run, refill_run, rsst_run)
 
 
 def test_structured_sparsity_never_decreases(refill_run, rsst_run):
-    refill = [r["structured_sparsity"]["channel"] for r in summary(refill_run)]
+    refill = [r["structured_sparsity"]["channel"] for r in summary_states(refill_run)]
     assert refill[0] == 0.0
     assert refill[1] > 0.0 and refill[2] > refill[1]
-    records = summary(rsst_run)
+    records = summary_states(rsst_run)
     before = [r["structured_sparsity"]["channel"] for r in records]
     after = [r.get("structured_sparsity_after_cut", r["structured_sparsity"])["channel"]
              for r in records]
@@ -220,8 +215,8 @@ def test_resume_reaches_the_same_result(rsst_run, tmp_path, monkeypatch, kill_at
     assert not (out / "state_02").exists()
     tiny_run(config(method="imp"), resume=out, console=QUIET)  # the saved config wins
 
-    assert strip_seconds(summary(out)) == strip_seconds(summary(rsst_run))
-    assert metrics(out) == metrics(rsst_run)
+    assert strip_seconds(summary_states(out)) == strip_seconds(summary_states(rsst_run))
+    assert metrics_lines(out) == metrics_lines(rsst_run)
     for s in range(3):
         a = load_file(str(out / f"state_{s:02d}" / "weights.safetensors"))
         b = load_file(str(rsst_run / f"state_{s:02d}" / "weights.safetensors"))
@@ -240,7 +235,7 @@ def test_cli_config_reproduces_the_run(refill_run, tmp_path, monkeypatch):
     with pytest.raises(SystemExit) as exit_info:
         main()
     assert exit_info.value.code in (0, None)
-    assert strip_seconds(summary(out)) == strip_seconds(summary(refill_run))
+    assert strip_seconds(summary_states(out)) == strip_seconds(summary_states(refill_run))
     a = load_file(str(out / "state_02" / "weights.safetensors"))
     b = load_file(str(refill_run / "state_02" / "weights.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in b)
@@ -248,11 +243,11 @@ def test_cli_config_reproduces_the_run(refill_run, tmp_path, monkeypatch):
 
 def test_layout_and_graph_are_recorded(rsst_run, tmp_path):
     """resnet20 trains NHWC by default; --cuda-graph off CUDA gets a note, not an error."""
-    assert {(r["memory_format"], r["cuda_graph"]) for r in summary(rsst_run)} == {
+    assert {(r["memory_format"], r["cuda_graph"]) for r in summary_states(rsst_run)} == {
         ("channels_last", False)}
     console = Console(record=True, width=200)
     run_dir = tiny_run(config(states=1, memory_format="contiguous", cuda_graph=True),
                        out=tmp_path / "g", console=console)
     assert "--cuda-graph needs the triton backend on CUDA" in console.export_text()
-    assert {(r["memory_format"], r["cuda_graph"]) for r in summary(run_dir)} == {
+    assert {(r["memory_format"], r["cuda_graph"]) for r in summary_states(run_dir)} == {
         ("contiguous", False)}

@@ -10,9 +10,8 @@ import re
 from pathlib import Path
 
 import pytest
+from helpers import tiny_pruning_run, tiny_run, write_two_classes
 from rich.console import Console
-from test_cli_run import write_two_classes
-from tinydata import tiny_pruning_run, tiny_run
 
 import rsst.loop as loop
 from rsst.config import RunConfig, validate
@@ -23,6 +22,7 @@ from rsst.export import evaluate_file
 QUIET = Console(quiet=True)
 
 
+@pytest.mark.slow
 def test_state_accuracies_are_what_rsst_eval_measures_on_the_saved_file(tmp_path):
     """``test_acc`` / ``val_acc`` of every state (after the RSST cut) are reproduced exactly by
     evaluating ``state_XX/weights.safetensors`` (`rsst eval`'s function) on the same split."""
@@ -51,6 +51,7 @@ RESEARCH_PENALTY = dict(method="rsst", schedule="exp_custom_exponents", reg_gran
                         arch="resnet20", fade_epochs=2)
 
 
+@pytest.mark.slow
 def test_a_rank_other_than_0_writes_no_line_not_even_in_fade_epochs(tmp_path, monkeypatch):
     """Under torchrun every rank runs the loop; only rank 0 writes metrics lines (epoch, fade
     epoch and state lines alike), checkpoints and state files."""
@@ -71,6 +72,7 @@ def test_a_rank_other_than_0_writes_no_line_not_even_in_fade_epochs(tmp_path, mo
     assert sorted(p.name for p in run_dir.iterdir()) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("cfg", "absent"), [
     ({}, ()),
     ({"schedule": "x"}, ("--schedule x",)),
@@ -88,6 +90,7 @@ def test_the_fade_warning_names_only_fixes_not_in_effect(cfg, absent, tmp_path):
         assert "--schedule x" in text
 
 
+@pytest.mark.slow
 def test_a_log_file_gets_a_line_per_epoch_a_row_per_state_and_the_table_once(tmp_path):
     """In a pipe (no terminal: the progress bar shows nothing) the log is readable: one line per
     epoch, one per state, the full state table once at the end."""

@@ -15,13 +15,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny_run
 from rich.console import Console
 from safetensors.torch import load_file
-from tinydata import tiny_run
 
 from rsst.arena import Arena
 from rsst.config import RunConfig, validate
 from rsst.engine import Engine
+
+pytestmark = pytest.mark.slow  # starts real runs or subprocesses
 
 STATES, EPOCHS, STEPS = 3, 2, 4  # 128 training images, batch 32
 

@@ -8,12 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny_config, tiny_run
 from rich.console import Console
 from safetensors.torch import load_file
-from tinydata import tiny_run
 
 from rsst import config as rsst_config
-from rsst.config import RunConfig, validate
 from rsst.errors import UserError
 from rsst.methods import (
     Method,
@@ -27,10 +26,7 @@ from rsst.methods import (
 QUIET = Console(quiet=True)
 
 
-def tiny(**kw) -> RunConfig:
-    base = dict(states=2, epochs=1, rate=0.3, train_subset=128, val_split=64, batch_size=64,
-                eval_batch_size=256, device="cpu", backend="torch", arch="resnet20")
-    return validate(RunConfig(**{**base, **kw}))
+tiny = tiny_config
 
 
 def states(run_dir: Path) -> list[dict]:
@@ -73,6 +69,7 @@ def _close(got, want, path: str) -> None:
         assert got == pytest.approx(want, rel=1e-6, abs=1e-6), (path, got, want)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["imp", "refill", "rsst"])
 def test_summary_pinned_to_pre_registry_code(method, tmp_path):
     records = states(tiny_run(tiny(method=method), out=tmp_path / method, console=QUIET))
@@ -145,6 +142,7 @@ def toy_method():
     unregister_method(LargestFirstAtInit.name)
 
 
+@pytest.mark.slow
 def test_a_new_method_runs_through_the_loop_unchanged(toy_method, tmp_path):
     run_dir = tiny_run(tiny(method=toy_method), out=tmp_path / "toy", console=QUIET)
     records = states(run_dir)

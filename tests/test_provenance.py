@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny_run
 from rich.console import Console
-from tinydata import tiny_run
 
 from rsst import __version__, provenance
 from rsst.config import RunConfig, validate
@@ -22,6 +22,7 @@ def _strict(text: str):
     return json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
 
 
+@pytest.mark.slow
 def test_collect_names_versions_commit_and_device():
     info = provenance.collect("cpu")
     assert info["rsst_version"] == __version__ and info["torch"] == torch.__version__
@@ -34,6 +35,7 @@ def test_collect_names_versions_commit_and_device():
     _strict(json.dumps(info))
 
 
+@pytest.mark.slow
 def test_a_run_records_one_session_per_start_with_start_and_end(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["rsst", "run", "--states", "1"])
     cfg = validate(RunConfig(method="imp", states=1, epochs=1, train_subset=64, val_split=32,

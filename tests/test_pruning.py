@@ -6,53 +6,13 @@ import math
 
 import pytest
 import torch
-from torch import nn
+from helpers import calibration, small_cnn, tiny_vit
 
 from rsst.arena import Arena
 from rsst.criteria import group_scores
 from rsst.models import create_model
 from rsst.pruning import kept_groups, magnitude_prune, refill
 from rsst.structure import build_structure
-
-
-class SmallCNN(nn.Module):
-    """Stem conv + BN, two prunable convs (one with BN, one with bias), linear classifier."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = nn.Conv2d(3, 4, 3, padding=1, bias=False)
-        self.bn0 = nn.BatchNorm2d(4)
-        self.conv_a = nn.Conv2d(4, 6, 3, padding=1, bias=False)
-        self.bn_a = nn.BatchNorm2d(6)
-        self.conv_b = nn.Conv2d(6, 5, 3, padding=1, bias=True)
-        self.fc = nn.Linear(5, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.relu(self.bn0(self.stem(x)))
-        x = torch.relu(self.bn_a(self.conv_a(x)))
-        x = torch.relu(self.conv_b(x))
-        return self.fc(x.mean(dim=(2, 3)))
-
-
-def small_cnn():
-    torch.manual_seed(0)
-    model = SmallCNN()
-    arena = Arena(model)
-    return model, arena, build_structure(model, arena)
-
-
-def tiny_vit(seed: int = 0) -> nn.Module:
-    from timm.models.vision_transformer import VisionTransformer
-
-    torch.manual_seed(seed)
-    return VisionTransformer(img_size=16, patch_size=8, embed_dim=24, depth=2, num_heads=3,
-                             mlp_ratio=2.0, num_classes=5)
-
-
-def calibration(n: int = 1, size: int = 16, classes: int = 3, seed: int = 0):
-    gen = torch.Generator().manual_seed(seed)
-    return [(torch.rand(8, 3, size, size, generator=gen),
-             torch.randint(0, classes, (8,), generator=gen)) for _ in range(n)]
 
 
 # -- magnitude pruning ----------------------------------------------------------------------------

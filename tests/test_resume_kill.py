@@ -21,12 +21,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import clean, write_two_classes
 from rich.console import Console
 from safetensors.torch import load_file
-from test_cli_run import write_two_classes
 
 from rsst.errors import UserError
-from rsst.latency import TIMINGS
+
+pytestmark = pytest.mark.slow  # starts real runs or subprocesses
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -69,17 +70,6 @@ def start(cwd: Path, args: list[str], kill_at: str | None = None) -> subprocess.
 def finish(proc: subprocess.Popen) -> tuple[int, str]:
     _, err = proc.communicate(timeout=300)
     return proc.returncode, err
-
-
-def clean(data):
-    """Without the fields that differ between two identical runs (wall time, measured latency,
-    run directory)."""
-    if isinstance(data, dict):
-        return {k: clean(v) for k, v in data.items()
-                if k not in ("seconds", "run_dir", *TIMINGS)}
-    if isinstance(data, list):
-        return [clean(v) for v in data]
-    return data
 
 
 def summary(run: Path) -> dict:

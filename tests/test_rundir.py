@@ -10,13 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import tiny_config, tiny_run
 from rich.console import Console
-from tinydata import tiny_run
 
 import rsst.loop as loop
 from rsst import rundir
 from rsst.atomic import atomic_write, atomic_write_json
-from rsst.config import RunConfig, validate
+from rsst.config import RunConfig
 from rsst.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,9 +76,8 @@ def _env() -> dict[str, str]:
 
 
 def _tiny(**kw) -> RunConfig:
-    base = dict(states=1, epochs=1, rate=0.3, train_subset=64, val_split=32, batch_size=32,
-                eval_batch_size=64, device="cpu", backend="torch", arch="resnet20")
-    return validate(RunConfig(**{**base, **kw}))
+    return tiny_config(**{"states": 1, "train_subset": 64, "val_split": 32, "batch_size": 32,
+                          "eval_batch_size": 64, **kw})
 
 
 @pytest.fixture
@@ -86,6 +85,7 @@ def finished(tmp_path) -> Path:
     return tiny_run(_tiny(), out=tmp_path / "run", console=Console(quiet=True))
 
 
+@pytest.mark.slow
 def test_a_live_run_directory_is_refused_and_a_dead_holder_is_not(finished, tmp_path):
     """Another process holds the directory: a second run, --overwrite and --resume are refused
     naming its pid; once it is killed (its lock file stays behind) all of them work again."""
@@ -115,6 +115,7 @@ def test_a_live_run_directory_is_refused_and_a_dead_holder_is_not(finished, tmp_
     assert len(json.loads((finished / rundir.SUMMARY).read_text())["states"]) == 2
 
 
+@pytest.mark.slow
 def test_the_run_holds_its_lock_while_it_runs(tmp_path, monkeypatch):
     """While `loop.run` works, another process cannot take the lock; afterwards it can."""
     probe = ("import sys, fcntl, os\n"
@@ -138,6 +139,7 @@ def test_the_run_holds_its_lock_while_it_runs(tmp_path, monkeypatch):
     assert out.stdout.strip() == "free"
 
 
+@pytest.mark.slow
 def test_a_concurrent_fresh_run_cannot_slip_in(tmp_path):
     """Two runs raced to a new --out and the other one finished first: ours refuses."""
     out = tmp_path / "r"

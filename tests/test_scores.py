@@ -14,6 +14,7 @@ import math
 
 import pytest
 import torch
+from helpers import synflow_prune
 from torch import nn
 from torch.nn import functional as F
 
@@ -28,7 +29,6 @@ from rsst.scores import (
     keep_highest,
     random_scores,
     snip_scores,
-    synflow_prune,
     synflow_schedule,
     synflow_scores,
 )

@@ -7,6 +7,7 @@ from contextlib import contextmanager
 
 import pytest
 import torch
+from helpers import VIT_DEPTH, VIT_EMBED, VIT_HEADS, VIT_HIDDEN, tiny_vit
 from torch import nn
 
 from rsst.arena import Arena
@@ -14,17 +15,8 @@ from rsst.errors import UserError
 from rsst.models import create_model
 from rsst.structure import build_structure
 
-EMBED, HEADS, DEPTH, HIDDEN = 24, 3, 2, 48
+EMBED, HEADS, DEPTH, HIDDEN = VIT_EMBED, VIT_HEADS, VIT_DEPTH, VIT_HIDDEN
 HEAD_DIM = EMBED // HEADS
-
-
-def tiny_vit() -> nn.Module:
-    from timm.models.vision_transformer import VisionTransformer
-
-    torch.manual_seed(0)
-    return VisionTransformer(img_size=16, patch_size=8, embed_dim=EMBED, depth=DEPTH,
-                             num_heads=HEADS, mlp_ratio=HIDDEN / EMBED, qkv_bias=True,
-                             num_classes=5)
 
 
 @contextmanager

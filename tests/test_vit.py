@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny_run
 from rich.console import Console
 from safetensors.torch import load_file
-from tinydata import tiny_run
 
 import rsst.loop as loop
 from rsst.arena import Arena
@@ -40,6 +40,7 @@ def delivered(record: dict, kind: str) -> float:
     return record.get("structured_sparsity_after_cut", record["structured_sparsity"])[kind]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["refill", "rsst", "imp"])
 def test_head_and_neuron_sparsity_per_state(tmp_path, method):
     run_dir = tiny_run(config(method=method), out=tmp_path / "run", console=QUIET)
@@ -65,6 +66,7 @@ def test_head_and_neuron_sparsity_per_state(tmp_path, method):
     assert {"head", "neuron"} <= set(metrics[-1]["structured_sparsity"])
 
 
+@pytest.mark.slow
 def test_saved_heads_and_neurons_are_whole(tmp_path):
     run_dir = tiny_run(config(method="refill"), out=tmp_path / "run", console=QUIET)
     tensors = load_file(str(run_dir / "state_02" / "weights.safetensors"))
@@ -93,6 +95,7 @@ def test_saved_heads_and_neurons_are_whole(tmp_path):
     assert pruned_heads > 0
 
 
+@pytest.mark.slow
 def test_resume_a_vit_run(tmp_path, monkeypatch):
     cfg = config(method="rsst")
     straight = tiny_run(cfg, out=tmp_path / "straight", console=QUIET)

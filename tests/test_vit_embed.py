@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import randomize, write_run
 from rich.console import Console
 from safetensors import safe_open
-from test_export import randomize, write_run
 from torch import nn
 
 import rsst.loop as loop
@@ -120,6 +120,7 @@ def embed_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, nn.Module
     return write_run(tmp_path_factory.mktemp("embed") / "run", model.eval(), masks), model
 
 
+@pytest.mark.slow
 def test_embed_pruned_vit_compacts_to_the_masked_logits(embed_run, tmp_path) -> None:
     run, masked = embed_run
     result = export_model(run, tmp_path / "c.safetensors", form="compact")
@@ -143,6 +144,7 @@ def test_embed_pruned_vit_compacts_to_the_masked_logits(embed_run, tmp_path) -> 
         assert (stock.eval()(x) - reference).abs().max() > 1e-3  # the norms matter
 
 
+@pytest.mark.slow
 def test_embed_pruned_vit_loads_in_stock_timm(embed_run, tmp_path) -> None:
     run, masked = embed_run
     out = tmp_path / "stock.safetensors"
@@ -160,6 +162,7 @@ def test_embed_pruned_vit_loads_in_stock_timm(embed_run, tmp_path) -> None:
     assert torch.allclose(scope["logits"], reference, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_a_run_prunes_the_embedding_width(tmp_path, tiny_data) -> None:
     config = validate(RunConfig(
         arch="vit_tiny", patch_size=4, states=2, epochs=1, rate=0.3, train_subset=128,
@@ -178,6 +181,7 @@ def test_a_run_prunes_the_embedding_width(tmp_path, tiny_data) -> None:
         assert torch.allclose(compact(x), masked(x), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_embed_pruned_vit_hf_folder_is_compacted_and_exact(embed_run, tmp_path) -> None:
     import timm
 
