@@ -369,3 +369,19 @@ def synflow_prune(model: nn.Module, masks: dict[str, torch.Tensor], keep: int, i
     the masks keeping ``keep`` of the named weights."""
     masks, scores = synflow_iterate(model, masks, keep, iterations, input_shape)
     return keep_highest(scores, masks, keep)
+
+
+def start(cwd: Path, args: list[str], kill_at: str | None = None) -> subprocess.Popen:
+    """`rsst run ARGS` as a child process, killed at ``kill_at`` (`rsst.killpoint`) if given."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RSST_CACHE": str(cwd / "cache"),
+           "OMP_NUM_THREADS": "1", "COLUMNS": "100"}
+    env.pop("RSST_TEST_KILL_AT", None)
+    if kill_at is not None:
+        env["RSST_TEST_KILL_AT"] = kill_at
+    return subprocess.Popen([sys.executable, "-m", "rsst", "run", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc: subprocess.Popen) -> tuple[int, str]:
+    _, err = proc.communicate(timeout=300)
+    return proc.returncode, err

@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_export import pruned_model, write_run
-from test_export_cli import _assert_user_error, invoke
+from helpers import assert_one_error_line as _assert_user_error
+from helpers import invoke, pruned_model, write_run
 
 RUN = "{run}"  # replaced by the case's run directory
 TMP = "{tmp}"  # replaced by the case's folder

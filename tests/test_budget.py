@@ -10,8 +10,8 @@ import random
 
 import pytest
 import torch
+from helpers import tiny_run
 from rich.console import Console
-from tinydata import tiny_run
 
 from rsst import statefile
 from rsst.arena import Arena
@@ -44,6 +44,7 @@ def test_budget_count_is_the_fewest_removals_meeting_the_target(seed):
     assert len(calls) <= high.bit_length() + 2  # bisection, not a scan
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("groups", ["per-layer", "coupled"])
 @pytest.mark.parametrize(("budget", "target"), [("macs", 0.5), ("params", 0.4)])
 def test_prune_to_budget_lands_just_under(groups, budget, target):

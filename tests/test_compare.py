@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import tiny_run
 from PIL import Image
 from rich.console import Console
-from tinydata import tiny_run
 
 from rsst.compare import compare_runs, find_runs
 from rsst.config import RunConfig, validate
@@ -68,6 +68,7 @@ def summary(run_dir: Path) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
 
 
+@pytest.mark.slow
 def test_json_points_equal_summary_values(runs, tmp_path, monkeypatch, capsys):
     saved = tmp_path / "compare.json"
     code, out, err = cli(monkeypatch, capsys, "compare", *map(str, runs.values()), "--json",
@@ -104,6 +105,7 @@ def test_json_points_equal_summary_values(runs, tmp_path, monkeypatch, capsys):
     assert imp == pytest.approx([1.0, 0.7, 0.49], abs=1e-4)
 
 
+@pytest.mark.slow
 def test_test_metric_and_val_after_cut(runs):
     found = find_runs([runs["rsst"]])
     records = summary(runs["rsst"])["states"]
@@ -117,6 +119,7 @@ def test_test_metric_and_val_after_cut(runs):
     assert [p["phase"] for p in delivered] == ["trained", "after_cut", "after_cut"]
 
 
+@pytest.mark.slow
 def test_plot_is_a_real_picture(runs, tmp_path, monkeypatch, capsys):
     png = tmp_path / "compare.png"
     code, out, err = cli(monkeypatch, capsys, "compare", *map(str, runs.values()),
@@ -180,6 +183,7 @@ def test_report_json_is_the_saved_records(runs, tmp_path, monkeypatch, capsys):
     assert data["states"] == summary(run_dir)["states"]
 
 
+@pytest.mark.slow
 def test_seeds_become_mean_and_std(runs, tmp_path):
     accs = [0.5, 0.6, 0.8]
     for i, acc in enumerate(accs):
@@ -311,6 +315,7 @@ def _variant(src: Path, dst: Path, seed: int, acc: float, **settings) -> Path:
     return run_dir
 
 
+@pytest.mark.slow
 def test_groups_pool_only_seeds_and_are_labelled_by_what_differs(runs, tmp_path):
     accs = {0.3: [0.5, 0.7], 0.5: [0.6, 0.65, 0.8]}
     for rate, values in accs.items():
@@ -349,6 +354,7 @@ def test_t_quantiles_match_the_t_distribution():
         assert cdf(t975(df), df) == pytest.approx(0.975, abs=2e-5), df
 
 
+@pytest.mark.slow
 def test_compare_reads_a_study_directory(runs, tmp_path, monkeypatch, capsys):
     study = tmp_path / "study"
     (study / "runs" / "refill-abc").mkdir(parents=True)

@@ -12,14 +12,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny_dataset
 from rich.console import Console
 from safetensors.torch import load_file
-from tinydata import tiny_dataset
 
 from rsst import loop
 from rsst.config import RunConfig, load_config, validate
 from rsst.controls import CONTROL_RECORD, run_control
 from rsst.errors import UserError
+
+pytestmark = pytest.mark.slow  # real runs and subprocesses
 
 ROOT = Path(__file__).resolve().parent.parent
 QUIET = Console(quiet=True)
@@ -117,8 +119,7 @@ def test_a_killed_control_set_up_again_or_resumed_matches_an_uninterrupted_one(t
     """Killed while writing its first checkpoint or its config.toml, `rsst ticket` sets the
     control up again; killed mid-epoch, `rsst run --resume` finishes it; the end equals an
     uninterrupted control."""
-    from test_cli_run import write_two_classes
-    from test_resume_kill import clean, finish, start
+    from helpers import clean, finish, start, write_two_classes
 
     images = write_two_classes(tmp_path / "images", train=28, test=4)
     source = tmp_path / "source"

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import timm
 import torch
+from helpers import assert_one_error_line as _assert_user_error
+from helpers import invoke, pruned_model, write_run
 from PIL import Image
-from test_export import pruned_model, write_run
-from test_export_cli import _assert_user_error, invoke
 
 from rsst.errors import UserError
 from rsst.export import export_model
@@ -88,6 +88,7 @@ def test_hf_folder_of_an_rsst_cnn_is_compacted_and_loads_in_timm(cnn, tmp_path):
                                                                  module.out_channels)
 
 
+@pytest.mark.slow
 def test_hf_folder_of_a_timm_vit_loads_with_timm_alone(vit, tmp_path):
     run, masked = vit
     out = tmp_path / "vit-hf"
@@ -119,6 +120,7 @@ def test_hf_refuses_an_existing_output_and_writes_nothing(cnn, tmp_path, monkeyp
     assert not any((tmp_path / "dir").iterdir())
 
 
+@pytest.mark.slow
 def test_pt2_loads_back_with_any_batch_size(vit, tmp_path):
     run, masked = vit
     out = tmp_path / "m.pt2"
@@ -137,6 +139,7 @@ def test_pt2_loads_back_with_any_batch_size(vit, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.md", "m.pt2"]
 
 
+@pytest.mark.slow
 @needs_onnx
 def test_onnx_runs_in_onnxruntime_and_records_its_check(cnn, tmp_path, monkeypatch, capsys):
     import onnx

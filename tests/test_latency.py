@@ -8,8 +8,8 @@ import time
 
 import pytest
 import torch
+from helpers import tiny_run
 from rich.console import Console
-from tinydata import tiny_run
 from torch import nn
 
 import rsst.latency

@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import tiny_run
 from rich.console import Console
-from tinydata import tiny_run
 
 from rsst.config import RunConfig, validate
 
@@ -43,6 +43,7 @@ def logged_run(tmp_path_factory) -> Path:
                                         "wandb_tags": "pruning, rsst,pruning"})
 
 
+@pytest.mark.slow
 def test_tensorboard_events_equal_metrics(logged_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -129,6 +130,7 @@ def wandb_records(path: Path) -> list:
     return parsed
 
 
+@pytest.mark.slow
 def test_wandb_offline_run_equals_metrics(logged_run):
     (log,) = logged_run.glob("wandb/offline-run-*/run-*.wandb")
     records = wandb_records(log)
@@ -155,6 +157,7 @@ def test_wandb_offline_run_equals_metrics(logged_run):
     assert config["method"] == "rsst" and config["epochs"] == EPOCHS
 
 
+@pytest.mark.slow
 def test_csv_rows_equal_metrics(logged_run):
     with open(logged_run / "epochs.csv") as f:
         rows = list(csv.DictReader(f))
@@ -191,6 +194,7 @@ def test_missing_extra_fails_before_training(tmp_path, monkeypatch, capsys):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_failing_logger_warns_once_and_the_run_goes_on(tmp_path, monkeypatch):
     from rsst.loggers import CsvLogger
 
@@ -213,6 +217,7 @@ def test_failing_logger_warns_once_and_the_run_goes_on(tmp_path, monkeypatch):
     assert not (run_dir / "states.csv").exists()
 
 
+@pytest.mark.slow
 def test_csv_after_a_resume_keeps_the_rows_written_before_it(tmp_path):
     """A resumed run's CsvLogger is new, but its CSVs hold every metrics.jsonl record."""
     from rsst.loggers import CsvLogger

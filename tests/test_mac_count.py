@@ -15,7 +15,7 @@ import copy
 
 import pytest
 import torch
-from test_export import pruned_model
+from helpers import pruned_model
 from torch.utils.flop_counter import FlopCounterMode
 
 from rsst.compact.count import count_macs

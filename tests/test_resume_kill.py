@@ -14,14 +14,11 @@ per process.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import clean, write_two_classes
+from helpers import clean, finish, start, write_two_classes
 from rich.console import Console
 from safetensors.torch import load_file
 
@@ -55,21 +52,6 @@ def run_args(images: Path, out: Path) -> list[str]:
     return ["--dataset", "imagefolder", "--data-dir", str(images), "--arch", "resnet20",
             "--method", "rsst", "--states", "3", "--epochs", "2", "--batch-size", "16",
             "--device", "cpu", "--backend", "torch", "--out", str(out)]
-
-
-def start(cwd: Path, args: list[str], kill_at: str | None = None) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RSST_CACHE": str(cwd / "cache"),
-           "OMP_NUM_THREADS": "1", "COLUMNS": "100"}
-    env.pop("RSST_TEST_KILL_AT", None)
-    if kill_at is not None:
-        env["RSST_TEST_KILL_AT"] = kill_at
-    return subprocess.Popen([sys.executable, "-m", "rsst", "run", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def finish(proc: subprocess.Popen) -> tuple[int, str]:
-    _, err = proc.communicate(timeout=300)
-    return proc.returncode, err
 
 
 def summary(run: Path) -> dict:

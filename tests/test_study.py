@@ -20,8 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_cli_run import write_two_classes
-from test_resume_kill import clean
+from helpers import clean, write_two_classes
 
 from rsst import cli, rundir
 from rsst.config import RunConfig, build_config
