@@ -131,10 +131,10 @@ def plot_comparison(result: dict[str, Any], path: str | Path) -> Path:
     _x_axis(ax, x, every_x)
     ax.set_xlabel(result["x_label"])
     ax.set_ylabel(f"{result['metric'].replace('_', ' ')} accuracy (%)")
-    ax.set_title("accuracy vs sparsity  (★ sparsest state within "
+    ax.set_title("accuracy vs sparsity\n(★ sparsest state within "
                  f"{result['winning_ticket_points']:g} pt of dense, intervals meeting; "
                  "bands: 95 % interval)",
-                 fontsize=10)
+                 fontsize=9)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
     _save(fig, path, fmt)
