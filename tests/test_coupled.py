@@ -9,6 +9,7 @@ import math
 
 import pytest
 import torch
+from helpers import randomize
 from torch import nn
 
 from rsst.arena import Arena
@@ -21,19 +22,6 @@ from rsst.pruning import kept_groups, magnitude_prune, refill, round_kept
 from rsst.structure import build_structure
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
-
-
-def randomize(model: nn.Module, seed: int = 0) -> None:
-    """Non-trivial BN statistics / affine parameters, so a kept zero is not an accident."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                c = m.num_features
-                m.running_mean.copy_(torch.randn(c, generator=gen) * 0.5)
-                m.running_var.copy_(torch.rand(c, generator=gen) + 0.5)
-                m.weight.copy_(torch.rand(c, generator=gen) + 0.5)
-                m.bias.copy_(torch.randn(c, generator=gen) * 0.5)
 
 
 def family(arch: str) -> tuple[nn.Module, tuple[int, ...]]:
