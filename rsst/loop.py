@@ -581,11 +581,10 @@ class PruningRun:
         return sized is not None and not sized["met"]
 
     def _latency(self) -> dict[str, float]:
-        """`rsst.latency.compacted_latency` of the delivered network; the dense network is
-        timed once per run (state 0) and its time reused from state 0's record."""
-        dense = self.records[0].get("dense_latency_ms") if self.records else None
+        """`rsst.latency.compacted_latency` of the delivered network, the dense network timed
+        beside it in alternating rounds (so load drift during a run does not enter the ratio)."""
         return compacted_latency(self.model, tuple(self.data.input_size), self.device,
-                                 dense_ms=dense, channels_last=self.arena.channels_last)
+                                 channels_last=self.arena.channels_last)
 
     def _context(self, state: int) -> PruneContext:
         return PruneContext(self.model, self.arena, self.structure, self.config,
