@@ -6,7 +6,8 @@ remaining weights. Both runs use the ``magnitude`` criterion, so the prune depen
 trained weights alone: state 0 trains identically in both runs (same seed, same data), and the
 rate is solved on the per-layer run's state-0 weights by bisection. Each delivered state is
 then compacted and timed against its dense-shaped (masked) network, interleaved, at a fixed
-batch (`rsst_bench.common.interleaved_ms`, torch.utils.benchmark).
+batch the way a run times it (`rsst.latency`: BatchNorm folded into the convs, channels_last,
+interleaved samples), several times to show the spread.
 
     PYTHONPATH=. OMP_NUM_THREADS=1 python bench/coupled.py --arch resnet20 --out /tmp/coupled-r20
 """
@@ -23,14 +24,15 @@ from rich.console import Console
 
 import rsst  # noqa: F401 - aliases bench/ as rsst_bench
 from rsst.arena import Arena
-from rsst.compact import apply_plan, compact_state_dict, count_macs, plan_compaction
+from rsst.compact import count_macs
 from rsst.config import RunConfig, validate
 from rsst.criteria import group_scores
 from rsst.export import load_model
+from rsst.latency import compacted_copy, compacted_latency
 from rsst.models import create_model
 from rsst.pruning import magnitude_prune, refill
 from rsst.structure import build_structure
-from rsst_bench.common import interleaved_ms, load_avg, summary
+from rsst_bench.common import load_avg
 
 
 def remain_after_prune(arch: str, weights: Path, groups: str, rate: float,
@@ -63,23 +65,23 @@ def solve_rate(arch: str, weights: Path, groups: str, target: float, round_to: i
     return (lo + hi) / 2
 
 
-def latency(masked_file: Path, batch: int, rounds: int) -> dict[str, Any]:
-    """Median forward ms of the masked (dense-shaped) and the compacted network."""
+def latency(masked_file: Path, batch: int, repeats: int, min_run_time: float) -> dict[str, Any]:
+    """Forward ms of the dense-shaped (masked) network and of its compacted copy, timed as a
+    run times them (`rsst.latency.compacted_latency`: BatchNorm folded, channels_last,
+    interleaved samples) ``repeats`` times; the median repeat is reported with the spread of
+    the ratio over the repeats."""
     dense = load_model(masked_file).eval()
-    plan = plan_compaction(dense)
-    small = apply_plan(load_model(masked_file), plan.modules)
-    small.load_state_dict(compact_state_dict(dense, plan))
-    small.eval()
-    x = torch.rand(batch, *dense.rsst_input_size)
     size = tuple(dense.rsst_input_size)
-    with torch.no_grad():
-        samples = interleaved_ms({"dense": lambda: dense(x), "compact": lambda: small(x)},
-                                 torch.device("cpu"), warmup=3, rounds=rounds)
-    d, c = summary(samples["dense"]), summary(samples["compact"])
+    small = compacted_copy(dense)
+    times = [compacted_latency(dense, size, torch.device("cpu"), batch=batch, channels_last=True,
+                               min_run_time=min_run_time) for _ in range(repeats)]
+    ratios = sorted(t["latency_ratio"] for t in times)
+    mid = sorted(times, key=lambda t: t["latency_ratio"])[len(times) // 2]
     macs = (sum(count_macs(dense, size).values()), sum(count_macs(small, size).values()))
-    return {"dense_ms": d["median_ms"], "compact_ms": c["median_ms"],
-            "latency_ratio": c["median_ms"] / d["median_ms"], "macs_ratio": macs[1] / macs[0],
-            "spread_pct": max(d["spread_pct"], c["spread_pct"])}
+    widths = sorted({m.out_channels for m in small.modules() if isinstance(m, torch.nn.Conv2d)})
+    return {"dense_ms": mid["dense_latency_ms"], "compact_ms": mid["latency_ms"],
+            "latency_ratio": mid["latency_ratio"], "ratio_range": [ratios[0], ratios[-1]],
+            "macs_ratio": macs[1] / macs[0], "conv_widths": widths}
 
 
 def main() -> None:
@@ -89,7 +91,9 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--train-subset", type=int, default=1024)
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--repeats", type=int, default=5, help="latency measurements per network")
+    p.add_argument("--min-run-time", type=float, default=2.0,
+                   help="seconds of interleaved samples per latency measurement")
     p.add_argument("--round-to", type=int, default=1, help="--round-to of both runs")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
@@ -115,7 +119,8 @@ def main() -> None:
         rec = {"arch": args.arch, "groups": groups, "round_to": args.round_to,
                "rate": round(rate, 4),
                "remain_weight": last["remain_weight"], "val_acc": last["val_acc"],
-               "params_ratio": last["params_ratio"], **latency(masked, args.batch, args.rounds),
+               "params_ratio": last["params_ratio"], "run_latency_ratio": last.get("latency_ratio"),
+               **latency(masked, args.batch, args.repeats, args.min_run_time),
                "batch": args.batch, "threads": torch.get_num_threads(), "load": load_avg()}
         records.append(rec)
         print(json.dumps(rec), flush=True)

@@ -2,92 +2,121 @@
 
 MACs are a proxy; what a user wants is time. Each state records ``latency_ms`` (its compacted
 network), ``dense_latency_ms`` (the dense network's shape) and their ratio ``latency_ratio``,
-timed with `torch.utils.benchmark` (median of blocks, warmed up, CUDA synchronized) at a fixed
-batch on the run's device. The two are timed side by side, in `ROUNDS` alternating rounds, and
-each keeps its median: a load that drifts while one state is timed moves both alike, so the
-ratio of an unpruned network stays near 1 (timed once per run instead, state 0 of an identical
-network read 0.72–1.14 on a shared CPU). They are timings: a resumed run measures again and
-gets other numbers (the masks and accuracies stay exact).
+at a fixed batch on the run's device, both in the form a deployment runs them (`deployed`:
+eval mode, no autograd, every BatchNorm folded into the conv before it, the run's activation
+layout). The two are timed in interleaved samples (dense, compacted, compacted, dense, ...),
+each sample a few back-to-back calls, for about `MIN_RUN_TIME` seconds and at least `MIN_PAIRS`
+pairs; each keeps its median. Interleaving at the grain of one call is what steadies the ratio
+on a shared CPU whose speed wanders by ±20 % from call to call: ten measurements of one
+coupled resnet20 ticket read 0.52–0.64 (standard deviation 0.03), where three alternating
+0.07 s blocks of `torch.utils.benchmark` (the earlier method) read 0.47–0.71 (0.09). They are
+timings: a resumed run measures again and gets other numbers (the masks and accuracies stay
+exact).
 """
 
 from __future__ import annotations
 
 import copy
 import statistics
-from typing import Any
+import time
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from rsst.compact import apply_plan, plan_compaction
+from rsst.compact import apply_plan, compact_state_dict, plan_compaction
 
 #: the record fields that are timings (they differ between two identical runs)
 TIMINGS = ("latency_ms", "dense_latency_ms", "latency_ratio")
 #: images per timed forward pass
 LATENCY_BATCH = 32
-#: seconds `torch.utils.benchmark.Timer.blocked_autorange` spends on each network, in all
-MIN_RUN_TIME = 0.2
-#: alternating dense / compacted timing rounds per state
-ROUNDS = 3
+#: seconds the interleaved samples of one state take, in all (read at each call)
+MIN_RUN_TIME = 1.0
+#: at least this many (dense, compacted) sample pairs, however long they take
+MIN_PAIRS = 10
+#: a sample lasts at least this long (back-to-back calls of a fast network, e.g. on a GPU)
+MIN_SAMPLE_S = 2e-3
+#: untimed calls of each network first (lazy initialization, allocator, kernel selection)
+WARMUP_CALLS = 3
 
 
 def compacted_copy(model: nn.Module) -> nn.Module:
-    """A CPU copy of ``model`` with its dead channels, heads and neurons removed (`rsst.compact`);
-    the live model (whose parameters may be arena views) is not touched."""
+    """A CPU copy of ``model`` with its dead channels, heads and neurons removed (`rsst.compact`),
+    with its own weights (no uninitialized memory, whose denormals would slow it down); the live
+    model (whose parameters may be arena views) is not touched."""
     dense = copy.deepcopy(model).cpu().eval()
-    return apply_plan(dense, plan_compaction(dense).modules)
+    plan = plan_compaction(dense)
+    small = apply_plan(copy.deepcopy(dense), plan.modules)
+    small.load_state_dict(compact_state_dict(dense, plan))
+    return small.eval()
 
 
-def forward_ms(model: nn.Module, input_size: tuple[int, ...], device: torch.device, *,
-               batch: int = LATENCY_BATCH, channels_last: bool = False,
-               min_run_time: float | None = None) -> float:
-    """Median milliseconds of one inference forward pass of ``model`` (moved to ``device``, in
-    eval mode, no autograd) on a batch of ``batch`` random images of ``input_size``, timed for
-    about ``min_run_time`` seconds (default `MIN_RUN_TIME`, read at the call)."""
-    model = model.to(device).eval()
+def deployed(model: nn.Module) -> nn.Module:
+    """An eval copy of ``model`` as inference runs it: every BatchNorm that follows a conv is
+    folded into that conv (`torch.fx.experimental.optimization.fuse`, what an exported or
+    compiled network does), so the timing is not a training-mode artifact. A network without
+    BatchNorm, or one torch.fx cannot trace, is timed as it is."""
+    model = copy.deepcopy(model).eval()
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return model
+    from torch.fx.experimental.optimization import fuse
+
+    try:
+        return fuse(model, inplace=True)
+    except Exception:  # noqa: BLE001 - untraceable (data-dependent control flow): time it unfused
+        return model
+
+
+def _sample_s(call: Callable[[], object], device: torch.device, calls: int) -> float:
+    """Seconds per call of ``calls`` back-to-back calls (the device synchronized around them)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for _ in range(calls):
+        call()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - start) / calls
+
+
+def time_pair(dense: nn.Module, compact: nn.Module, input_size: tuple[int, ...],
+              device: torch.device, *, batch: int = LATENCY_BATCH, channels_last: bool = False,
+              min_run_time: float | None = None) -> tuple[float, float]:
+    """Median milliseconds of one inference forward pass of ``dense`` and of ``compact`` (each
+    moved to ``device`` in its `deployed` form) on one batch of ``batch`` random images of
+    ``input_size``, timed in interleaved samples whose order alternates from pair to pair (so
+    that going first favours neither)."""
+    budget = MIN_RUN_TIME if min_run_time is None else min_run_time
     x = torch.randn(batch, *input_size, device=device)
+    nets = [deployed(dense).to(device), deployed(compact).to(device)]
     if channels_last and x.dim() == 4:
-        model = model.to(memory_format=torch.channels_last)
+        nets = [net.to(memory_format=torch.channels_last) for net in nets]
         x = x.contiguous(memory_format=torch.channels_last)
-
-    def forward() -> None:
-        with torch.inference_mode():
-            model(x)
-
-    # imported here: it loads torch.utils.cpp_extension, whose CUDA_HOME notice on a CPU-only
-    # machine must not reach a command that never times (rsst.loop.run quiets it first)
-    from torch.utils import benchmark
-
-    forward()  # warm-up: lazy initialization, allocator, kernel selection
-    timer = benchmark.Timer(stmt="forward()", globals={"forward": forward},
-                            num_threads=torch.get_num_threads())
-    measured = timer.blocked_autorange(
-        min_run_time=MIN_RUN_TIME if min_run_time is None else min_run_time)
-    return measured.median * 1e3
+    samples: list[list[float]] = [[], []]
+    with torch.inference_mode():
+        fns = [lambda net=net: net(x) for net in nets]
+        calls = []
+        for fn in fns:
+            _sample_s(fn, device, WARMUP_CALLS - 1)
+            one = _sample_s(fn, device, 1)
+            calls.append(max(1, min(1000, int(MIN_SAMPLE_S / max(one, 1e-9)) + 1)))
+        start = time.perf_counter()
+        pair = 0
+        while pair < MIN_PAIRS or time.perf_counter() - start < budget:
+            for i in ((0, 1) if pair % 2 == 0 else (1, 0)):
+                samples[i].append(_sample_s(fns[i], device, calls[i]))
+            pair += 1
+    return statistics.median(samples[0]) * 1e3, statistics.median(samples[1]) * 1e3
 
 
 def compacted_latency(model: nn.Module, input_size: tuple[int, ...], device: torch.device, *,
-                      dense_ms: float | None = None, channels_last: bool = False,
-                      batch: int = LATENCY_BATCH, min_run_time: float | None = None
-                      ) -> dict[str, float]:
+                      channels_last: bool = False, batch: int = LATENCY_BATCH,
+                      min_run_time: float | None = None) -> dict[str, float]:
     """``latency_ms`` of ``model``'s compacted copy, ``dense_latency_ms`` of a copy at full width
-    (its weights do not matter to the time) and ``latency_ratio`` = compacted / dense: medians
-    of `ROUNDS` alternating rounds (dense, compacted, dense, ...). ``dense_ms``, when given, is
-    used instead of timing the dense network (then the compacted one is timed alone)."""
-    total = MIN_RUN_TIME if min_run_time is None else min_run_time
-    kw: dict[str, Any] = dict(batch=batch, channels_last=channels_last)
-    compact = compacted_copy(model)
-    if dense_ms is not None:
-        compact_ms = forward_ms(compact, input_size, device, min_run_time=total, **kw)
-        return {"latency_ms": compact_ms, "dense_latency_ms": dense_ms,
-                "latency_ratio": compact_ms / dense_ms}
-    dense = copy.deepcopy(model)
-    per_round = total / ROUNDS
-    dense_times, compact_times = [], []
-    for _ in range(ROUNDS):
-        dense_times.append(forward_ms(dense, input_size, device, min_run_time=per_round, **kw))
-        compact_times.append(forward_ms(compact, input_size, device, min_run_time=per_round,
-                                        **kw))
-    dense_ms, compact_ms = statistics.median(dense_times), statistics.median(compact_times)
+    (its weights do not matter to the time) and ``latency_ratio`` = compacted / dense, timed
+    side by side (`time_pair`)."""
+    dense_ms, compact_ms = time_pair(model, compacted_copy(model), input_size, device,
+                                     batch=batch, channels_last=channels_last,
+                                     min_run_time=min_run_time)
     return {"latency_ms": compact_ms, "dense_latency_ms": dense_ms,
             "latency_ratio": compact_ms / dense_ms}

@@ -91,6 +91,9 @@ def collect(device: torch.device | str | None = None) -> dict[str, Any]:
         "cuda_available": torch.cuda.is_available(),
         "device": str(device) if device is not None else None,
         "device_name": _device_name(device),
+        # the vector ISA torch's CPU kernels use: conv widths that are multiples of its float
+        # lanes (16 for AVX512, 8 for AVX2) time best on the CPU (docs/performance.md)
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "platform": platform.platform(),
         "host": socket.gethostname(),
     }

@@ -44,11 +44,11 @@ def tiny_data():
 
 
 
-def _parameter_count_ms(model, *args, **kwargs) -> float:
-    """A stand-in for `rsst.latency.forward_ms`: a "time" that is a function of the network's
-    shape alone, so runs compare exactly (a resumed run's records equal an uninterrupted one's)
+def _parameter_count_ms(dense, compact, *args, **kwargs) -> tuple[float, float]:
+    """A stand-in for `rsst.latency.time_pair`: "times" that are a function of the networks'
+    shapes alone, so runs compare exactly (a resumed run's records equal an uninterrupted one's)
     and time nothing."""
-    return float(sum(p.numel() for p in model.parameters())) / 1e4
+    return tuple(float(sum(p.numel() for p in net.parameters())) / 1e4 for net in (dense, compact))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -56,12 +56,12 @@ def _latency_by_shape():
     """Runs record latency (on by default) with `_parameter_count_ms` instead of a timer, from
     before the first fixture that runs one (module-scoped runs included) and whatever a test's
     ``monkeypatch.undo()`` does; `real_latency` puts the timer back for one test. Yields the
-    real `rsst.latency.forward_ms`."""
+    real `rsst.latency.time_pair`."""
     import rsst.latency
 
-    real = rsst.latency.forward_ms
+    real = rsst.latency.time_pair
     patch = pytest.MonkeyPatch()
-    patch.setattr(rsst.latency, "forward_ms", _parameter_count_ms)
+    patch.setattr(rsst.latency, "time_pair", _parameter_count_ms)
     yield real
     patch.undo()
 
@@ -71,4 +71,4 @@ def real_latency(_latency_by_shape, monkeypatch):
     """`rsst.latency` times for real in this test (tests/test_latency.py)."""
     import rsst.latency
 
-    monkeypatch.setattr(rsst.latency, "forward_ms", _latency_by_shape)
+    monkeypatch.setattr(rsst.latency, "time_pair", _latency_by_shape)

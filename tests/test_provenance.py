@@ -27,6 +27,7 @@ def test_collect_names_versions_commit_and_device():
     info = provenance.collect("cpu")
     assert info["rsst_version"] == __version__ and info["torch"] == torch.__version__
     assert info["device"] == "cpu" and info["device_name"] and info["host"]
+    assert info["cpu_capability"] == torch.backends.cpu.get_cpu_capability()  # recorded
     head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True,
                           text=True)
     if head.returncode == 0:  # run from a checkout: the commit is the checkout's
