@@ -1,4 +1,4 @@
-"""How much a baseline's kept set moves with a setting: the figures quoted in the README.
+"""How much a baseline's kept set moves with a setting: the figures quoted in docs/methods.md.
 
 ``bn DATA_DIR``: SNIP's and GraSP's kept weights at initialization with BatchNorm in eval vs
 training mode (resnet20, default scope, one batch of 128 CIFAR-10 training images, 10 %
@@ -6,8 +6,8 @@ remaining, seeds 0–2). ``runs RUN_A RUN_B``: the kept prunable weights of two 
 (e.g. ``--admm-projection layer`` vs ``global``) at their last state, and each run's per-layer
 density range. Prints one line per figure; run from the repository root:
 
-    PYTHONPATH=. python tools/baseline_masks.py bn /path/to/cifar10
-    PYTHONPATH=. python tools/baseline_masks.py runs runs/admm-layer runs/admm-global
+    PYTHONPATH=. python bench/baseline_masks.py bn /path/to/cifar10
+    PYTHONPATH=. python bench/baseline_masks.py runs runs/admm-layer runs/admm-global
 """
 
 from __future__ import annotations
