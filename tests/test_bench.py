@@ -434,3 +434,22 @@ def test_peer_adds_growing_reg_gradient_then_steps() -> None:
     torch.testing.assert_close(first_out, torch.ones_like(first_out), rtol=0, atol=1e-3)  # outs
     last_in = (before[2] - model[6].weight.detach()) / (peer.REG * before[2])
     torch.testing.assert_close(last_in, torch.ones_like(last_in), rtol=0, atol=1e-3)  # ins
+
+
+def test_conv_widths_script_writes_its_rows(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rsst_bench import conv_widths
+
+    out = tmp_path / "widths.json"
+    monkeypatch.setattr(sys, "argv", ["conv_widths.py", "--step", "16", "--batch", "1",
+                                      "--min-run-time", "0", "--out", str(out)])
+    conv_widths.main()
+    data = json.loads(out.read_text())
+    rows = data["rows"]
+    assert [(r["size"], r["full"], r["width"]) for r in rows] == [
+        (32, 16, 16), (16, 32, 16), (16, 32, 32), (8, 64, 16), (8, 64, 32), (8, 64, 48),
+        (8, 64, 64)]
+    for r in rows:
+        assert r["macs_ratio"] == (r["width"] / r["full"]) ** 2
+        assert r["time_ratio"] == r["kept_ms"] / r["full_ms"] and r["full_ms"] > 0
+        assert r["speedup_over_macs_cut"] == r["macs_ratio"] / r["time_ratio"]
+    assert data["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
