@@ -43,7 +43,6 @@ from rsst.statefile import (  # the state-file reader; re-exported under their o
     ModelSpec,
     masked_state,
     read_file,
-    split_masks,
 )
 
 if sys.version_info >= (3, 11):
@@ -133,12 +132,17 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Modul
 
     Architecture from the metadata (registry or ``timm:`` name), compacted shapes from the
     ``rsst.compact`` plan, weights from the tensors, in float32 whatever precision the file
-    holds (call ``.half()`` on the result for half-precision inference). The model carries its
+    holds (call ``.half()`` on the result for half-precision inference). A folder is read as an
+    ``rsst export --form hf`` folder (`rsst.export_hf.load_hf_folder`). The model carries its
     contract ``rsst_spec`` (`rsst.statefile.ModelSpec`; also as ``rsst_arch``,
     ``rsst_num_classes``, ``rsst_input_size``, ``rsst_patch_size``) and ``rsst_metadata``. A
     file whose floating tensors hold NaN or infinity is a `UserError` naming them.
     """
     path = Path(path)
+    if path.is_dir():  # an `rsst export --form hf` folder
+        from rsst.export_hf import load_hf_folder
+
+        return load_hf_folder(path, device)
     tensors, meta = read_file(path)
     tensors = _as_float32(tensors)
     bad = _nonfinite_names(tensors)
@@ -165,11 +169,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Modul
         model = load_timm_export(path, tensors, spec, _build, plan_modules).to(device)
         model.rsst_metadata = meta
         return model
-        state = tensors
-        if any(k.endswith(".mask") for k in state):
-            state, _ = split_masks(state)
-    else:
-        state, _ = masked_state(tensors, path)
+    state, _ = masked_state(tensors, path)
     model = _build(spec, state, plan_modules, path)
     try:
         model = model.to(device)

@@ -117,7 +117,10 @@ def write_hf(out: Path, *, dense: nn.Module, compact: nn.Module,
         info["architecture"] = {"arch": spec.arch, "num_classes": spec.num_classes,
                                 "input_size": list(spec.input_size),
                                 "layers": architecture(model)}
-    license = card_license(sf.json_metadata(meta, sf.CONFIG, {}) or {})
+    run_config = sf.json_metadata(meta, sf.CONFIG, {}) or {}
+    if run_config:  # what `rsst eval FOLDER` needs to rebuild the run's val split
+        info["config"] = run_config
+    license = card_license(run_config)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
     try:
         save_for_hf(model, str(tmp), safe_serialization=True, model_config={"rsst": info})
@@ -203,3 +206,75 @@ def _check_folder(folder: Path, reference: nn.Module, input_size: tuple[int, int
                            f"model by {diff:.3g} in its logits: this is a bug in "
                            "rsst.export_hf, please report it")
     return {"max_abs_logit_diff": diff, "checked_with": "timm.create_model(local-dir)"}
+
+
+def load_hf_folder(folder: Path, device: str | torch.device = "cpu") -> nn.Module:
+    """The model of an ``rsst export --form hf`` folder, in eval mode, taking images in [0, 1]
+    like every model `rsst.load` returns (a stock-timm folder's mean/std are put in front as
+    ``normalize``), with its ``rsst_spec`` and ``rsst_metadata`` (the run's config when the
+    export recorded it). timm builds the architecture from ``config.json``; the weights come
+    from ``model.safetensors`` alone (never a pickle, whatever else the folder holds)."""
+    from collections import OrderedDict
+
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from rsst import statefile as sf
+    from rsst.models.base import Normalize
+
+    if any((folder / name).exists() for name in ("summary.json", "config.toml")) or any(
+            folder.glob("state_*/weights.safetensors")):
+        not_ours = (f"{folder} is a run directory: pass one of its state files "
+                    f"({folder}/state_NN/weights.safetensors) or an export of it "
+                    "(`rsst export RUN_DIR -o FILE.safetensors`)")
+    else:
+        not_ours = (f"{folder} is a folder but not an `rsst export --form hf` folder (no "
+                    "config.json with an rsst section and a model.safetensors): pass such a "
+                    "folder or the .safetensors file `rsst export` wrote")
+    try:
+        config = json.loads((folder / "config.json").read_text())
+        info, pretrained = config["rsst"], config["pretrained_cfg"]
+        arch, num_classes = str(info["arch"]), int(config["num_classes"])
+        input_size = tuple(int(v) for v in pretrained["input_size"])
+        mean = tuple(float(v) for v in pretrained["mean"])
+        std = tuple(float(v) for v in pretrained["std"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UserError(not_ours) from None
+    weights = folder / "model.safetensors"
+    if not weights.is_file() or len(input_size) != 3:
+        raise UserError(not_ours)
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise UserError(f"{weights} is not a readable safetensors file ({exc}); re-export the "
+                        "folder with `rsst export RUN_DIR --form hf -o FOLDER`") from None
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(v.isfinite().all())]
+    if bad:
+        raise UserError(f"{weights}: tensor(s) {', '.join(bad[:5])} hold NaN or infinity (the "
+                        "weights diverged or the file was damaged); export a sound state")
+    import timm
+
+    from rsst import timm_models
+
+    try:
+        model = timm.create_model(f"local-dir:{folder}", pretrained=False)
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v
+                               for k, v in state.items()}, strict=True)
+    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"{folder}: timm cannot rebuild its model from config.json and "
+                        f"model.safetensors ({detail}); re-export the folder with `rsst export "
+                        "RUN_DIR --form hf -o FOLDER`") from None
+    args = config.get("model_args") or {}
+    if config.get("architecture") == timm_models.ARCH:  # the normalization is inside
+        mean, std = tuple(args.get("mean", ())), tuple(args.get("std", ()))
+    else:  # stock timm: it takes normalized inputs
+        model = nn.Sequential(OrderedDict(normalize=Normalize(mean, std), net=model))
+    patch = args.get("patch_size")
+    sf.ModelSpec(arch, num_classes, input_size, None if patch is None else int(patch), mean,
+                 std).attach(model)
+    meta = {sf.FORM: "hf", sf.ARCH: arch, sf.NUM_CLASSES: str(num_classes)}
+    if isinstance(info.get("config"), dict):
+        meta[sf.CONFIG] = json.dumps(info["config"])
+    model.rsst_metadata = meta
+    return model.eval().to(device)

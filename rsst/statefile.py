@@ -196,6 +196,12 @@ def read_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]
         raise UserError(f"{path} does not exist: pass the .safetensors file `rsst export` wrote")
     if not path.is_file():
         raise UserError(f"{path} is not a file: pass the .safetensors file `rsst export` wrote")
+    other = {".onnx": "an ONNX file (`--form onnx`): run it with onnxruntime",
+             ".pt2": "a torch.export archive (`--form pt2`): load it with "
+                     "torch.export.load(FILE).module()"}.get(path.suffix.lower())
+    if other:
+        raise UserError(f"{path} is {other}; rsst reads the .safetensors files and --form hf "
+                        "folders `rsst export` writes")
     try:
         with safe_open(str(path), "pt", device="cpu") as f:
             meta = dict(f.metadata() or {})

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import timm
 import torch
+from helpers import NUM_CLASSES, invoke, pruned_model, write_class_folders, write_run
 from helpers import assert_one_error_line as _assert_user_error
-from helpers import invoke, pruned_model, write_run
 from PIL import Image
 
 from rsst.errors import UserError
@@ -173,3 +173,79 @@ def test_onnx_without_the_extra_is_one_line(cnn, tmp_path, monkeypatch, capsys):
                           str(tmp_path / "m.onnx"))
     _assert_user_error(code, err, "onnxruntime", "rsst-prune[onnx]")
     assert not any(tmp_path.iterdir())
+
+
+def test_rsst_load_and_eval_read_an_hf_folder(cnn, tmp_path, monkeypatch, capsys):
+    import rsst
+
+    run, masked = cnn
+    out = tmp_path / "hf"
+    export_model(run, out, form="hf")
+    loaded = rsst.load(out)  # images in [0, 1], as every rsst model takes them
+    _, x = _images(8)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), masked(x), atol=1e-4, rtol=1e-4)
+    assert loaded.rsst_spec.arch == "resnet20" and loaded.rsst_input_size == (3, 8, 8)
+    args = json.loads((out / "config.json").read_text())["model_args"]  # the model's own
+    assert loaded.rsst_spec.mean == tuple(args["mean"]) != (0.0, 0.0, 0.0)
+    assert loaded.rsst_spec.std == tuple(args["std"]) != (1.0, 1.0, 1.0)
+    assert loaded.rsst_metadata["rsst.form"] == "hf"
+    assert json.loads(loaded.rsst_metadata["rsst.config"])["method"] == "refill"  # the run's
+    data = tmp_path / "data"  # NUM_CLASSES classes of 8x8 images, a test split
+    write_class_folders(data, [f"c{i}" for i in range(NUM_CLASSES)], per_class=2,
+                        test_per_class=3)
+    state = run / "state_00" / "weights.safetensors"
+    results = []
+    for model_path in (out, state):
+        code, text, err = invoke(monkeypatch, capsys, "eval", str(model_path), "--split", "test",
+                                 "--dataset", "imagefolder", "--data-dir", str(data), "--json")
+        assert code == 0, err
+        results.append(json.loads(text))
+    assert results[0] == results[1] and results[0]["n"] == 3 * NUM_CLASSES
+
+
+@pytest.mark.slow
+def test_rsst_load_puts_a_stock_timm_folders_normalization_in_front(vit, tmp_path):
+    import rsst
+
+    run, masked = vit
+    out = tmp_path / "vit-hf"
+    export_model(run, out, form="hf")
+    loaded = rsst.load(out)
+    assert type(loaded.net).__module__.startswith("timm.")  # the stock model, behind normalize
+    _, x = _images(16)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), masked(x), atol=1e-4, rtol=1e-4)
+
+
+def test_rsst_load_says_what_a_folder_onnx_or_pt2_file_is(cnn, tmp_path):
+    import rsst
+
+    run, _ = cnn
+    bad_hf = tmp_path / "hf"
+    export_model(run, bad_hf, form="hf")
+    (bad_hf / "model.safetensors").unlink()
+    cases = [(run, "is a run directory"), (tmp_path, "not an `rsst export --form hf` folder"),
+             (bad_hf, "not an `rsst export --form hf` folder")]
+    for suffix, words in ((".onnx", "onnxruntime"), (".pt2", "torch.export.load")):
+        (tmp_path / f"m{suffix}").write_bytes(b"not read")
+        cases.append((tmp_path / f"m{suffix}", words))
+    for path, words in cases:
+        with pytest.raises(UserError, match=words.replace("(", r"\(")):
+            rsst.load(path)
+
+
+def test_rsst_load_refuses_an_hf_folder_with_nonfinite_weights(cnn, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    import rsst
+
+    run, _ = cnn
+    out = tmp_path / "hf"
+    export_model(run, out, form="hf")
+    tensors = load_file(str(out / "model.safetensors"))
+    name = next(k for k, v in tensors.items() if v.is_floating_point())
+    tensors[name][0] = float("nan")
+    save_file(tensors, str(out / "model.safetensors"))
+    with pytest.raises(UserError, match="NaN or infinity"):
+        rsst.load(out)
