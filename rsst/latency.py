@@ -97,8 +97,9 @@ def time_pair(dense: nn.Module, compact: nn.Module, input_size: tuple[int, ...],
         fns = [lambda net=net: net(x) for net in nets]
         calls = []
         for fn in fns:
-            _sample_s(fn, device, WARMUP_CALLS - 1)
-            one = _sample_s(fn, device, 1)
+            for _ in range(WARMUP_CALLS - 1):
+                fn()
+            one = _sample_s(fn, device, 1)  # the last warm-up call sizes the samples
             calls.append(max(1, min(1000, int(MIN_SAMPLE_S / max(one, 1e-9)) + 1)))
         start = time.perf_counter()
         pair = 0
