@@ -277,4 +277,7 @@ def load_hf_folder(folder: Path, device: str | torch.device = "cpu") -> nn.Modul
     if isinstance(info.get("config"), dict):
         meta[sf.CONFIG] = json.dumps(info["config"])
     model.rsst_metadata = meta
-    return model.eval().to(device)
+    try:
+        return model.eval().to(device)
+    except (RuntimeError, AssertionError) as exc:
+        raise UserError(f"cannot move the model to {device} ({exc}); pass device='cpu'") from None
