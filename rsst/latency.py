@@ -68,7 +68,10 @@ def deployed(model: nn.Module) -> nn.Module:
 
 
 def _sample_s(call: Callable[[], object], device: torch.device, calls: int) -> float:
-    """Seconds per call of ``calls`` back-to-back calls (the device synchronized around them)."""
+    """Seconds per call of ``calls`` back-to-back calls (the device synchronized around them).
+
+    Not `torch.utils.benchmark.Timer.timeit`: it runs two warm-up calls before every sample,
+    which would triple the cost of the one-call samples interleaving needs."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
