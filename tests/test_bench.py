@@ -453,3 +453,27 @@ def test_conv_widths_script_writes_its_rows(tmp_path, monkeypatch: pytest.Monkey
         assert r["time_ratio"] == r["kept_ms"] / r["full_ms"] and r["full_ms"] > 0
         assert r["speedup_over_macs_cut"] == r["macs_ratio"] / r["time_ratio"]
     assert data["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+
+
+def test_coupled_script_times_the_compacted_export_as_runs_do(tmp_path) -> None:
+    from helpers import pruned_model, write_run
+
+    from rsst.compact import count_macs
+    from rsst.export import export_model
+    from rsst.latency import compacted_copy
+    from rsst_bench import coupled
+
+    model, masks = pruned_model("resnet20", img_size=8)
+    run = write_run(tmp_path / "run", model, masks)
+    masked = tmp_path / "masked.safetensors"
+    export_model(run, masked, form="masked")
+    record = coupled.latency(masked, batch=2, repeats=3, min_run_time=0.0)
+    small = compacted_copy(model)
+    macs = [sum(count_macs(m, (3, 8, 8)).values()) for m in (model, small)]
+    assert record["macs_ratio"] == macs[1] / macs[0] < 1
+    widths = sorted({m.out_channels for m in small.modules() if isinstance(m, torch.nn.Conv2d)})
+    assert record["conv_widths"] == widths
+    # the tests time by shape (conftest): the ratio is the compacted share of the parameters
+    params = [sum(p.numel() for p in m.parameters()) for m in (model, small)]
+    assert record["latency_ratio"] == pytest.approx(params[1] / params[0])
+    assert record["ratio_range"][0] <= record["latency_ratio"] <= record["ratio_range"][1]
