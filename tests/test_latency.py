@@ -58,14 +58,35 @@ def test_time_pair_times_one_forward_pass_each_in_milliseconds(monkeypatch):
     assert CALLS[len(warm):] == ["d", "c", "c", "d"] * (MIN_PAIRS // 2)
 
 
+class Clock:
+    """A stand-in for `time` whose `perf_counter` moves only when a `Ticker` runs."""
+
+    now = 0.0
+
+    @classmethod
+    def perf_counter(cls) -> float:
+        return cls.now
+
+
+class Ticker(Sleeper):
+    """A forward pass that advances `Clock` by a known time (no real waiting: exact counts)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        CALLS.append(self.name)
+        Clock.now += self.seconds
+        return x
+
+
 def test_time_pair_samples_a_fast_network_in_blocks_of_calls(monkeypatch):
     CALLS.clear()
+    monkeypatch.setattr(rsst.latency, "time", Clock)
     monkeypatch.setattr(rsst.latency, "MIN_SAMPLE_S", 0.01)
-    time_pair(Sleeper("d", 0.004), Sleeper("c", 0.0), (3, 8, 8), torch.device("cpu"),
-              batch=2, min_run_time=0.0)
+    dense_ms, compact_ms = time_pair(Ticker("d", 0.004), Ticker("c", 0.0), (3, 8, 8),
+                                     torch.device("cpu"), batch=2, min_run_time=0.0)
     timed = CALLS[2 * WARMUP_CALLS:]
-    assert 3 * MIN_PAIRS <= timed.count("d") <= 4 * MIN_PAIRS  # 3 calls of 4 ms per sample
-    assert timed.count("c") >= 100 * MIN_PAIRS  # a sample of the no-op lasts >= 10 ms too
+    assert timed.count("d") == 3 * MIN_PAIRS  # a sample of >= 10 ms: 3 calls of 4 ms
+    assert timed.count("c") == 1000 * MIN_PAIRS  # a no-op: the cap of 1000 calls per sample
+    assert dense_ms == pytest.approx(4.0) and compact_ms == 0.0  # per call, not per sample
 
 
 def test_time_pair_runs_for_its_time_budget():
