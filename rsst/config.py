@@ -191,8 +191,10 @@ class RunConfig:
                             help="Refill keeps a multiple of N groups per unit (or coupled set), "
                             "rounded up, never zero: widths the hardware computes in whole "
                             "blocks (16 on an AVX512 CPU, 8 on AVX2 or for fp16 tensor cores; "
-                            "rsst env shows the CPU's), so fewer MACs become less time; the "
-                            "achieved sparsity is what is reported.")
+                            "rsst env shows the CPU's), so fewer MACs become less time; each "
+                            "prune then removes at least down to the schedule's (1 - rate)^n of "
+                            "the weights, so widths keep moving; the achieved sparsity is what "
+                            "is reported.")
     # one-shot baselines
     target_remain: float | None = setting(None, panel="Method", low=0.0, high=1.0,
                                           low_open=True, shown_default="none (iterative)",

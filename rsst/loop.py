@@ -501,7 +501,8 @@ class PruningRun:
 
         sized = None
         if not at_once:
-            count = method.removal_count(int((hard & prunable).sum()), int(prunable.sum()), cfg)
+            count = method.removal_count(int((hard & prunable).sum()), int(prunable.sum()), cfg,
+                                         state)
             unstructured = prune_lowest(element_scores, hard, prunable, count)
         kill_point(f"state{state}-pruning")
         if not at_once and method.refill and self.structure.units:

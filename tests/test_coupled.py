@@ -14,11 +14,13 @@ from torch import nn
 
 from rsst.arena import Arena
 from rsst.compact import apply_plan, compact_state_dict, plan_compaction, random_prune
+from rsst.config import RunConfig
 from rsst.criteria import group_scores
 from rsst.errors import UserError
+from rsst.methods import get_method
 from rsst.models import create_model
 from rsst.models.resnet import BasicBlock, Bottleneck, ResNet
-from rsst.pruning import kept_groups, magnitude_prune, refill, round_kept
+from rsst.pruning import kept_groups, magnitude_prune, prune_lowest, refill, round_kept
 from rsst.structure import build_structure
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
@@ -224,6 +226,41 @@ def test_refill_round_to_keeps_multiples(groups, scope):
             order = torch.argsort(-scores[unit.name], stable=True)
             assert bool(kept[order[:int(kept.sum())]].all())
     assert struct.remain_weight(rounded) >= struct.remain_weight(plain)
+
+
+@pytest.mark.parametrize("method", ["refill", "rsst"])
+def test_removal_count_catches_up_with_the_schedule_under_round_to(method):
+    """With --round-to a prune after state s removes at least down to (1 − rate)^(s+1) of the
+    total; without it (or at initialization) --rate of the alive, as the paper's runs do."""
+    m = get_method(method)
+    rounded = RunConfig(method=method, rate=0.3, round_to=16, groups="coupled", states=8)
+    plain = RunConfig(method=method, rate=0.3, groups="coupled", states=8)
+    assert m.removal_count(800, 1000, rounded, 1) == 800 - 490  # schedule 0.7² · 1000 = 490
+    assert m.removal_count(800, 1000, plain, 1) == 240  # 0.3 · 800
+    assert m.removal_count(480, 1000, rounded, 1) == 144  # already under the schedule
+    assert m.removal_count(1000, 1000, rounded, 0) == 300  # the first prune: the same
+    assert m.removal_count(800, 1000, rounded, -1) == 240  # at initialization: no schedule
+
+
+def test_round_to_widths_keep_moving_over_iterative_prunes():
+    """--rate 0.3 of the alive weights stays inside every 16-channel rounding step once the
+    widths are 16/32 (a 32-wide unit asked for 22 keeps 32): the schedule's catch-up moves
+    them on down to the floor of 16 instead of stalling there for good."""
+    model, _ = family("resnet20")
+    arena = Arena(model)
+    struct = build_structure(model, arena, groups="coupled")
+    cfg = RunConfig(method="refill", rate=0.3, round_to=16, groups="coupled", states=8)
+    method, total = get_method("refill"), int(struct.prunable.sum())
+    hard = torch.ones(arena.numel, dtype=torch.bool)
+    widths = []
+    for state in range(5):
+        count = method.removal_count(int((hard & struct.prunable).sum()), total, cfg, state)
+        unstructured = prune_lowest(arena.weight.abs(), hard, struct.prunable, count)
+        scores = group_scores("magnitude", model, struct, arena, unstructured)
+        hard = refill(struct, unstructured, hard, scores, round_to=16)
+        widths.append(sorted({int(struct.group_alive(u, hard).sum()) for u in struct.units}))
+    assert widths[1] == [16, 32]  # rounded up: more than the schedule's weights are left
+    assert widths[-1] == [16]  # every unit down to one 16-channel block
 
 
 def test_kept_groups_is_unchanged_by_default_round_to():

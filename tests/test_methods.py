@@ -130,7 +130,7 @@ class LargestFirstAtInit(Method):
         SEEN["batches"] = len(ctx.batches(2))
         return -ctx.arena.weight.abs()
 
-    def removal_count(self, alive, total, config):
+    def removal_count(self, alive, total, config, state=-1):
         SEEN["alive_total"] = (alive, total)
         return total // 2
 

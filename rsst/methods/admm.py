@@ -191,7 +191,7 @@ class ADMM(Method):
             return project_layers(ctx.arena.weight, scope, segments).to(torch.float32)
         return self.support.to(torch.float32)
 
-    def removal_count(self, alive: int, total: int, config: RunConfig) -> int:
+    def removal_count(self, alive: int, total: int, config: RunConfig, state: int = -1) -> int:
         if self.support is None:
             raise RuntimeError("admm prunes after an ADMM state only (no Z support yet)")
         return alive - int(self.support.sum())

@@ -90,10 +90,21 @@ class Method:
         reach the budget, then size that last one (`rsst.pruning.prune_to_budget`)."""
         return False
 
-    def removal_count(self, alive: int, total: int, config: RunConfig) -> int:
-        """How many of the ``alive`` (of ``total``) prunable weights to remove: --rate of the
-        alive ones."""
-        return int(round(config.rate * alive))
+    def removal_count(self, alive: int, total: int, config: RunConfig, state: int = -1) -> int:
+        """How many of the ``alive`` (of ``total``) prunable weights to remove after ``state``
+        (-1: at initialization): --rate of the alive ones.
+
+        With --round-to, a refilling method removes at least what brings the remaining weights
+        down to the schedule's (1 − rate)^(state + 1) of ``total``: rounding kept counts up
+        holds weights back, and --rate of those alone can stay inside the rounding step of
+        every unit (a 32-wide unit asked for 22 keeps 32 with --round-to 16), so the widths
+        would never move again; catching up with the schedule makes them move.
+        """
+        count = int(round(config.rate * alive))
+        if self.refill and config.round_to > 1 and state >= 0:
+            schedule = round((1.0 - config.rate) ** (state + 1) * total)
+            count = max(count, alive - schedule)
+        return count
 
     def update_terms(self, config: RunConfig) -> dict[str, Any]:
         """Fields of `rsst.update.UpdateConfig` this method sets beyond plain masked SGD."""

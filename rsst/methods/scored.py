@@ -52,11 +52,11 @@ class ScoredMethod(Method):
             return not self.at_init and state == 0
         return super().prunes_after_state(state, config)
 
-    def removal_count(self, alive: int, total: int, config: RunConfig) -> int:
+    def removal_count(self, alive: int, total: int, config: RunConfig, state: int = -1) -> int:
         """One-shot: down to round(R · total) prunable weights; iterative: --rate of the alive."""
         if config.target_remain is not None:
             return max(0, alive - round(config.target_remain * total))
-        return super().removal_count(alive, total, config)
+        return super().removal_count(alive, total, config, state)
 
     def score(self, ctx: PruneContext) -> torch.Tensor:
         raise NotImplementedError

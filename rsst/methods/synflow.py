@@ -30,7 +30,7 @@ class SynFlow(ScoredMethod):
         masks = hard_masks(ctx)
         alive = int(sum(int(m.sum()) for m in masks.values()))
         total = int(ctx.structure.prunable.sum())
-        keep = alive - self.removal_count(alive, total, ctx.config)
+        keep = alive - self.removal_count(alive, total, ctx.config, ctx.state)
         input_shape = getattr(ctx.model, "rsst_input_size", None)
         if input_shape is None:
             input_shape = tuple(ctx.batches(1)[0][0].shape[1:])
